@@ -218,16 +218,18 @@ deps:
 
 # ---- install ----
 install: all
-	install -d $(DESTDIR)$(PREFIX)/bin $(DESTDIR)$(PREFIX)/lib/pkgconfig \
-	    $(DESTDIR)$(PREFIX)/include/fedcoord
-	$(if $(BINS),install -m 755 $(filter $(BUILD)/bin/fedcoord $(BUILD)/bin/fedctl,$(BINS)) \
-	    $(DESTDIR)$(PREFIX)/bin/)
-	$(if $(CLIENT_SRC),install -m 644 $(LIB_CLIENT) $(DESTDIR)$(PREFIX)/lib/)
-	$(if $(CLIENT_SRC),install -m 755 $(SO_CLIENT) $(DESTDIR)$(PREFIX)/lib/libfedclient.so.1)
-	$(if $(CLIENT_SRC),ln -sf libfedclient.so.1 $(DESTDIR)$(PREFIX)/lib/libfedclient.so)
+	install -d $(DESTDIR)$(PREFIX)/bin
+	$(if $(filter $(BUILD)/bin/fedcoord $(BUILD)/bin/fedctl,$(BINS)),install -m 755 \
+	    $(filter $(BUILD)/bin/fedcoord $(BUILD)/bin/fedctl,$(BINS)) $(DESTDIR)$(PREFIX)/bin/)
+ifneq ($(CLIENT_SRC),)
+	install -d $(DESTDIR)$(PREFIX)/lib/pkgconfig $(DESTDIR)$(PREFIX)/include/fedcoord
+	install -m 644 $(LIB_CLIENT) $(DESTDIR)$(PREFIX)/lib/
+	install -m 755 $(SO_CLIENT) $(DESTDIR)$(PREFIX)/lib/libfedclient.so.1
+	ln -sf libfedclient.so.1 $(DESTDIR)$(PREFIX)/lib/libfedclient.so
 	install -m 644 client/include/fedcoord/*.h $(DESTDIR)$(PREFIX)/include/fedcoord/
 	sed -e 's|@PREFIX@|$(PREFIX)|g' client/fedclient.pc.in > \
 	    $(DESTDIR)$(PREFIX)/lib/pkgconfig/fedclient.pc
+endif
 
 clean:
 	rm -rf build
