@@ -311,6 +311,11 @@ fc_status fc_st_parse(const void *buf, size_t len, const char *name, fc_st_file 
         return fc_error_set(err, FC_ERR_FORMAT, FILE_FMT ": header length %llu but only %zu "
                             "bytes follow the length field", name, (ull)hlen, len - 8);
 
+    /* serde_json tolerates leading whitespace but the reference reader refuses it; so do we. */
+    if (hlen == 0 || bytes[8] != '{')
+        return fc_error_set(err, FC_ERR_FORMAT, FILE_FMT ": header does not start with '{'",
+                            name);
+
     fc_status st;
     st_entry *entries = NULL;
     size_t n = 0;

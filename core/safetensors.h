@@ -52,8 +52,8 @@ fc_status fc_st_open(const char *path, fc_st_file **out, fc_error *err);
  * whose tensors point into it). name is used only in error messages (a path, or "<memory>").
  * Checks, in this order:
  *   - len >= 8; header length N <= FC_ST_MAX_HEADER (FC_ERR_LIMIT); 8 + N <= len;
- *   - the header is one JSON object (UTF-8, no duplicate keys at any level, only whitespace after
- *     it; FC_ERR_FORMAT);
+ *   - the header is one JSON object starting at its first byte (UTF-8, no duplicate keys at any
+ *     level, only whitespace after it; FC_ERR_FORMAT);
  *   - "__metadata__", if present, is an object whose values are all strings;
  *   - every other key is a tensor name of 1..FC_MAX_TENSOR_NAME bytes whose value has exactly the
  *     keys "dtype", "shape" and "data_offsets";

@@ -347,14 +347,16 @@ static void test_header_length_beyond_file_or_limit_is_rejected(void **state) {
     assert_non_null(strstr(err.msg, "18446744073709551615"));
     fc_store_u64le(buf, 0); /* empty header: not a JSON object */
     assert_int_equal(fc_st_parse(buf, 8, "x", &f, &err), FC_ERR_FORMAT);
-    assert_non_null(strstr(err.msg, "not valid JSON"));
+    assert_non_null(strstr(err.msg, "x: header does not start with '{'"));
 }
 
 static void test_header_that_is_not_a_json_object_is_rejected(void **state) {
     (void)state;
     expect_bad("{\"a\":", NULL, 0, FC_ERR_FORMAT, "not valid JSON", NULL);
-    expect_bad("hello", NULL, 0, FC_ERR_FORMAT, "not valid JSON", NULL);
-    expect_bad("[1,2]", NULL, 0, FC_ERR_FORMAT, "header is an array, expected an object", NULL);
+    expect_bad("hello", NULL, 0, FC_ERR_FORMAT, "does not start with '{'", NULL);
+    expect_bad("[1,2]", NULL, 0, FC_ERR_FORMAT, "does not start with '{'", NULL);
+    expect_bad(" {}", NULL, 0, FC_ERR_FORMAT, "does not start with '{'", NULL);
+    expect_bad("{\"a\":}", NULL, 0, FC_ERR_FORMAT, "not valid JSON", NULL);
     expect_bad("{} x", NULL, 0, FC_ERR_FORMAT, "not valid JSON", NULL);
     expect_bad("{}{}", NULL, 0, FC_ERR_FORMAT, "not valid JSON", NULL);
     expect_bad("{\"a\":\"\xff\"}", NULL, 0, FC_ERR_FORMAT, "not valid JSON", NULL); /* not UTF-8 */
