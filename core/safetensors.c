@@ -375,7 +375,9 @@ fail:
 
 fc_status fc_st_open(const char *path, fc_st_file **out, fc_error *err) {
     *out = NULL;
-    int fd = open(path, O_RDONLY | O_CLOEXEC);
+    /* O_NONBLOCK so that a FIFO given by mistake is refused below instead of blocking here; it
+     * changes nothing for a regular file. */
+    int fd = open(path, O_RDONLY | O_CLOEXEC | O_NONBLOCK);
     if (fd < 0)
         return fc_error_set(err, FC_ERR_IO, FILE_FMT ": cannot open: %s", path, strerror(errno));
     struct stat sb;

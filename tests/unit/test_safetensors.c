@@ -329,6 +329,10 @@ static void test_empty_and_truncated_files_are_rejected(void **state) {
     assert_non_null(strstr(err.msg, "does-not-exist: cannot open"));
     assert_int_equal(fc_st_open(tmpdir, &f, &err), FC_ERR_IO); /* a directory */
     assert_non_null(strstr(err.msg, "not a regular file"));
+    path = tmp_path("fifo.safetensors"); /* must be refused, not block waiting for a writer */
+    assert_int_equal(mkfifo(path, 0600), 0);
+    assert_int_equal(fc_st_open(path, &f, &err), FC_ERR_IO);
+    assert_non_null(strstr(err.msg, "fifo.safetensors: not a regular file"));
 }
 
 static void test_header_length_beyond_file_or_limit_is_rejected(void **state) {
