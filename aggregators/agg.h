@@ -53,7 +53,7 @@ typedef struct agg_param_spec {
     const char *key;
     agg_param_type type;
     const char *default_value; /* as text; NULL = required, "" = unset by default */
-    double min, max;           /* inclusive range for DOUBLE/UINT */
+    double min, max;           /* inclusive range for DOUBLE/UINT; none if min >= max */
     const char *choices;       /* for ENUM: "examples|uniform" */
     const char *help;          /* one line, for --help and error messages */
 } agg_param_spec;
