@@ -53,7 +53,7 @@ typedef struct agg_param_spec {
     const char *key;
     agg_param_type type;
     const char *default_value; /* as text; NULL = required, "" = unset by default */
-    double min, max;           /* inclusive range for DOUBLE/UINT */
+    double min, max;           /* inclusive range for DOUBLE/UINT; none if min >= max */
     const char *choices;       /* for ENUM: "examples|uniform" */
     const char *help;          /* one line, for --help and error messages */
 } agg_param_spec;
@@ -157,13 +157,20 @@ typedef struct agg_rule {
     const char *summary;
     unsigned flags;
     const agg_param_spec *params; /* accepted keys; {NULL}-terminated */
-    /* Minimum n for this rule with these params, after dropping; sets a reason on failure. */
+    /* Minimum n for this rule with these params, after dropping; FC_ERR_REQUIREMENT with a
+     * reason on failure ("krum needs n >= 2f+3 = 5 updates, got 4"). NULL: any n >= 1. The
+     * driver calls it at finish with the number of updates that reached add(), n >= 1. */
     fc_status (*check_n)(const agg_state *s, size_t n, fc_error *err);
     fc_status (*create)(const agg_params *p, const agg_context *ctx, agg_state **out,
                         fc_error *err);
-    /* Called in ascending client_id order with validated, finite updates. */
+    /* Called for EVERY rule (streaming or not) in strictly ascending client_id order with
+     * validated updates: known dtype, every value finite, weight finite and >= 0. The k-th call
+     * (from 0) is index k in the report. u->data is aligned to its element size (the driver
+     * copies a misaligned update) and is valid only until add() returns unless u->data_stable
+     * is 1, in which case it stays valid and unchanged until finish() returns. */
     fc_status (*add)(agg_state *s, const agg_update *u, fc_error *err);
-    /* Writes dim doubles of D to out_delta. Fills rule-specific report fields. */
+    /* Writes dim doubles of D to out_delta. Fills rule-specific report fields. Called once, only
+     * when check_n passed and the round is not empty (>= 1 update and total weight > 0). */
     fc_status (*finish)(agg_state *s, double *out_delta, agg_report *rep, fc_error *err);
     /* Cross-round state (AGG_STATEFUL only; NULL otherwise). The blob starts with a version
      * number; load_state refuses an unknown version with FC_ERR_VERSION. save_state is called
@@ -211,23 +218,38 @@ typedef struct agg_round agg_round;
 fc_status agg_round_begin(const agg_rule *rule, const agg_params *p, const agg_context *ctx,
                           const void *rule_state, size_t rule_state_len, agg_round **out,
                           fc_error *err);
-/* Declares the clients expected this round (the selected set), so that a streaming rule can fold
- * each update as soon as every lower client_id has arrived or been dropped. Without it, the
- * driver keeps every update until finish. Optional; call before the first add. */
+/* Declares the clients expected this round (the selected set), so that a rule can take each
+ * update as soon as every lower expected client_id has arrived or been dropped; only updates
+ * that arrive early are kept (as owned copies, or as pointers when data_stable). Without it,
+ * the driver keeps every update (copied unless data_stable) and hands them to the rule in
+ * ascending client_id order at finish. Optional; call at most once, before the first add or
+ * drop (else FC_ERR_STATE). A duplicate id in the list is FC_ERR_EXISTS. After it, an add or
+ * drop of an id not in the list is FC_ERR_NOT_FOUND (nothing recorded). Expected ids that never
+ * arrive are reported as dropped with reason "missing" at finish. */
 fc_status agg_round_expect(agg_round *r, const uint64_t *client_ids, size_t n, fc_error *err);
-/* Offers one update, in any arrival order. Validates it (dtype, finiteness, weight); an invalid
- * update is recorded as dropped with its reason and FC_OK is returned (the round goes on).
- * FC_ERR_EXISTS if client_id was already offered. The driver makes the result independent of
- * arrival order: a streaming rule sees updates in ascending client_id order. */
+/* Offers one update, in any arrival order. Validates it: an unknown dtype or NULL data is
+ * dropped as "bad_dtype", a NaN/Inf value anywhere as "non_finite", a negative or non-finite
+ * weight as "bad_weight"; a dropped update is recorded in the report and FC_OK is returned (the
+ * round goes on). FC_ERR_EXISTS if client_id was already offered. The driver makes the result
+ * independent of arrival order: every rule sees updates in ascending client_id order. An error
+ * returned by the rule's add() fails the round: it is returned here and by finish. */
 fc_status agg_round_add(agg_round *r, const agg_update *u, fc_error *err);
-/* Records that a client will not deliver (timed out, rejected upstream) with a reason. */
+/* Records that a client will not deliver (timed out, rejected upstream) with a reason. It counts
+ * as offered (n_in) and as arrived for the ordering of agg_round_expect. FC_ERR_EXISTS if
+ * client_id was already offered or dropped. */
 fc_status agg_round_drop(agg_round *r, uint64_t client_id, const char *client_name,
-                         const char *reason);
+                         const char *reason, fc_error *err);
 /* Closes the round: checks the rule's requirement on n (FC_ERR_REQUIREMENT with a reason, and
- * nothing applied), runs finish, and writes D (dim doubles) to out_delta. On an empty round
- * rep->empty is 1 and out_delta is all zeros. rep is always filled, also on failure. */
+ * nothing applied), runs finish, and writes D (dim doubles) to out_delta. rep must be
+ * agg_report_init'ed (or zeroed); it is always filled, also on failure.
+ * EMPTY ROUND (no valid update, or total weight 0): returns FC_OK with rep->empty = 1, a reason
+ * in rep->note, out_delta all zeros, and the rule's finish is not run. The caller must then NOT
+ * step the optimizer nor publish a new model version; agg_round_save_state gives back the blob
+ * loaded at begin unchanged. Callable once (FC_ERR_STATE after). */
 fc_status agg_round_finish(agg_round *r, double *out_delta, agg_report *rep, fc_error *err);
-/* The rule's state after finish, for persisting (empty buffer for stateless rules). */
+/* The rule's state after a successful finish, for persisting, appended to out: nothing for
+ * stateless rules; on an empty round the blob given to agg_round_begin (possibly nothing).
+ * FC_ERR_STATE before finish or after a failed one. */
 fc_status agg_round_save_state(const agg_round *r, fc_buf *out, fc_error *err);
 void agg_round_free(agg_round *r);
 

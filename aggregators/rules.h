@@ -1,0 +1,31 @@
+/* rules.h: every rule and server optimizer table the project defines, by extern name.
+ *
+ * One const table per file (aggregators/rule_<name>.c, aggregators/opt_<name>.c). registry.c
+ * lists them; nothing else should reach for a table by symbol except tests. Declaring a name here
+ * does not define it: only names that have a file are listed in registry.c.
+ */
+#ifndef FC_AGG_RULES_H
+#define FC_AGG_RULES_H
+
+#include "aggregators/agg.h"
+
+/* rules */
+extern const agg_rule agg_fedavg;
+extern const agg_rule agg_fedau;
+extern const agg_rule agg_median;
+extern const agg_rule agg_trimmed_mean;
+extern const agg_rule agg_krum;
+extern const agg_rule agg_multikrum;
+extern const agg_rule agg_bulyan;
+extern const agg_rule agg_geomed;
+extern const agg_rule agg_centered_clip;
+extern const agg_rule agg_norm_bound;
+extern const agg_rule agg_ida;
+
+/* server optimizers */
+extern const agg_opt agg_opt_sgd;
+extern const agg_opt agg_opt_adam;
+extern const agg_opt agg_opt_yogi;
+extern const agg_opt agg_opt_adagrad;
+
+#endif
