@@ -203,37 +203,56 @@ int main(void) {
     memset(pre.mem, 0x5a, (size_t)total); /* fault the pages in once */
     fc_stage_provider prov = {"prealloc", prealloc_acquire, prealloc_release, &pre};
 
+    /* Each measurement is the best of a few passes: the machine is shared, and memcpy in
+     * particular is bandwidth-bound and noisy. Best-of favours the baseline, so the ratios are
+     * if anything pessimistic for the pipeline. */
     /* memcpy baseline: the same bytes, source -> staging memory, in 1 MiB blocks. */
-    double t0 = now();
-    uint64_t at = 0;
-    for (size_t i = 0; i < m.count; i++) {
-        const uint8_t *src = m.tensors[i].data;
-        for (uint64_t k = 0; k < m.tensors[i].nbytes; k += FC_STREAM_MAX_CHUNK) {
-            uint64_t n = m.tensors[i].nbytes - k;
-            size_t len = n < FC_STREAM_MAX_CHUNK ? (size_t)n : FC_STREAM_MAX_CHUNK;
-            memcpy(pre.mem + at, src + k, len);
-            at += len;
+    double t_memcpy = 1e30;
+    for (int pass = 0; pass < 3; pass++) {
+        double t0 = now();
+        uint64_t at = 0;
+        for (size_t i = 0; i < m.count; i++) {
+            const uint8_t *src = m.tensors[i].data;
+            for (uint64_t k = 0; k < m.tensors[i].nbytes; k += FC_STREAM_MAX_CHUNK) {
+                uint64_t n = m.tensors[i].nbytes - k;
+                size_t len = n < FC_STREAM_MAX_CHUNK ? (size_t)n : FC_STREAM_MAX_CHUNK;
+                memcpy(pre.mem + at, src + k, len);
+                at += len;
+            }
         }
+        double t = now() - t0;
+        if (t < t_memcpy)
+            t_memcpy = t;
+        if (at != total)
+            die("memcpy baseline copied the wrong number of bytes", NULL);
     }
-    double t_memcpy = now() - t0;
-    if (at != total || memcmp(pre.mem + total - 8, (uint8_t *)m.tensors[4].data +
-                                                       m.tensors[4].nbytes - 8, 8) != 0)
-        die("memcpy baseline copied the wrong bytes", NULL);
 
-    /* SHA-256 alone over the model (the sender's hash, computed once). */
+    /* SHA-256 alone over the model (the sender's hash, computed once per stream). */
     uint8_t hash[FC_SHA256_BYTES];
-    t0 = now();
-    if (fc_stream_model_sha256(&m, hash, &err) != FC_OK)
-        die("fc_stream_model_sha256", &err);
-    double t_sha = now() - t0;
+    double t_sha = 1e30;
+    for (int pass = 0; pass < 2; pass++) {
+        double t0 = now();
+        if (fc_stream_model_sha256(&m, hash, &err) != FC_OK)
+            die("fc_stream_model_sha256", &err);
+        double t = now() - t0;
+        if (t < t_sha)
+            t_sha = t;
+    }
 
-    timings peek, unpack;
-    memset(pre.mem, 0, (size_t)total); /* so the pipeline cannot pass on stale bytes */
-    run_pipeline(&m, hash, &prov, 0, &peek);
-    for (size_t i = 0, off = 0; i < m.count; off += (size_t)m.tensors[i].nbytes, i++)
-        if (memcmp(pre.mem + off, m.tensors[i].data, (size_t)m.tensors[i].nbytes) != 0)
-            die("staged bytes differ from the source", NULL);
-    run_pipeline(&m, hash, &prov, 1, &unpack);
+    timings peek = {.total = 1e30}, unpack = {.total = 1e30};
+    for (int pass = 0; pass < 2; pass++) {
+        timings t;
+        memset(pre.mem, 0, (size_t)total); /* so the pipeline cannot pass on stale bytes */
+        run_pipeline(&m, hash, &prov, 0, &t);
+        for (size_t i = 0, off = 0; i < m.count; off += (size_t)m.tensors[i].nbytes, i++)
+            if (memcmp(pre.mem + off, m.tensors[i].data, (size_t)m.tensors[i].nbytes) != 0)
+                die("staged bytes differ from the source", NULL);
+        if (t.total < peek.total)
+            peek = t;
+        run_pipeline(&m, hash, &prov, 1, &t);
+        if (t.total < unpack.total)
+            unpack = t;
+    }
 
     double rss = max_rss_bytes();
     double mem_gbs = gb / t_memcpy;
@@ -243,9 +262,11 @@ int main(void) {
            gb, m.count, (unsigned long long)peek.frames, READ_SLICE >> 10,
            quick ? " [BENCH_QUICK]" : "");
     printf("  sha256 %s\n", fc_stream_hex(hash, sizeof hash, hex));
-    printf("  %-50s %9s %8s %9s\n", "step", "seconds", "GB/s", "x memcpy");
+    printf("  %-50s %9s %8s %9s %8s\n", "step (memcpy: best of 3 passes; others: best of 2)",
+           "seconds", "GB/s", "x memcpy", "x SHA");
 #define ROW(label, secs)                                                                          \
-    printf("  %-50s %9.3f %8.2f %9.3f\n", label, secs, gb / (secs), (gb / (secs)) / mem_gbs)
+    printf("  %-50s %9.3f %8.2f %9.3f %8.3f\n", label, secs, gb / (secs), (gb / (secs)) / mem_gbs, \
+           t_sha / (secs))
     ROW("memcpy, 1 MiB blocks (baseline)", t_memcpy);
     ROW("SHA-256 alone (OpenSSL EVP)", t_sha);
     ROW("encode: chunk -> Envelope frame bytes", peek.encode);
