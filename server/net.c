@@ -840,8 +840,10 @@ static void peer_identify(net_conn *c) {
             c->key.family = 4;
             memcpy(c->key.addr, a->sin6_addr.s6_addr + 12, 4);
         } else {
+            /* IPv6 peers are counted per /64: one host usually owns a whole /64 (privacy
+             * addresses), so a /128 limit would be no limit at all. */
             c->key.family = 6;
-            memcpy(c->key.addr, a->sin6_addr.s6_addr, 16);
+            memcpy(c->key.addr, a->sin6_addr.s6_addr, 8);
         }
         uv_ip6_name(a, host, sizeof host);
         snprintf(c->peer, sizeof c->peer, "[%s]:%u", host, (unsigned)ntohs(a->sin6_port));

@@ -96,6 +96,7 @@ typedef struct owner {
     /* MODE_FLOOD */
     size_t flood_cap, flood_written;
     int blocked, bp_on, bp_off;
+    int paused, data_while_paused;
     /* MODE_CLOSE_TWICE, MODE_OVERFLOW */
     net_conn *kept;
     fc_status first_write, second_close_write;
@@ -174,6 +175,8 @@ static void cb_data(net_conn *c, const uint8_t *data, size_t len) {
     owner *o = owner_of(c);
     rec *r = rec_of(c);
     r->received += len;
+    if (o->paused)
+        o->data_while_paused++;
     switch (o->mode) {
     case MODE_ECHO:
     case MODE_ECHO_PAUSE:
@@ -210,6 +213,7 @@ static void cb_backpressure(net_conn *c, int blocked) {
     else
         o->bp_off++;
     if (o->mode == MODE_ECHO_PAUSE) {
+        o->paused = blocked;
         if (blocked)
             net_pause_reading(c);
         else
@@ -624,7 +628,7 @@ static void test_multi_megabyte_payload_is_echoed_with_pause_and_resume(void **s
     harness h;
     net_listener_config cfg;
     base_config(&cfg, &h);
-    cfg.limits.output_high_water = 128 * 1024;
+    cfg.limits.output_high_water = 16 * 1024; /* one 64 KB read echoed crosses it */
     h_start(&h, &cfg);
     h.own.mode = MODE_ECHO_PAUSE;
     job j = {.size = 6u << 20};
@@ -633,8 +637,11 @@ static void test_multi_megabyte_payload_is_echoed_with_pause_and_resume(void **s
     assert_true(j.ok[1]);
     rec *r = find_rec(&h.own, FC_ERR_CLOSED);
     assert_int_equal(r->received, 6u << 20);
-    /* Every pause was followed by a resume (otherwise the echo could not have completed). */
+    /* Every pause was followed by a resume (otherwise the echo could not have completed),
+     * and no data arrived while paused. */
     assert_int_equal(h.own.bp_on, h.own.bp_off);
+    assert_true(h.own.bp_on >= 1);
+    assert_int_equal(h.own.data_while_paused, 0);
     h_finish(&h);
 }
 
@@ -1376,6 +1383,78 @@ static void test_bad_listener_configs_are_refused_with_details(void **state) {
     h_finish(&h); /* also frees the failed listeners: their handles close in the loop */
 }
 
+/* ---- allocation failures ---- */
+
+static void test_listener_open_fails_cleanly_on_every_allocation_failure(void **state) {
+    (void)state;
+    harness h;
+    h_init(&h);
+    net_listener_config cfg;
+    base_config(&cfg, &h);
+    int succeeded = 0;
+    for (long n = 0; n < 50 && !succeeded; n++) {
+        fc_error err = {0};
+        net_listener *l = NULL;
+        fc_alloc_fail_after(n);
+        fc_status st = net_listener_open(&h.loop, &cfg, &l, &err);
+        fc_alloc_fail_after(-1);
+        if (st == FC_OK) {
+            succeeded = 1;
+            net_listener_close(l, NULL, NULL);
+        } else {
+            assert_int_equal(st, FC_ERR_NOMEM);
+            assert_null(l);
+        }
+        uv_run(&h.loop, UV_RUN_NOWAIT);
+    }
+    assert_true(succeeded);
+    h_finish(&h); /* ASan: nothing leaked on any path */
+}
+
+static void *client_two_attempts(void *arg) {
+    job *j = arg;
+    tc t;
+    j->ok[0] = tc_open(&t, j->port, NULL, NULL, 0, NULL, 0);
+    if (j->ok[0]) {
+        char b = 0;
+        j->ok[0] = tc_write(&t, "a", 1) && tc_read_exact(&t, &b, 1);
+    }
+    tc_free(&t);
+    job_checkpoint(j);
+    char b = 0;
+    j->ok[1] = tc_open(&t, j->port, NULL, NULL, 0, NULL, 0) && tc_write(&t, "b", 1) &&
+               tc_read_exact(&t, &b, 1) && b == 'b';
+    if (j->ok[1])
+        tc_shutdown(&t);
+    tc_free(&t);
+    job_finish(j);
+    return NULL;
+}
+
+static void test_out_of_memory_at_accept_drops_connection_and_keeps_listening(void **state) {
+    (void)state;
+    harness h;
+    net_listener_config cfg;
+    base_config(&cfg, &h);
+    h_start(&h, &cfg);
+    job j = {0};
+    pthread_t th;
+    fc_alloc_fail_after(0); /* only the loop thread allocates through fc_ */
+    spawn(&th, &j, &h, client_two_attempts);
+    h_run_until(&h, pred_job_ready, &j);
+    unsigned long injected = fc_alloc_failures();
+    fc_alloc_fail_after(-1);
+    assert_true(injected >= 1);
+    atomic_store(&j.go, 1);
+    both b = {&j, 1};
+    h_run_until(&h, pred_done_and_closes, &b);
+    pthread_join(th, NULL);
+    assert_false(j.ok[0]); /* dropped at accept */
+    assert_true(j.ok[1]);  /* the listener still works */
+    assert_int_equal(h.own.opens, 1);
+    h_finish(&h);
+}
+
 static void test_tlsgen_issues_certificates_that_verify_against_the_ca(void **state) {
     (void)state;
     /* Independent check of the helper: X509 verification with OpenSSL's own store. */
@@ -1434,6 +1513,8 @@ int main(void) {
         cmocka_unit_test(test_plain_listener_on_loopback_carries_bytes),
         cmocka_unit_test(test_ipv6_listener_serves_tls),
         cmocka_unit_test(test_bad_listener_configs_are_refused_with_details),
+        cmocka_unit_test(test_listener_open_fails_cleanly_on_every_allocation_failure),
+        cmocka_unit_test(test_out_of_memory_at_accept_drops_connection_and_keeps_listening),
     };
     return cmocka_run_group_tests(tests, group_setup, NULL);
 }
