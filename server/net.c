@@ -17,6 +17,7 @@
 #include <string.h>
 
 #include <netinet/in.h>
+#include <sys/socket.h>
 #include <openssl/bio.h>
 #include <openssl/err.h>
 #include <openssl/ssl.h>
@@ -540,6 +541,15 @@ static void arm_timer(net_conn *c) {
     uv_timer_start(&c->timer, timer_cb, deadline > now ? deadline - now : 0, 0);
 }
 
+/* Bytes already received by the kernel but not yet read by the loop. */
+static int input_pending(net_conn *c) {
+    uv_os_fd_t fd;
+    if (uv_fileno((const uv_handle_t *)&c->tcp, &fd) != 0)
+        return 0;
+    char byte;
+    return recv(fd, &byte, 1, MSG_PEEK | MSG_DONTWAIT) > 0;
+}
+
 static void timer_cb(uv_timer_t *t) {
     net_conn *c = t->data;
     const net_limits *lim = &c->listener->limits;
@@ -554,21 +564,29 @@ static void timer_cb(uv_timer_t *t) {
             return;
         }
         break;
-    case NET_OPEN:
+    case NET_OPEN: {
         if (c->paused)
             break;
-        if (lim->idle_timeout_ms && now >= c->last_rx + lim->idle_timeout_ms) {
+        int idle_due = lim->idle_timeout_ms && now >= c->last_rx + lim->idle_timeout_ms;
+        int window_due = c->partial && lim->min_rate_bps && lim->rate_window_ms &&
+                         now >= c->window_start + lim->rate_window_ms;
+        /* A fixed requirement per window: a stalled loop must not inflate it. */
+        uint64_t need = lim->min_rate_bps * lim->rate_window_ms / 1000;
+        if (need == 0)
+            need = 1;
+        if ((idle_due || (window_due && c->window_bytes < need)) && input_pending(c)) {
+            /* Timers run before I/O in a loop iteration: after a stall the peer's bytes may
+             * be waiting in the socket. Read them first, then judge again. */
+            uv_timer_start(&c->timer, timer_cb, 1, 0);
+            return;
+        }
+        if (idle_due) {
             snprintf(detail, sizeof detail, "no data received for %llu ms (idle timeout)",
                      (unsigned long long)lim->idle_timeout_ms);
             limit_close(c, FC_ERR_TIMEOUT, detail);
             return;
         }
-        if (c->partial && lim->min_rate_bps && lim->rate_window_ms &&
-            now >= c->window_start + lim->rate_window_ms) {
-            /* A fixed requirement per window: a stalled loop must not inflate it. */
-            uint64_t need = lim->min_rate_bps * lim->rate_window_ms / 1000;
-            if (need == 0)
-                need = 1;
+        if (window_due) {
             if (c->window_bytes < need) {
                 snprintf(detail, sizeof detail,
                          "frame incomplete: %llu bytes received in %llu ms, minimum rate is "
@@ -583,6 +601,7 @@ static void timer_cb(uv_timer_t *t) {
             c->window_bytes = 0;
         }
         break;
+    }
     case NET_CLOSING:
         if (now >= c->closing_at + lim->close_linger_ms) {
             FC_LOG(FC_LOG_DEBUG, "connection linger expired", FC_LU("conn", c->id),

@@ -11,6 +11,9 @@
  * A connection rejected at accept (connection limits) goes straight to NET_CLOSED and still
  * gets on_close with FC_ERR_LIMIT. The net_conn memory stays valid until on_close has returned
  * and every net_conn_ref has been released by net_conn_unref.
+ *
+ * The process must ignore SIGPIPE (signal(SIGPIPE, SIG_IGN)) before running the loop: libuv
+ * writes to sockets with write(2), which raises SIGPIPE when the peer has gone.
  */
 #ifndef FC_SERVER_NET_H
 #define FC_SERVER_NET_H
@@ -64,7 +67,7 @@ typedef struct net_limits {
     uint64_t min_rate_bps;         /* while net_set_partial is on: plaintext bytes per second */
     uint64_t rate_window_ms;       /* measured over consecutive windows of this length */
     size_t max_connections;        /* live connections on this listener */
-    size_t max_per_peer;           /* live connections from one peer address (/32, /128) */
+    size_t max_per_peer;           /* live connections from one IPv4 /32 or IPv6 /64 */
     size_t output_high_water;      /* queued output above this: on_backpressure(c, 1) */
     size_t max_output_bytes;       /* a net_write that would queue more: FC_ERR_LIMIT, closed */
     uint64_t close_linger_ms;      /* CLOSING: time allowed to flush output and see the FIN */
