@@ -32,7 +32,17 @@ static const int sched[ROUNDS][CLIENTS] = {
 static const uint64_t reg_round[CLIENTS] = {0, 0, 0, 3};
 
 /* Expected omega per (round, client) when it participates, worked by hand from the IBM loop
- * (see the comments in the test plan of docs/aggregators.md, FedAU). 0 = not participating. */
+ * (M += 1 every round; on participation omega = S ? Omega : 1; close when participating or
+ * M == K). 0 = not participating. Without cutoff:
+ *   c0: t0 M1 w1 (Om 1) | t2 M2 w1 (Om 3/2) | t4 M2 w3/2 (Om 5/3) | t6 M2 w5/3
+ *   c1: t1 M2 w1 (Om 2) | t4 M3 w2 (Om 5/2) | t7 M3 w5/2
+ *   c2: t2 M3 w1 (Om 3) | t6 M4 w3
+ *   c3 (registered t3): t3 M1 w1 (Om 1) | t6 M3 w1 (Om 2) | t7 M1 w2
+ * K = 2 (a cutoff close of length 2 whenever M reaches 2 while absent):
+ *   c0: t0 w1 (Om 1) | t2 M2 w1 (Om 3/2) | t4 M2 w3/2 (Om 5/3) | t6 M2 w5/3
+ *   c1: t1 M2 w1 (Om 2) | t3 close 2 (Om 2) | t4 M1 w2 (Om 5/3) | t6 close 2 (Om 7/4) | t7 w7/4
+ *   c2: t1 close 2 (Om 2) | t2 M1 w2 (Om 3/2) | t4 close 2 (Om 5/3) | t6 M2 w5/3
+ *   c3: t3 M1 w1 (Om 1) | t5 close 2 (Om 3/2) | t6 M1 w3/2 (Om 4/3) | t7 M1 w4/3 */
 static const double omega_none[ROUNDS][CLIENTS] = {
     {1, 0, 0, 0},       {0, 1, 0, 0},         {1, 0, 1, 0}, {0, 0, 0, 1},
     {1.5, 2, 0, 0},     {0, 0, 0, 0},         {5.0 / 3, 0, 3, 1},
