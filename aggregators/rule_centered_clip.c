@@ -41,7 +41,7 @@ typedef struct cc_state {
 } cc_state;
 
 static const agg_param_spec cc_params[] = {
-    {"tau", AGG_PARAM_DOUBLE, "10.0", 0, DBL_MAX, NULL, "clipping radius"},
+    {"tau", AGG_PARAM_DOUBLE, "10.0", 1e-300, DBL_MAX, NULL, "clipping radius (> 0)"},
     {"iters", AGG_PARAM_UINT, "1", 1, 1000, NULL, "clipping iterations per round"},
     {NULL, 0, NULL, 0, 0, NULL, NULL},
 };
