@@ -21,11 +21,17 @@ static inline double bf16_to_f64(uint16_t h) {
 
 static inline double load_f64(const void *x, fc_dtype dt, size_t i) {
     switch (dt) {
-    case FC_DTYPE_F32: return (double)((const float *)x)[i];
-    case FC_DTYPE_F64: return ((const double *)x)[i];
-    case FC_DTYPE_F16: return agg_k_f16_to_f64(((const uint16_t *)x)[i]);
-    case FC_DTYPE_BF16: return bf16_to_f64(((const uint16_t *)x)[i]);
-    default: assert(0 && "bad dtype"); return 0.0;
+    case FC_DTYPE_F32:
+        return (double)((const float *)x)[i];
+    case FC_DTYPE_F64:
+        return ((const double *)x)[i];
+    case FC_DTYPE_F16:
+        return agg_k_f16_to_f64(((const uint16_t *)x)[i]);
+    case FC_DTYPE_BF16:
+        return bf16_to_f64(((const uint16_t *)x)[i]);
+    default:
+        assert(0 && "bad dtype");
+        return 0.0;
     }
 }
 
@@ -62,11 +68,17 @@ static int finite_u16(const uint16_t *x, size_t n, uint16_t expmask) {
 
 int agg_k_all_finite(fc_dtype dt, const void *x, size_t n) {
     switch (dt) {
-    case FC_DTYPE_F32: return finite_f32(x, n);
-    case FC_DTYPE_F64: return finite_f64(x, n);
-    case FC_DTYPE_F16: return finite_u16(x, n, 0x7c00u);
-    case FC_DTYPE_BF16: return finite_u16(x, n, 0x7f80u);
-    default: assert(0 && "bad dtype"); return 0;
+    case FC_DTYPE_F32:
+        return finite_f32(x, n);
+    case FC_DTYPE_F64:
+        return finite_f64(x, n);
+    case FC_DTYPE_F16:
+        return finite_u16(x, n, 0x7c00u);
+    case FC_DTYPE_BF16:
+        return finite_u16(x, n, 0x7f80u);
+    default:
+        assert(0 && "bad dtype");
+        return 0;
     }
 }
 
@@ -94,11 +106,20 @@ void agg_k_fold_bf16(double *restrict acc, const uint16_t *restrict x, double w,
 
 void agg_k_fold(fc_dtype dt, double *restrict acc, const void *restrict x, double w, size_t n) {
     switch (dt) {
-    case FC_DTYPE_F32: agg_k_fold_f32(acc, x, w, n); break;
-    case FC_DTYPE_F64: agg_k_fold_f64(acc, x, w, n); break;
-    case FC_DTYPE_F16: agg_k_fold_f16(acc, x, w, n); break;
-    case FC_DTYPE_BF16: agg_k_fold_bf16(acc, x, w, n); break;
-    default: assert(0 && "bad dtype");
+    case FC_DTYPE_F32:
+        agg_k_fold_f32(acc, x, w, n);
+        break;
+    case FC_DTYPE_F64:
+        agg_k_fold_f64(acc, x, w, n);
+        break;
+    case FC_DTYPE_F16:
+        agg_k_fold_f16(acc, x, w, n);
+        break;
+    case FC_DTYPE_BF16:
+        agg_k_fold_bf16(acc, x, w, n);
+        break;
+    default:
+        assert(0 && "bad dtype");
     }
 }
 
@@ -198,17 +219,23 @@ static double sqdist_generic(fc_dtype dt, const void *x, const double *v, size_t
 
 double agg_k_sqnorm(fc_dtype dt, const void *x, size_t n) {
     switch (dt) {
-    case FC_DTYPE_F32: return sqnorm_f32(x, n);
-    case FC_DTYPE_F64: return agg_k_sqnorm_f64(x, n);
-    default: return sqdist_generic(dt, x, NULL, n);
+    case FC_DTYPE_F32:
+        return sqnorm_f32(x, n);
+    case FC_DTYPE_F64:
+        return agg_k_sqnorm_f64(x, n);
+    default:
+        return sqdist_generic(dt, x, NULL, n);
     }
 }
 
 double agg_k_sqdist_dt_f64(fc_dtype dt, const void *x, const double *v, size_t n) {
     switch (dt) {
-    case FC_DTYPE_F32: return sqdist_f32_f64(x, v, n);
-    case FC_DTYPE_F64: return agg_k_sqdist_f64(x, v, n);
-    default: return sqdist_generic(dt, x, v, n);
+    case FC_DTYPE_F32:
+        return sqdist_f32_f64(x, v, n);
+    case FC_DTYPE_F64:
+        return agg_k_sqdist_f64(x, v, n);
+    default:
+        return sqdist_generic(dt, x, v, n);
     }
 }
 
@@ -227,7 +254,9 @@ void agg_k_to_f64(fc_dtype dt, const void *restrict src, double *restrict dst, s
             dst[i] = (double)s[i];
         break;
     }
-    case FC_DTYPE_F64: memcpy(dst, src, n * sizeof(double)); break;
+    case FC_DTYPE_F64:
+        memcpy(dst, src, n * sizeof(double));
+        break;
     default:
         for (size_t i = 0; i < n; i++)
             dst[i] = load_f64(src, dt, i);

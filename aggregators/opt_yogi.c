@@ -10,8 +10,7 @@ static const agg_param_spec yogi_params[] = {
     {"lr", AGG_PARAM_DOUBLE, "0.01", 0, DBL_MAX, NULL, "server learning rate"},
     {"beta1", AGG_PARAM_DOUBLE, "0.9", 0, 1, NULL, "first-moment decay"},
     {"beta2", AGG_PARAM_DOUBLE, "0.99", 0, 1, NULL, "second-moment decay"},
-    {"tau", AGG_PARAM_DOUBLE, "1e-3", 1e-300, DBL_MAX, NULL,
-     "adaptivity (> 0); v starts at tau^2"},
+    {"tau", AGG_PARAM_DOUBLE, "1e-3", 1e-300, DBL_MAX, NULL, "adaptivity (> 0); v starts at tau^2"},
     {NULL, 0, NULL, 0, 0, NULL, NULL},
 };
 

@@ -12,9 +12,7 @@
 
 #include "core/alloc.h"
 
-void agg_report_init(agg_report *r) {
-    memset(r, 0, sizeof *r);
-}
+void agg_report_init(agg_report *r) { memset(r, 0, sizeof *r); }
 
 void agg_report_free(agg_report *r) {
     if (!r)
@@ -59,9 +57,7 @@ fc_status agg_report_add_dropped(agg_report *r, uint64_t client_id, const char *
 /* ---- JSON ---- */
 
 /* jansson refuses NaN and Inf; a report shows them as null. */
-static json_t *real_or_null(double v) {
-    return isfinite(v) ? json_real(v) : json_null();
-}
+static json_t *real_or_null(double v) { return isfinite(v) ? json_real(v) : json_null(); }
 
 /* json_int_t is signed 64-bit; an id above INT64_MAX is written as a decimal string. */
 static json_t *u64_json(uint64_t v) {
@@ -77,9 +73,7 @@ static int put(json_t *obj, const char *key, json_t *v) {
     return v != NULL && json_object_set_new(obj, key, v) == 0;
 }
 
-static int push(json_t *arr, json_t *v) {
-    return v != NULL && json_array_append_new(arr, v) == 0;
-}
+static int push(json_t *arr, json_t *v) { return v != NULL && json_array_append_new(arr, v) == 0; }
 
 static json_t *u64_array(const uint64_t *a, size_t n) {
     json_t *arr = json_array();
@@ -116,9 +110,10 @@ static json_t *dropped_array(const agg_report *r) {
     for (size_t i = 0; arr && i < r->n_dropped; i++) {
         const agg_dropped *d = &r->dropped[i];
         json_t *o = json_object();
-        int ok = o && put(o, "client_id", u64_json(d->client_id)) &&
-                 put(o, "client_name", d->client_name ? json_string(d->client_name) : json_null()) &&
-                 put(o, "reason", json_string(d->reason ? d->reason : ""));
+        int ok =
+            o && put(o, "client_id", u64_json(d->client_id)) &&
+            put(o, "client_name", d->client_name ? json_string(d->client_name) : json_null()) &&
+            put(o, "reason", json_string(d->reason ? d->reason : ""));
         if (!ok || !push(arr, o)) {
             if (!ok)
                 json_decref(o);
