@@ -11,9 +11,10 @@
 static const agg_rule *const rules[] = {
     &agg_fedavg,
     &agg_fedau,
+    /* aggrobust: median, trimmed_mean, krum, multikrum, bulyan, geomed */
     &agg_centered_clip,
     &agg_norm_bound,
-    /* robust rules (aggrobust branch) go here */
+    /* aggrobust: ida */
     NULL,
 };
 

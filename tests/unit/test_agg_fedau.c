@@ -292,6 +292,31 @@ static void test_bad_state_blobs_are_clear_errors(void **state) {
     fc_buf_free(&good);
 }
 
+/* Zero total weight makes the round empty; the counters the streaming rule already touched are
+ * not saved: the state given back is the one loaded. */
+static void test_empty_round_keeps_fedau_counters(void **state) {
+    (void)state;
+    float one[1] = {1};
+    agg_update u = {.client_id = 1, .dtype = FC_DTYPE_F32, .data = one, .weight = 1};
+    agg_context c0 = {.dim = 1, .round = 0, .num_registered = 2};
+    agg_context c1 = {.dim = 1, .round = 1, .num_registered = 2};
+    fc_buf st = FC_BUF_INIT, before = FC_BUF_INIT;
+    double D[1];
+    agg_report rep;
+    agg_report_init(&rep);
+    assert_int_equal(agg_test_round("fedau", NULL, &c0, &u, 1, NULL, 0, D, &rep, &st, NULL), FC_OK);
+    assert_int_equal(fc_buf_append(&before, st.data, st.len), FC_OK);
+    u.weight = 0;
+    assert_int_equal(agg_test_round("fedau", NULL, &c1, &u, 1, NULL, 1, D, &rep, &st, NULL), FC_OK);
+    assert_true(rep.empty);
+    assert_true(D[0] == 0.0);
+    assert_int_equal(st.len, before.len);
+    assert_memory_equal(st.data, before.data, st.len);
+    agg_report_free(&rep);
+    fc_buf_free(&st);
+    fc_buf_free(&before);
+}
+
 static void test_client_registered_after_the_round_is_refused(void **state) {
     (void)state;
     float one[1] = {1};
@@ -319,6 +344,7 @@ int main(void) {
         cmocka_unit_test(test_lazy_weights_match_eager_loop_on_random_schedules),
         cmocka_unit_test(test_state_copied_between_rounds_round_trips_bitwise),
         cmocka_unit_test(test_bad_state_blobs_are_clear_errors),
+        cmocka_unit_test(test_empty_round_keeps_fedau_counters),
         cmocka_unit_test(test_client_registered_after_the_round_is_refused),
     };
     return cmocka_run_group_tests(tests, NULL, NULL);
