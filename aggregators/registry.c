@@ -11,18 +11,15 @@
 static const agg_rule *const rules[] = {
     &agg_fedavg,
     &agg_fedau,
+    /* aggrobust: median, trimmed_mean, krum, multikrum, bulyan, geomed */
     &agg_centered_clip,
     &agg_norm_bound,
-    /* robust rules (aggrobust branch) go here */
+    /* aggrobust: ida */
     NULL,
 };
 
 static const agg_opt *const opts[] = {
-    &agg_opt_sgd,
-    &agg_opt_adam,
-    &agg_opt_yogi,
-    &agg_opt_adagrad,
-    NULL,
+    &agg_opt_sgd, &agg_opt_adam, &agg_opt_yogi, &agg_opt_adagrad, NULL,
 };
 
 const agg_rule *agg_rule_find(const char *name) {
@@ -39,13 +36,9 @@ const agg_opt *agg_opt_find(const char *name) {
     return NULL;
 }
 
-const agg_rule *const *agg_rules(void) {
-    return rules;
-}
+const agg_rule *const *agg_rules(void) { return rules; }
 
-const agg_opt *const *agg_opts(void) {
-    return opts;
-}
+const agg_opt *const *agg_opts(void) { return opts; }
 
 /* The lists are constant, so the joined names are built once into static buffers sized for
  * far more names than exist; a name that would not fit is left out rather than cut. */
