@@ -749,6 +749,43 @@ static void test_builder_allocation_failures_are_clean(void **state) {
     fc_wire_msg_free(&m);
 }
 
+static void test_documented_example_frames_match_the_encoder(void **state) {
+    (void)state;
+    /* The hex examples of docs/protocol.md, section 2, byte for byte. */
+    static const uint8_t bye[] = {0x00, 0x00, 0x00, 0x09, 0x08, 0x01, 0xba,
+                                  0x01, 0x04, 0x0a, 0x02, 0x6f, 0x6b};
+    static const uint8_t hello[] = {0x00, 0x00, 0x00, 0x0e, 0x08, 0x01, 0x52, 0x0a, 0x08,
+                                    0x01, 0x1a, 0x02, 0x63, 0x31, 0x22, 0x02, 0x74, 0x6b};
+    static const uint8_t chunk[] = {0x00, 0x00, 0x00, 0x14, 0x08, 0x07, 0x82, 0x01,
+                                    0x0f, 0x08, 0x01, 0x10, 0x80, 0x20, 0x1a, 0x08,
+                                    0x00, 0x00, 0x80, 0x3f, 0x00, 0x00, 0x00, 0x40};
+    fc_buf b = FC_BUF_INIT;
+    fc_wire_msg m;
+    assert_int_equal(fc_wire_bye(&m, 1, "ok", NULL), FC_OK);
+    assert_int_equal(fc_wire_encode(&m, 0, &b, NULL), FC_OK);
+    fc_wire_msg_free(&m);
+    assert_int_equal(b.len, sizeof bye);
+    assert_memory_equal(b.data, bye, sizeof bye);
+    fc_buf_reset(&b);
+    fc_wire_hello_args h = {.client_name = "c1", .token = {(const uint8_t *)"tk", 2}};
+    assert_int_equal(fc_wire_hello(&m, 1, &h, NULL), FC_OK);
+    assert_int_equal(fc_wire_encode(&m, 0, &b, NULL), FC_OK);
+    fc_wire_msg_free(&m);
+    assert_int_equal(b.len, sizeof hello);
+    assert_memory_equal(b.data, hello, sizeof hello);
+    fc_buf_reset(&b);
+    const float values[2] = {1.0f, 2.0f}; /* little-endian host: 00 00 80 3f, 00 00 00 40 */
+    assert_int_equal(fc_frame_encode_chunk(7, 1, 4096, values, sizeof values, 0, &b, NULL), FC_OK);
+    assert_int_equal(b.len, sizeof chunk);
+    assert_memory_equal(b.data, chunk, sizeof chunk);
+    fc_buf_reset(&b);
+    assert_int_equal(fc_wire_chunk(&m, 7, 1, 4096, values, sizeof values, NULL), FC_OK);
+    assert_int_equal(fc_wire_encode(&m, 0, &b, NULL), FC_OK);
+    fc_wire_msg_free(&m);
+    assert_memory_equal(b.data, chunk, sizeof chunk);
+    fc_buf_free(&b);
+}
+
 static void test_body_names(void **state) {
     (void)state;
     assert_string_equal(fc_wire_body_name(FEDCOORD__V1__ENVELOPE__BODY__NOT_SET), "none");
@@ -776,6 +813,7 @@ int main(void) {
         cmocka_unit_test(test_limits_and_field_rules_on_receipt),
         cmocka_unit_test(test_validation_errors_name_the_sequence_number),
         cmocka_unit_test(test_builder_allocation_failures_are_clean),
+        cmocka_unit_test(test_documented_example_frames_match_the_encoder),
         cmocka_unit_test(test_body_names),
     };
     return cmocka_run_group_tests(tests, NULL, NULL);
