@@ -786,6 +786,81 @@ static void test_documented_example_frames_match_the_encoder(void **state) {
     fc_buf_free(&b);
 }
 
+static void test_whole_session_decodes_byte_by_byte_and_validates(void **state) {
+    (void)state;
+    /* Client side of a session: every client message type, in protocol order. */
+    fc_buf s = FC_BUF_INIT;
+    fc_wire_msg m;
+    fc_error err = {0};
+    fc_wire_hello_args h = {.client_name = "c", .token = {(const uint8_t *)"t", 1}};
+    assert_int_equal(fc_wire_hello(&m, 1, &h, &err), FC_OK);
+    assert_int_equal(fc_wire_encode(&m, 0, &s, &err), FC_OK);
+    fc_wire_msg_free(&m);
+    assert_int_equal(fc_wire_heartbeat(&m, 2, 1, &err), FC_OK);
+    assert_int_equal(fc_wire_encode(&m, 0, &s, &err), FC_OK);
+    fc_wire_msg_free(&m);
+    assert_int_equal(fc_wire_model_request(&m, 3, 0, 0, &err), FC_OK);
+    assert_int_equal(fc_wire_encode(&m, 0, &s, &err), FC_OK);
+    fc_wire_msg_free(&m);
+    fc_tensor_spec sp[2] = {spec("w", FC_DTYPE_F32, 2, 2, 3), spec("b", FC_DTYPE_F32, 1, 3, 0)};
+    fc_wire_update_begin_args u = {.round = 1, .tensors = sp, .n_tensors = 2, .total_bytes = 36};
+    assert_int_equal(fc_wire_update_begin(&m, 4, &u, &err), FC_OK);
+    assert_int_equal(fc_wire_encode(&m, 0, &s, &err), FC_OK);
+    fc_wire_msg_free(&m);
+    float w[6] = {1, 2, 3, 4, 5, 6}, b[3] = {7, 8, 9};
+    assert_int_equal(fc_frame_encode_chunk(5, 0, 0, w, 16, 0, &s, &err), FC_OK);
+    assert_int_equal(fc_frame_encode_chunk(6, 0, 16, w + 4, 8, 0, &s, &err), FC_OK);
+    assert_int_equal(fc_frame_encode_chunk(7, 1, 0, b, 12, 0, &s, &err), FC_OK);
+    assert_int_equal(fc_wire_update_end(&m, 8, SHA_A, 5, NULL, 0, &err), FC_OK);
+    assert_int_equal(fc_wire_encode(&m, 0, &s, &err), FC_OK);
+    fc_wire_msg_free(&m);
+    assert_int_equal(fc_wire_bye(&m, 9, "done", &err), FC_OK);
+    assert_int_equal(fc_wire_encode(&m, 0, &s, &err), FC_OK);
+    fc_wire_msg_free(&m);
+
+    static const Fedcoord__V1__Envelope__BodyCase want[] = {
+        FEDCOORD__V1__ENVELOPE__BODY_HELLO,        FEDCOORD__V1__ENVELOPE__BODY_HEARTBEAT,
+        FEDCOORD__V1__ENVELOPE__BODY_MODEL_REQUEST, FEDCOORD__V1__ENVELOPE__BODY_UPDATE_BEGIN,
+        FEDCOORD__V1__ENVELOPE__BODY_CHUNK,        FEDCOORD__V1__ENVELOPE__BODY_CHUNK,
+        FEDCOORD__V1__ENVELOPE__BODY_CHUNK,        FEDCOORD__V1__ENVELOPE__BODY_UPDATE_END,
+        FEDCOORD__V1__ENVELOPE__BODY_BYE};
+    fc_frame_decoder d;
+    fc_frame_decoder_init(&d, 0);
+    size_t n = 0;
+    uint8_t staged[36];
+    size_t staged_len = 0;
+    for (size_t i = 0; i < s.len; i++) {
+        size_t used;
+        fc_frame f;
+        fc_status st = fc_frame_decoder_feed(&d, s.data + i, 1, &used, &f, &err);
+        assert_int_equal(used, 1);
+        if (st == FC_ERR_AGAIN)
+            continue;
+        assert_int_equal(st, FC_OK);
+        fc_chunk_view v;
+        if (fc_frame_peek_chunk(f.data, f.len, &v)) {
+            assert_int_equal(fc_wire_validate_chunk(&v, &err), FC_OK);
+            assert_true(staged_len + v.data_len <= sizeof staged);
+            memcpy(staged + staged_len, v.data, v.data_len); /* the one copy */
+            staged_len += v.data_len;
+        }
+        fc_envelope *env = NULL;
+        assert_int_equal(fc_wire_decode(f.data, f.len, &env, &err), FC_OK);
+        assert_true(n < sizeof want / sizeof want[0]);
+        assert_int_equal(env->body_case, want[n]);
+        assert_int_equal(env->seq, n + 1);
+        n++;
+        fc_envelope_free(env);
+    }
+    assert_int_equal(n, sizeof want / sizeof want[0]);
+    assert_int_equal(fc_frame_decoder_finish(&d, &err), FC_OK);
+    assert_int_equal(staged_len, 36);
+    assert_memory_equal(staged, w, 24);
+    assert_memory_equal(staged + 24, b, 12);
+    fc_frame_decoder_free(&d);
+    fc_buf_free(&s);
+}
+
 static void test_body_names(void **state) {
     (void)state;
     assert_string_equal(fc_wire_body_name(FEDCOORD__V1__ENVELOPE__BODY__NOT_SET), "none");
@@ -814,6 +889,7 @@ int main(void) {
         cmocka_unit_test(test_validation_errors_name_the_sequence_number),
         cmocka_unit_test(test_builder_allocation_failures_are_clean),
         cmocka_unit_test(test_documented_example_frames_match_the_encoder),
+        cmocka_unit_test(test_whole_session_decodes_byte_by_byte_and_validates),
         cmocka_unit_test(test_body_names),
     };
     return cmocka_run_group_tests(tests, NULL, NULL);
