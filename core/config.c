@@ -32,6 +32,9 @@
 
 #include "core/alloc.h"
 
+/* inih's buffer holds a line, "\r\n" and the NUL. */
+_Static_assert(FC_CONFIG_MAX_LINE + 3 <= INI_MAX_LINE, "FC_CONFIG_MAX_LINE exceeds inih's buffer");
+
 #define NAME_MAX_LEN 40 /* inih keeps 49 characters of a name; ours stay well below */
 #define SHOW_MAX 80     /* bytes of a bad value quoted in a message */
 
@@ -959,6 +962,8 @@ static bool has_inline_comment(const char *s) {
 
 fc_status fc_config_set(fc_config *cfg, const char *assignment, const char *source,
                         fc_error *err) {
+    if (!source)
+        source = "--set";
     char shown[SHOW_MAX + 16];
     show(shown, sizeof shown, assignment, strlen(assignment));
     const char *eq = strchr(assignment, '=');

@@ -96,7 +96,9 @@ fc_status fc_config_load_string(fc_config *cfg, const char *name, const char *te
                                 fc_error *err);
 
 /* Applies one override "section.key=value" (the argument of `--set`), validated as a file
- * value would be. source names the origin in messages and in the dump, e.g. "--set". A later
+ * value would be. source names the origin in messages and in the dump (NULL means "--set").
+ * The value is trimmed and may be quoted as in a file; it may not contain ';' after a blank,
+ * and "key=value" must fit in FC_CONFIG_MAX_LINE, so that the dump can write it. A later
  * override of the same key replaces an earlier one. On error cfg is unchanged. Returns FC_OK,
  * FC_ERR_CONFIG, or FC_ERR_NOMEM. Does not block. */
 fc_status fc_config_set(fc_config *cfg, const char *assignment, const char *source,

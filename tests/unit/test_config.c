@@ -302,6 +302,7 @@ static void test_bad_values_name_file_line_key_and_accepted_range(void **state) 
         {"round", "mu", "nan", dbl_range},
         {"round", "mu", "inf", dbl_range},
         {"round", "mu", "1e400", dbl_range},
+        {"round", "mu", "1e-400", dbl_range},
         {"round", "mu", "0x1p3", dbl_range},
         {"round", "mu", "1,5", dbl_range},
         {"round", "mu", ".", dbl_range},
@@ -452,7 +453,7 @@ static void test_comments_quotes_crlf_and_bom(void **state) {
     const char *text = "\xEF\xBB\xBF; a file saved with a byte order mark\r\n"
                        "[round]\r\n"
                        "  min_clients = 7 ; an inline comment\r\n"
-                       "\tseed=5\r\n"
+                       "\tseed: 5\r\n"
                        "# a hash comment\r\n"
                        "[server]\r\n"
                        "name = a;b#c\r\n"
@@ -548,7 +549,7 @@ static void test_set_errors_name_the_source(void **state) {
     assert_int_equal(fc_config_set(cfg, "storage.path=/x", "--set", &err), FC_ERR_CONFIG);
     assert_string_equal(err.msg, "--set: unknown section [storage]; known sections: server, tls, "
                                  "round, aggregator, limits");
-    assert_int_equal(fc_config_set(cfg, "round.min_clients", "--set", &err), FC_ERR_CONFIG);
+    assert_int_equal(fc_config_set(cfg, "round.min_clients", NULL, &err), FC_ERR_CONFIG);
     assert_string_equal(err.msg, "--set: \"round.min_clients\": expected section.key=value");
     assert_int_equal(fc_config_set(cfg, "min_clients=3", "--set", &err), FC_ERR_CONFIG);
     assert_string_equal(err.msg, "--set: \"min_clients=3\": expected section.key=value");
@@ -623,6 +624,23 @@ static void test_dump_marks_sources_and_loads_back(void **state) {
     assert_string_equal(fc_config_get_string(again, "server", "name"), " x");
     assert_int_equal(fc_config_get_int(again, "round", "seed"), 7);
     assert_int_equal(fc_config_get_duration_ms(again, "limits", "idle"), 30000);
+    fc_buf_free(&out);
+    fc_config_free(again);
+    /* A value near the line limit: its source comment goes on the line above. */
+    char set[256] = "server.listen=", value[200];
+    memset(value, 'a', 183); /* "listen = " + 183 = 192: no room for " ; --set" */
+    value[183] = '\0';
+    strcat(set, value);
+    assert_int_equal(fc_config_set(cfg, set, "--set", &err), FC_OK);
+    assert_int_equal(fc_config_dump(cfg, &out), FC_OK);
+    assert_int_equal(fc_buf_append_u8(&out, 0), FC_OK);
+    char expect[300];
+    snprintf(expect, sizeof expect, "[server]\n; --set\nlisten = %s\n", value);
+    assert_memory_equal(out.data, expect, strlen(expect));
+    again = new_config();
+    assert_int_equal(fc_config_load_string(again, "dump", (const char *)out.data, out.len - 1, &err),
+                     FC_OK);
+    assert_string_equal(fc_config_get_string(again, "server", "listen"), value);
     fc_buf_free(&out);
     fc_config_free(again);
     fc_config_free(cfg);
