@@ -37,6 +37,7 @@ _Static_assert(FC_CONFIG_MAX_LINE + 3 <= INI_MAX_LINE, "FC_CONFIG_MAX_LINE excee
 
 #define NAME_MAX_LEN 40 /* inih keeps 49 characters of a name; ours stay well below */
 #define SHOW_MAX 80     /* bytes of a bad value quoted in a message */
+#define SHOW_BUF (SHOW_MAX * 4 + 8) /* each byte may become a 4-byte \xNN escape */
 
 typedef union value {
     int64_t i;  /* int, duration (ms) */
@@ -164,7 +165,7 @@ static long key_index(const fc_config_key *schema, size_t n, const char *sec, si
 /* "unknown section [x] (did you mean [round]?)" or "...; known sections: a, b". */
 static fc_status unknown_section(const fc_config *cfg, fc_error *err, const char *origin,
                                  const char *s, size_t len) {
-    char shown[SHOW_MAX + 16];
+    char shown[SHOW_BUF];
     show(shown, sizeof shown, s, len);
     const char *best = NULL;
     size_t best_d = 3;
@@ -192,7 +193,7 @@ static fc_status unknown_section(const fc_config *cfg, fc_error *err, const char
 
 static fc_status unknown_key(const fc_config *cfg, fc_error *err, const char *origin,
                              const char *sec, size_t seclen, const char *key, size_t keylen) {
-    char shown_sec[SHOW_MAX + 16], shown_key[SHOW_MAX + 16];
+    char shown_sec[SHOW_BUF], shown_key[SHOW_BUF];
     show(shown_sec, sizeof shown_sec, sec, seclen);
     show(shown_key, sizeof shown_key, key, keylen);
     const char *best = NULL;
@@ -504,7 +505,7 @@ static fc_status check_value(const fc_config *cfg, size_t idx, const char *origi
     const fc_config_key *k = &cfg->schema[idx];
     if (parse_value(k, text, out) && in_range(k, &cfg->slots[idx], *out))
         return FC_OK;
-    char shown[SHOW_MAX + 16], accepted[400];
+    char shown[SHOW_BUF], accepted[400];
     show(shown, sizeof shown, text, strlen(text));
     accepted_text(k, accepted, sizeof accepted);
     return fc_error_set(err, FC_ERR_CONFIG, "%s: [%s] %s = \"%s\": expected %s", origin,
@@ -686,7 +687,7 @@ static void check_header(load *ld, const char *s, size_t len) {
     snprintf(origin, sizeof origin, "%s:%d", ld->name, ld->lineno);
     const char *close = memchr(s, ']', len);
     if (!close) {
-        char shown[SHOW_MAX + 16];
+        char shown[SHOW_BUF];
         show(shown, sizeof shown, s, len);
         load_fail(ld, FC_ERR_CONFIG, "%s: section header \"%s\" has no closing ']'", origin,
                   shown);
@@ -698,7 +699,7 @@ static void check_header(load *ld, const char *s, size_t len) {
     while (rest < end && is_blank(*rest))
         rest++;
     if (rest < end && *rest != ';' && *rest != '#') {
-        char shown[SHOW_MAX + 16];
+        char shown[SHOW_BUF];
         show(shown, sizeof shown, rest, (size_t)(end - rest));
         load_fail(ld, FC_ERR_CONFIG, "%s: unexpected text \"%s\" after the section header",
                   origin, shown);
@@ -768,7 +769,7 @@ static int on_entry(void *user, const char *section, const char *name, const cha
         return 1;
     }
     if (!*section) {
-        char shown[SHOW_MAX + 16];
+        char shown[SHOW_BUF];
         show(shown, sizeof shown, name, strlen(name));
         load_fail(ld, FC_ERR_CONFIG, "%s: key \"%s\" appears before any [section]", origin,
                   shown);
@@ -797,7 +798,7 @@ static int on_entry(void *user, const char *section, const char *name, const cha
     bool quotes_ok;
     char *text = normalize(buf, &quotes_ok);
     if (!quotes_ok) {
-        char shown[SHOW_MAX + 16];
+        char shown[SHOW_BUF];
         show(shown, sizeof shown, text, strlen(text));
         load_fail(ld, FC_ERR_CONFIG,
                   "%s: [%s] %s = \"%s\": unbalanced double quote (a quoted value must end with "
@@ -858,7 +859,7 @@ fc_status fc_config_load_string(fc_config *cfg, const char *name, const char *te
         if (rc > 0) {
             const char *s;
             size_t n;
-            char shown[SHOW_MAX + 16];
+            char shown[SHOW_BUF];
             line_text(&ld, rc, &s, &n);
             show(shown, sizeof shown, s, n);
             ld.lineno = rc;
@@ -964,7 +965,7 @@ fc_status fc_config_set(fc_config *cfg, const char *assignment, const char *sour
                         fc_error *err) {
     if (!source)
         source = "--set";
-    char shown[SHOW_MAX + 16];
+    char shown[SHOW_BUF];
     show(shown, sizeof shown, assignment, strlen(assignment));
     const char *eq = strchr(assignment, '=');
     const char *lhs = assignment;

@@ -345,6 +345,19 @@ static void test_message_has_documented_shape(void **state) {
     fc_config_free(cfg);
 }
 
+static void test_long_bad_value_is_shown_escaped_and_cut(void **state) {
+    (void)state;
+    fc_config *cfg = new_config();
+    char text[256] = "[server]\nname = a", shown[512] = "[server] name = \"a";
+    memset(text + strlen(text), '\x01', 100);
+    strcat(text, "\n");
+    for (int i = 0; i < 79; i++)
+        strcat(shown, "\\x01");
+    strcat(shown, "...\": expected text without control characters");
+    assert_error(cfg, text, 2, shown);
+    fc_config_free(cfg);
+}
+
 static void test_unknown_section_is_rejected(void **state) {
     (void)state;
     fc_config *cfg = new_config();
@@ -788,6 +801,7 @@ int main(void) {
         cmocka_unit_test(test_accepted_spellings_of_each_type),
         cmocka_unit_test(test_bad_values_name_file_line_key_and_accepted_range),
         cmocka_unit_test(test_message_has_documented_shape),
+        cmocka_unit_test(test_long_bad_value_is_shown_escaped_and_cut),
         cmocka_unit_test(test_unknown_section_is_rejected),
         cmocka_unit_test(test_unknown_key_is_rejected),
         cmocka_unit_test(test_duplicate_key_is_rejected),
