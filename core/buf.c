@@ -1,4 +1,7 @@
-/* buf.c: growable byte buffer and bounds-checked reader. */
+/* buf.c: growable byte buffer and bounds-checked reader.
+ *
+ * buf.c owns the bytes of an fc_buf; an fc_reader only borrows its input and never reads
+ * outside [data, data + len). */
 #include "core/buf.h"
 
 #include <string.h>
@@ -74,7 +77,10 @@ void fc_buf_free(fc_buf *b) {
 }
 
 void fc_reader_init(fc_reader *r, const void *data, size_t len) {
-    r->data = data;
+    /* Empty input may come as NULL; a zero-length read must still succeed, and it returns
+     * data + pos, which must not be NULL (nor NULL + 0, undefined behaviour). */
+    static const uint8_t empty[1];
+    r->data = data ? data : empty;
     r->len = len;
     r->pos = 0;
     r->failed = 0;

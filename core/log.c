@@ -1,6 +1,11 @@
-/* log.c: logfmt / JSON-lines records to a file descriptor, one write() per record. */
+/* log.c: logfmt / JSON-lines records to a file descriptor, one write() per record.
+ *
+ * log.c owns formatting and writing log records; it never allocates and never blocks on
+ * anything but the write() of a record. A record longer than the buffer is cut at a unit
+ * boundary and marked truncated=true; it still ends in a newline and stays valid JSON. */
 #include "core/log.h"
 
+#include <assert.h>
 #include <stdio.h>
 #include <string.h>
 #include <time.h>
@@ -39,26 +44,43 @@ int fc_log_parse_level(const char *s, fc_log_level *out) {
     return -1;
 }
 
-/* A bounded appender: once full, further output is dropped and the record is cut short. */
+/* A bounded appender. Output is written in units (a character, an escape sequence, a UTF-8
+ * sequence, a whole numeric field) that go in whole or not at all, below `limit`; the bytes
+ * above the limit are kept for what closes a record cut short (closing quote, truncation
+ * marker, '}' and '\n'), so a truncated record is still one well-formed line and, in JSON
+ * mode, still valid JSON. */
 typedef struct out {
     char *buf;
     size_t size, len;
+    size_t limit; /* units may not end past this */
+    int full;     /* a unit did not fit: everything after it is dropped */
 } out;
 
-static void put(out *o, const char *s, size_t n) {
-    if (o->len >= o->size)
-        return;
-    size_t room = o->size - o->len - 1;
-    if (n > room)
-        n = room;
+#define TRUNC_LOGFMT " truncated=true"
+#define TRUNC_JSON ",\"truncated\":true"
+/* Below this buffer size only an empty line is produced. */
+#define MIN_RECORD 128
+
+/* Appends n bytes as one unit, leaving `keep` bytes below the limit free for closing. */
+static int put_unit(out *o, const char *s, size_t n, size_t keep) {
+    if (o->full || o->len + n + keep > o->limit) {
+        o->full = 1;
+        return 0;
+    }
+    memcpy(o->buf + o->len, s, n);
+    o->len += n;
+    o->buf[o->len] = '\0';
+    return 1;
+}
+
+/* Appends closing bytes whose room was kept (by `keep` or by the space above the limit). */
+static void put_closing(out *o, const char *s) {
+    size_t n = strlen(s);
+    assert(o->len + n < o->size);
     memcpy(o->buf + o->len, s, n);
     o->len += n;
     o->buf[o->len] = '\0';
 }
-
-static void puts_(out *o, const char *s) { put(o, s, strlen(s)); }
-
-static void putc_(out *o, char c) { put(o, &c, 1); }
 
 static int logfmt_needs_quotes(const char *s) {
     if (!*s)
@@ -70,122 +92,179 @@ static int logfmt_needs_quotes(const char *s) {
     return 0;
 }
 
-/* Escapes for both logfmt quoted values and JSON strings (the same escapes suffice). */
-static void put_escaped(out *o, const char *s) {
-    for (; *s; s++) {
-        unsigned char c = (unsigned char)*s;
+/* Length of the well-formed UTF-8 sequence at s (2..4), or 0 if it is not one. */
+static size_t utf8_len(const unsigned char *s) {
+    unsigned char c = s[0];
+    size_t n;
+    unsigned char lo = 0x80, hi = 0xBF; /* allowed range of the second byte */
+    if (c >= 0xC2 && c <= 0xDF) {
+        n = 2;
+    } else if (c >= 0xE0 && c <= 0xEF) {
+        n = 3;
+        if (c == 0xE0)
+            lo = 0xA0; /* overlong */
+        if (c == 0xED)
+            hi = 0x9F; /* surrogates */
+    } else if (c >= 0xF0 && c <= 0xF4) {
+        n = 4;
+        if (c == 0xF0)
+            lo = 0x90; /* overlong */
+        if (c == 0xF4)
+            hi = 0x8F; /* above U+10FFFF */
+    } else {
+        return 0;
+    }
+    if (s[1] < lo || s[1] > hi)
+        return 0;
+    for (size_t i = 2; i < n; i++)
+        if (s[i] < 0x80 || s[i] > 0xBF)
+            return 0;
+    return n;
+}
+
+/* Writes the characters of s, escaped for a quoted logfmt value or a JSON string (the same
+ * escapes suffice), each as a unit keeping `keep` bytes. In JSON, bytes that are not UTF-8
+ * become U+FFFD so that the line stays valid JSON. */
+static void put_escaped(out *o, int json, const char *str, size_t keep) {
+    const unsigned char *s = (const unsigned char *)str;
+    while (*s) {
         char tmp[8];
-        switch (c) {
+        const char *unit = tmp;
+        size_t n = 0, advance = 1;
+        switch (*s) {
         case '"':
-            puts_(o, "\\\"");
+            unit = "\\\"";
             break;
         case '\\':
-            puts_(o, "\\\\");
+            unit = "\\\\";
             break;
         case '\n':
-            puts_(o, "\\n");
+            unit = "\\n";
             break;
         case '\r':
-            puts_(o, "\\r");
+            unit = "\\r";
             break;
         case '\t':
-            puts_(o, "\\t");
+            unit = "\\t";
             break;
         default:
-            if (c < 0x20 || c == 0x7f) {
-                snprintf(tmp, sizeof tmp, "\\u%04x", c);
-                puts_(o, tmp);
+            if (*s < 0x20 || *s == 0x7f) {
+                snprintf(tmp, sizeof tmp, "\\u%04x", *s);
+            } else if (*s < 0x80) {
+                unit = (const char *)s;
+                n = 1;
+            } else if ((advance = utf8_len(s)) != 0) {
+                unit = (const char *)s;
+                n = advance;
             } else {
-                putc_(o, (char)c);
+                advance = 1;
+                if (json) {
+                    unit = "\\ufffd";
+                } else {
+                    unit = (const char *)s;
+                    n = 1;
+                }
             }
         }
+        if (n == 0)
+            n = strlen(unit);
+        if (!put_unit(o, unit, n, keep))
+            return;
+        s += advance;
     }
 }
 
-static void put_string_value(out *o, int json, const char *s) {
+/* prefix is written with the value's opening quote as one unit, so a record is never cut
+ * between a key and its value. */
+static void put_string_field(out *o, int json, const char *prefix, const char *s) {
     if (!s)
         s = "";
-    if (json || logfmt_needs_quotes(s)) {
-        putc_(o, '"');
-        put_escaped(o, s);
-        putc_(o, '"');
+    int quoted = json || logfmt_needs_quotes(s);
+    char head[160];
+    snprintf(head, sizeof head, "%s%s", prefix, quoted ? "\"" : "");
+    if (!put_unit(o, head, strlen(head), quoted ? 1 : 0))
+        return;
+    if (quoted) {
+        put_escaped(o, json, s, 1);
+        put_closing(o, "\"");
     } else {
-        puts_(o, s);
+        put_escaped(o, json, s, 0);
     }
 }
 
-static void put_field(out *o, int json, const char *key, const fc_log_field *f) {
-    char num[64];
-    if (json) {
-        puts_(o, ",\"");
-        put_escaped(o, key);
-        puts_(o, "\":");
-    } else {
-        putc_(o, ' ');
-        puts_(o, key);
-        putc_(o, '=');
+/* The "key=" or ,"key": that starts a field (keys are program constants). */
+static void field_prefix(char *dst, size_t size, int json, const char *key) {
+    if (!json) {
+        snprintf(dst, size, " %s=", key);
+        return;
     }
+    out k = {dst, size, 0, size - 1, 0};
+    dst[0] = '\0';
+    put_unit(&k, ",\"", 2, 2);
+    put_escaped(&k, 1, key, 2);
+    k.full = 0;
+    put_unit(&k, "\":", 2, 0);
+}
+
+static void put_field(out *o, int json, const fc_log_field *f) {
+    char prefix[128], unit[200];
+    field_prefix(prefix, sizeof prefix, json, f->key ? f->key : "field");
     switch (f->kind) {
     case FC_LOGF_STR:
-        put_string_value(o, json, f->v.s);
+        put_string_field(o, json, prefix, f->v.s);
         return;
     case FC_LOGF_INT:
-        snprintf(num, sizeof num, "%lld", f->v.i);
+        snprintf(unit, sizeof unit, "%s%lld", prefix, f->v.i);
         break;
     case FC_LOGF_UINT:
-        snprintf(num, sizeof num, "%llu", f->v.u);
+        snprintf(unit, sizeof unit, "%s%llu", prefix, f->v.u);
         break;
     case FC_LOGF_DBL:
         if (f->v.d != f->v.d || f->v.d - f->v.d != 0) /* NaN or inf: not valid JSON numbers */
-            snprintf(num, sizeof num, json ? "null" : "%g", f->v.d);
+            snprintf(unit, sizeof unit, json ? "%snull" : "%s%g", prefix, f->v.d);
         else
-            snprintf(num, sizeof num, "%.6g", f->v.d);
+            snprintf(unit, sizeof unit, "%s%.6g", prefix, f->v.d);
         break;
     case FC_LOGF_END:
         return;
     }
-    puts_(o, num);
+    put_unit(o, unit, strlen(unit), 0);
 }
 
 size_t fc_log_format(char *buf, size_t size, int json, long long unix_ms, fc_log_level lvl,
                      const char *msg, const fc_log_field *fields) {
-    out o = {buf, size, 0};
     if (size == 0)
         return 0;
     buf[0] = '\0';
-    char ts[40];
+    if (size < MIN_RECORD) {
+        if (size < 2)
+            return 0;
+        buf[0] = '\n';
+        buf[1] = '\0';
+        return 1;
+    }
+    /* Above the limit: the truncation marker, '}' in JSON, '\n' and the NUL. */
+    size_t tail = (json ? strlen(TRUNC_JSON) + 1 : strlen(TRUNC_LOGFMT)) + 2;
+    out o = {buf, size, 0, size - tail, 0};
+    char ts[40], head[96];
     time_t secs = (time_t)(unix_ms / 1000);
     struct tm tm;
     gmtime_r(&secs, &tm);
     size_t n = strftime(ts, sizeof ts, "%Y-%m-%dT%H:%M:%S", &tm);
     snprintf(ts + n, sizeof ts - n, ".%03dZ", (int)(unix_ms % 1000));
-    if (json) {
-        puts_(&o, "{\"ts\":\"");
-        puts_(&o, ts);
-        puts_(&o, "\",\"level\":\"");
-        puts_(&o, level_name(lvl));
-        puts_(&o, "\",\"msg\":");
-        put_string_value(&o, 1, msg);
-    } else {
-        puts_(&o, "ts=");
-        puts_(&o, ts);
-        puts_(&o, " level=");
-        puts_(&o, level_name(lvl));
-        puts_(&o, " msg=");
-        put_string_value(&o, 0, msg);
-    }
-    for (const fc_log_field *f = fields; f && f->kind != FC_LOGF_END; f++)
-        put_field(&o, json, f->key ? f->key : "field", f);
     if (json)
-        putc_(&o, '}');
-    /* Always end with a newline, even if the record was cut short. */
-    if (o.len + 1 < o.size) {
-        putc_(&o, '\n');
-    } else {
-        buf[o.size - 2] = '\n';
-        buf[o.size - 1] = '\0';
-        o.len = o.size - 1;
-    }
+        snprintf(head, sizeof head, "{\"ts\":\"%s\",\"level\":\"%s\"", ts, level_name(lvl));
+    else
+        snprintf(head, sizeof head, "ts=%s level=%s", ts, level_name(lvl));
+    put_unit(&o, head, strlen(head), 0); /* at most 95 bytes: always fits in MIN_RECORD */
+    put_string_field(&o, json, json ? ",\"msg\":" : " msg=", msg);
+    for (const fc_log_field *f = fields; f && f->kind != FC_LOGF_END; f++)
+        put_field(&o, json, f);
+    if (o.full)
+        put_closing(&o, json ? TRUNC_JSON : TRUNC_LOGFMT);
+    if (json)
+        put_closing(&o, "}");
+    put_closing(&o, "\n");
     return o.len;
 }
 

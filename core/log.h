@@ -54,8 +54,10 @@ void fc_log_set_fd(int fd);
 /* Parses "debug", "info", "warn", "error". Returns 0 on success, -1 if unknown. */
 int fc_log_parse_level(const char *s, fc_log_level *out);
 
-/* Formats one record into buf (NUL-terminated, with trailing newline when it fits); returns the
- * length written. Exposed for tests. */
+/* Formats one record into buf, NUL-terminated and ending in '\n' (if size >= 2); returns the
+ * length written. A record that does not fit is cut at a character boundary and marked
+ * truncated=true, and stays valid JSON in JSON mode; below 128 bytes only "\n" is written.
+ * Exposed for tests. */
 size_t fc_log_format(char *buf, size_t size, int json, long long unix_ms, fc_log_level lvl,
                      const char *msg, const fc_log_field *fields);
 
