@@ -32,10 +32,14 @@ fc_status fc_buf_reserve(fc_buf *b, size_t extra) {
 fc_status fc_buf_append(fc_buf *b, const void *data, size_t len) {
     if (len == 0)
         return FC_OK;
+    /* data may point into this buffer; growing would free it, so remember its offset. */
+    const uint8_t *src = data;
+    int inside = b->data && src >= b->data && src < b->data + b->cap;
+    size_t src_off = inside ? (size_t)(src - b->data) : 0;
     fc_status st = fc_buf_reserve(b, len);
     if (st != FC_OK)
         return st;
-    memcpy(b->data + b->len, data, len);
+    memmove(b->data + b->len, inside ? b->data + src_off : src, len);
     b->len += len;
     return FC_OK;
 }

@@ -34,6 +34,19 @@ static void test_append_grows_and_keeps_contents(void **state) {
     assert_int_equal(b.cap, 0);
 }
 
+static void test_append_of_own_bytes_survives_growth(void **state) {
+    (void)state;
+    fc_buf b = FC_BUF_INIT;
+    assert_int_equal(fc_buf_append(&b, "abcdefgh", 8), FC_OK);
+    /* Append the buffer to itself until it has to move; the copied bytes must stay right. */
+    for (int i = 0; i < 6; i++)
+        assert_int_equal(fc_buf_append(&b, b.data, b.len), FC_OK);
+    assert_int_equal(b.len, 8u << 6);
+    for (size_t i = 0; i < b.len; i++)
+        assert_int_equal(b.data[i], "abcdefgh"[i % 8]);
+    fc_buf_free(&b);
+}
+
 static void test_little_endian_appends(void **state) {
     (void)state;
     fc_buf b = FC_BUF_INIT;
@@ -210,6 +223,7 @@ static void test_reader_over_empty_input(void **state) {
 int main(void) {
     const struct CMUnitTest tests[] = {
         cmocka_unit_test(test_append_grows_and_keeps_contents),
+        cmocka_unit_test(test_append_of_own_bytes_survives_growth),
         cmocka_unit_test(test_little_endian_appends),
         cmocka_unit_test(test_reserve_overflow_is_refused_and_buffer_kept),
         cmocka_unit_test(test_failed_growth_leaves_buffer_unchanged),
