@@ -89,7 +89,7 @@ static fc_status mem_read(void *ud, void *buf, size_t cap, size_t *got, fc_error
     size_t n = m->len - m->pos;
     if (n > cap) n = cap;
     if (m->step && n > m->step) n = m->step;
-    memcpy(buf, m->data + m->pos, n);
+    if (n) memcpy(buf, m->data + m->pos, n);
     m->pos += n;
     *got = n;
     return FC_OK;
@@ -112,7 +112,7 @@ static fc_status mem_write(void *ud, const void *data, size_t len, uint64_t offs
         return fc_error_set(err, FC_ERR_CLOSED, "test sink closed");
     assert_int_equal(offset, m->first_offset + m->len); /* contiguous */
     assert_true(m->len + len <= m->cap);
-    memcpy(m->data + m->len, data, len);
+    if (len) memcpy(m->data + m->len, data, len);
     m->len += len;
     return FC_OK;
 }
