@@ -161,6 +161,13 @@ fc_status store_schema_prepare(store *s, int must_migrate, fc_error *err) {
                             "%s: schema version %d needs migration to %d; open it read-write "
                             "once (start the coordinator)",
                             s->path, version, STORE_SCHEMA_VERSION);
+    if (must_migrate && fresh) {
+        /* Model chunks dominate the file: 64 KiB pages cut the per-page overhead of blob
+         * overflow chains (commit latency fell ~2x in bench_store). Only a file with no pages
+         * yet takes it; an existing file keeps its page size. */
+        int rc = sqlite3_exec(s->db, "PRAGMA page_size = 65536", NULL, NULL, NULL);
+        if (rc != SQLITE_OK) return store_sqlite_error(s, rc, err, "setting page_size");
+    }
     if (must_migrate) {
         /* WAL is persistent in the file header; setting it again is a no-op. */
         sqlite3_stmt *jm = NULL;
