@@ -1175,6 +1175,7 @@ static void test_disk_full_rolls_back_and_keeps_previous_state(void **state) {
     fc_status st = commit_version(s, 2, 200000, NULL, &err);
     assert_int_equal(st, FC_ERR_IO);
     if (!strstr(err.msg, "full")) fail_msg("error does not name the cause: %s", err.msg);
+    print_message("disk full error: %s\n", err.msg);
     assert_non_null(strstr(err.msg, "round 1 not committed"));
     int64_t latest = 0;
     assert_int_equal(store_latest_version(s, &latest, &err), FC_OK);
