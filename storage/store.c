@@ -67,7 +67,6 @@ static const char *const STMT_SQL[SQ_COUNT] = {
                              " (SELECT chain_hash FROM models WHERE version = ?1),"
                              " (SELECT sha256 FROM models WHERE version = ?1),"
                              " (SELECT pruned_at FROM models WHERE version = ?1) FROM models",
-    [SQ_MODEL_OF_ROUND] = "SELECT version FROM models WHERE round_id = ?1",
     [SQ_MODEL_FINALIZE] = "UPDATE models SET sha256 = ?2, chain_hash = ?3, num_chunks = ?4"
                           " WHERE version = ?1",
     [SQ_CHUNK_INSERT] = "INSERT INTO model_chunks(version, seq, data) VALUES(?1, ?2, ?3)",

@@ -29,7 +29,6 @@ typedef enum store_stmt_id {
     SQ_MODEL_GET,
     SQ_MODEL_LATEST,
     SQ_MODEL_MAX_VERSION,
-    SQ_MODEL_OF_ROUND,
     SQ_MODEL_FINALIZE,
     SQ_CHUNK_INSERT,
     SQ_CHUNK_SCAN,

@@ -5,6 +5,7 @@
  * comments, and old schema versions are created with their own frozen SQL below.
  */
 #include <pthread.h>
+#include <stdatomic.h>
 #include <setjmp.h>
 #include <stdarg.h>
 #include <stddef.h>
@@ -1158,6 +1159,119 @@ static void test_writer_thread_runs_jobs_in_order_while_readers_read(void **stat
     assert_int_equal(store_writer_start(path, &ro, &w, &err), FC_ERR_INVALID);
 }
 
+/* A sink that, on its first call, prunes the version being read from another connection. */
+typedef struct prune_during_read {
+    mem_sink sink;
+    store *writer;
+    fc_status prune_st;
+    uint64_t pruned;
+} prune_during_read;
+
+static fc_status prune_then_collect(void *ud, const void *data, size_t len, uint64_t offset,
+                                    fc_error *err) {
+    prune_during_read *p = ud;
+    if (p->sink.calls == 0) {
+        fc_error perr = {0};
+        p->prune_st = store_prune(p->writer, 1, 0, 0, 5, &p->pruned, &perr);
+    }
+    return mem_write(&p->sink, data, len, offset, err);
+}
+
+static void test_pruning_cannot_tear_a_read_in_progress(void **state) {
+    (void)state;
+    char path[600];
+    new_path(path, sizeof path, "snapshot");
+    store *w = open_small(path, 64);
+    uint8_t v1[1000];
+    fc_error err = {0};
+    assert_int_equal(commit_version(w, 1, sizeof v1, v1, &err), FC_OK);
+    must_commit(w, 2, 1000);
+    store_options ro = {.version = STORE_OPTIONS_V1, .readonly = 1};
+    store *r = NULL;
+    assert_int_equal(store_open(path, &ro, &r, &err), FC_OK);
+    uint8_t back[1000];
+    prune_during_read p = {.sink = {.data = back, .cap = sizeof back}, .writer = w};
+    assert_int_equal(store_model_read(r, 1, 0, prune_then_collect, &p, &err), FC_OK);
+    assert_int_equal(p.prune_st, FC_OK); /* WAL: the writer did not wait for the reader */
+    assert_int_equal(p.pruned, 1);
+    assert_int_equal(p.sink.len, 1000);
+    assert_memory_equal(back, v1, sizeof v1); /* the reader's snapshot still had v1 whole */
+    /* A read that starts now sees the pruned state. */
+    mem_sink after = {.data = back, .cap = sizeof back};
+    assert_int_equal(store_model_read(r, 1, 0, mem_write, &after, &err), FC_ERR_STATE);
+    store_close(r);
+    store_close(w);
+}
+
+typedef struct poll_reader {
+    const char *path;
+    atomic_int stop;
+    int reads, failures;
+    int64_t max_seen;
+    char first_error[FC_ERROR_MSG_MAX];
+} poll_reader;
+
+static fc_status discard(void *ud, const void *data, size_t len, uint64_t offset, fc_error *err) {
+    (void)ud, (void)data, (void)len, (void)offset, (void)err;
+    return FC_OK;
+}
+
+static void *reader_main(void *arg) {
+    poll_reader *pr = arg;
+    store_options ro = {.version = STORE_OPTIONS_V1, .readonly = 1};
+    store *r = NULL;
+    fc_error err = {0};
+    if (store_open(pr->path, &ro, &r, &err) != FC_OK) {
+        pr->failures++;
+        snprintf(pr->first_error, sizeof pr->first_error, "%s", err.msg);
+        return NULL;
+    }
+    while (!atomic_load(&pr->stop)) {
+        int64_t v = 0;
+        fc_status st = store_latest_version(r, &v, &err);
+        if (st == FC_OK && v > 0) {
+            store_state ss;
+            st = store_model_read(r, v, 0, discard, NULL, &err);
+            if (st == FC_OK) st = store_state_get(r, v, &ss, &err);
+            if (st == FC_OK) store_state_clear(&ss);
+            if (v > pr->max_seen) pr->max_seen = v;
+        }
+        if (st == FC_OK) {
+            pr->reads++;
+        } else if (pr->failures++ == 0) {
+            snprintf(pr->first_error, sizeof pr->first_error, "%s", err.msg);
+        }
+    }
+    store_close(r);
+    return NULL;
+}
+
+static void test_readers_see_only_whole_versions_while_the_writer_commits(void **state) {
+    (void)state;
+    char path[600];
+    new_path(path, sizeof path, "concurrent");
+    store_options opt = {.version = STORE_OPTIONS_V1, .chunk_size = 512};
+    store_writer *w = NULL;
+    fc_error err = {0};
+    assert_int_equal(store_writer_start(path, &opt, &w, &err), FC_OK);
+    commit_job first = {1, 5000};
+    assert_int_equal(store_writer_call(w, run_commit_job, &first, &err), FC_OK);
+    poll_reader pr = {.path = path};
+    pthread_t th;
+    assert_int_equal(pthread_create(&th, NULL, reader_main, &pr), 0);
+    commit_job jobs[30];
+    for (int i = 0; i < 30; i++) {
+        jobs[i] = (commit_job){i + 2, 5000};
+        assert_int_equal(store_writer_call(w, run_commit_job, &jobs[i], &err), FC_OK);
+    }
+    atomic_store(&pr.stop, 1);
+    assert_int_equal(pthread_join(th, NULL), 0);
+    store_writer_stop(w);
+    if (pr.failures) fail_msg("%d reader failures, first: %s", pr.failures, pr.first_error);
+    assert_true(pr.reads > 0);
+    assert_true(pr.max_seen >= 1 && pr.max_seen <= 31);
+}
+
 /* ---- durability ---- */
 
 static void test_disk_full_rolls_back_and_keeps_previous_state(void **state) {
@@ -1257,6 +1371,8 @@ int main(void) {
         cmocka_unit_test(test_events_are_append_only_and_listed_in_order),
         cmocka_unit_test(test_recover_fails_interrupted_rounds_and_returns_latest_state),
         cmocka_unit_test(test_writer_thread_runs_jobs_in_order_while_readers_read),
+        cmocka_unit_test(test_pruning_cannot_tear_a_read_in_progress),
+        cmocka_unit_test(test_readers_see_only_whole_versions_while_the_writer_commits),
         cmocka_unit_test(test_disk_full_rolls_back_and_keeps_previous_state),
         cmocka_unit_test(test_allocation_failures_give_clean_errors),
     };
