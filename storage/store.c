@@ -19,6 +19,16 @@
     " updates_accepted, updates_rejected, updates_timed_out, updates_dropped,"                  \
     " coalesce(last_round, 0)"
 
+#define ROUND_SELECT                                                                             \
+    "SELECT r.id, r.state, coalesce(r.base_version, 0), r.started_at,"                          \
+    " coalesce(r.ended_at, 0), r.config_json, r.report_json, r.metrics_json, r.failure_reason,"  \
+    " coalesce((SELECT version FROM models m WHERE m.round_id = r.id), 0) FROM rounds r"
+
+#define MODEL_SELECT                                                                             \
+    "SELECT version, coalesce(parent_version, 0), coalesce(round_id, 0), sha256,"               \
+    " parent_sha256, chain_hash, size, chunk_size, num_chunks, created_at,"                     \
+    " coalesce(pruned_at, 0), tensor_specs_json FROM models"
+
 static const char *const STMT_SQL[SQ_COUNT] = {
     [SQ_CLIENT_ADD] = "INSERT INTO clients(name, token_sha256, created_at) VALUES(?1, ?2, ?3)",
     [SQ_CLIENT_REVOKE] = "UPDATE clients SET revoked_at = ?2 WHERE name = ?1",
@@ -34,11 +44,8 @@ static const char *const STMT_SQL[SQ_COUNT] = {
         " last_round = max(coalesce(last_round, 0), ?3) WHERE name = ?1",
     [SQ_ROUND_INSERT] = "INSERT INTO rounds(id, state, base_version, started_at, config_json)"
                         " VALUES(?1, ?2, ?3, ?4, ?5)",
-    [SQ_ROUND_GET] = "SELECT r.id, r.state, coalesce(r.base_version, 0), r.started_at,"
-                     " coalesce(r.ended_at, 0), r.config_json, r.report_json, r.metrics_json,"
-                     " r.failure_reason,"
-                     " coalesce((SELECT version FROM models m WHERE m.round_id = r.id), 0)"
-                     " FROM rounds r WHERE r.id = ?1",
+    [SQ_ROUND_GET] = ROUND_SELECT " WHERE r.id = ?1",
+    [SQ_ROUND_LIST] = ROUND_SELECT " WHERE r.id > ?1 ORDER BY r.id LIMIT ?2",
     [SQ_ROUND_STATE] = "SELECT state FROM rounds WHERE id = ?1",
     [SQ_ROUND_SET_STATE] = "UPDATE rounds SET state = ?2 WHERE id = ?1",
     [SQ_ROUND_FINISH] = "UPDATE rounds SET state = ?2, ended_at = ?3, report_json = ?4,"
@@ -58,10 +65,8 @@ static const char *const STMT_SQL[SQ_COUNT] = {
         "INSERT INTO models(version, parent_version, round_id, sha256, parent_sha256,"
         " chain_hash, tensor_specs_json, size, chunk_size, num_chunks, created_at)"
         " VALUES(?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11)",
-    [SQ_MODEL_GET] = "SELECT version, coalesce(parent_version, 0), coalesce(round_id, 0),"
-                     " sha256, parent_sha256, chain_hash, size, chunk_size, num_chunks,"
-                     " created_at, coalesce(pruned_at, 0), tensor_specs_json"
-                     " FROM models WHERE version = ?1",
+    [SQ_MODEL_GET] = MODEL_SELECT " WHERE version = ?1",
+    [SQ_MODEL_LIST] = MODEL_SELECT " WHERE version > ?1 ORDER BY version LIMIT ?2",
     [SQ_MODEL_LATEST] = "SELECT coalesce(max(version), 0) FROM models",
     [SQ_MODEL_MAX_VERSION] = "SELECT coalesce(max(version), 0), "
                              " (SELECT chain_hash FROM models WHERE version = ?1),"
@@ -568,6 +573,28 @@ void store_round_clear(store_round *r) {
     memset(r, 0, sizeof *r);
 }
 
+/* Fills r from a ROUND_SELECT row; strings are borrowed from the statement when borrow is set,
+ * copied otherwise. */
+static fc_status read_round(sqlite3_stmt *q, store_round *r, int borrow) {
+    memset(r, 0, sizeof *r);
+    r->id = sqlite3_column_int64(q, 0);
+    r->state = parse_round_state(sqlite3_column_text(q, 1));
+    r->base_version = sqlite3_column_int64(q, 2);
+    r->started_at = sqlite3_column_int64(q, 3);
+    r->ended_at = sqlite3_column_int64(q, 4);
+    r->model_version = sqlite3_column_int64(q, 9);
+    char **fields[4] = {&r->config_json, &r->report_json, &r->metrics_json, &r->failure_reason};
+    for (int i = 0; i < 4; i++) {
+        if (borrow) {
+            *fields[i] = (char *)sqlite3_column_text(q, 5 + i);
+        } else if (store_column_strdup(q, 5 + i, fields[i]) != FC_OK) {
+            store_round_clear(r);
+            return FC_ERR_NOMEM;
+        }
+    }
+    return FC_OK;
+}
+
 fc_status store_round_get(store *s, int64_t round_id, store_round *out, fc_error *err) {
     memset(out, 0, sizeof *out);
     sqlite3_stmt *q;
@@ -576,25 +603,36 @@ fc_status store_round_get(store *s, int64_t round_id, store_round *out, fc_error
     int rc = sqlite3_step(q);
     fc_status st = FC_OK;
     if (rc == SQLITE_ROW) {
-        out->id = sqlite3_column_int64(q, 0);
-        out->state = parse_round_state(sqlite3_column_text(q, 1));
-        out->base_version = sqlite3_column_int64(q, 2);
-        out->started_at = sqlite3_column_int64(q, 3);
-        out->ended_at = sqlite3_column_int64(q, 4);
-        out->model_version = sqlite3_column_int64(q, 9);
-        if (store_column_strdup(q, 5, &out->config_json) != FC_OK ||
-            store_column_strdup(q, 6, &out->report_json) != FC_OK ||
-            store_column_strdup(q, 7, &out->metrics_json) != FC_OK ||
-            store_column_strdup(q, 8, &out->failure_reason) != FC_OK) {
-            store_round_clear(out);
+        if (read_round(q, out, 0) != FC_OK)
             st = fc_error_set(err, FC_ERR_NOMEM, "round %lld: out of memory",
                               (long long)round_id);
-        }
     } else if (rc == SQLITE_DONE) {
         st = fc_error_set(err, FC_ERR_NOT_FOUND, "no round %lld", (long long)round_id);
     } else {
         st = store_sqlite_error(s, rc, err, "reading a round");
     }
+    sqlite3_reset(q);
+    return st;
+}
+
+int64_t store_list_limit(size_t limit) {
+    return limit == 0 || limit > INT64_MAX ? -1 : (int64_t)limit;
+}
+
+fc_status store_round_list(store *s, int64_t after_id, size_t limit, store_round_cb cb, void *ud,
+                           fc_error *err) {
+    sqlite3_stmt *q;
+    STORE_STMT(q, s, SQ_ROUND_LIST, err);
+    sqlite3_bind_int64(q, 1, after_id);
+    sqlite3_bind_int64(q, 2, store_list_limit(limit));
+    fc_status st = FC_OK;
+    int rc;
+    while ((rc = sqlite3_step(q)) == SQLITE_ROW) {
+        store_round r;
+        read_round(q, &r, 1);
+        if ((st = cb(ud, &r)) != FC_OK) break;
+    }
+    if (st == FC_OK && rc != SQLITE_DONE) st = store_sqlite_error(s, rc, err, "listing rounds");
     sqlite3_reset(q);
     return st;
 }
@@ -646,7 +684,7 @@ fc_status store_event_list(store *s, int64_t after_id, size_t limit, store_event
     sqlite3_stmt *q;
     STORE_STMT(q, s, SQ_EVENT_LIST, err);
     sqlite3_bind_int64(q, 1, after_id);
-    sqlite3_bind_int64(q, 2, limit == 0 || limit > INT64_MAX ? -1 : (int64_t)limit);
+    sqlite3_bind_int64(q, 2, store_list_limit(limit));
     fc_status st = FC_OK;
     int rc;
     while ((rc = sqlite3_step(q)) == SQLITE_ROW) {

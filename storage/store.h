@@ -141,6 +141,11 @@ typedef struct store_round {
 /* Reads one round; *out owns its strings (store_round_clear). FC_ERR_NOT_FOUND. */
 fc_status store_round_get(store *s, int64_t round_id, store_round *out, fc_error *err);
 void store_round_clear(store_round *r);
+/* Calls cb for rounds with id > after_id in id order, at most limit (0 = all). The strings in
+ * *r are borrowed and valid only during the call. A non-FC_OK return from cb stops the walk. */
+typedef fc_status (*store_round_cb)(void *ud, const store_round *r);
+fc_status store_round_list(store *s, int64_t after_id, size_t limit, store_round_cb cb, void *ud,
+                           fc_error *err);
 /* Calls cb for each participant of a round, in client-name order. */
 typedef fc_status (*store_participant_cb)(void *ud, const store_participant *p);
 fc_status store_participants_list(store *s, int64_t round_id, store_participant_cb cb, void *ud,
@@ -203,6 +208,11 @@ typedef struct store_model_info {
 } store_model_info;
 fc_status store_model_info_get(store *s, int64_t version, store_model_info *out, fc_error *err);
 void store_model_info_clear(store_model_info *m);
+/* Calls cb for versions > after_version in order, at most limit (0 = all), pruned ones
+ * included (pruned_at != 0). tensor_specs_json is borrowed, valid only during the call. */
+typedef fc_status (*store_model_cb)(void *ud, const store_model_info *m);
+fc_status store_model_list(store *s, int64_t after_version, size_t limit, store_model_cb cb,
+                           void *ud, fc_error *err);
 /* Newest committed version, or 0 in *out if there is none. */
 fc_status store_latest_version(store *s, int64_t *out, fc_error *err);
 

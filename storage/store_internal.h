@@ -18,6 +18,7 @@ typedef enum store_stmt_id {
     SQ_CLIENT_COUNT,
     SQ_ROUND_INSERT,
     SQ_ROUND_GET,
+    SQ_ROUND_LIST,
     SQ_ROUND_STATE,
     SQ_ROUND_SET_STATE,
     SQ_ROUND_FINISH,
@@ -27,6 +28,7 @@ typedef enum store_stmt_id {
     SQ_PART_LIST,
     SQ_MODEL_INSERT,
     SQ_MODEL_GET,
+    SQ_MODEL_LIST,
     SQ_MODEL_LATEST,
     SQ_MODEL_MAX_VERSION,
     SQ_MODEL_FINALIZE,
@@ -82,6 +84,9 @@ fc_status store_round_finish(store *s, int64_t round_id, store_round_state final
                              const char *config_json, const char *report_json,
                              const char *metrics_json, const char *failure_reason,
                              fc_error *err);
+
+/* A LIMIT value: 0 (no limit) becomes -1. */
+int64_t store_list_limit(size_t limit);
 
 /* Text column as a fresh copy (NULL for SQL NULL); FC_ERR_NOMEM on failure. */
 fc_status store_column_strdup(sqlite3_stmt *st, int col, char **out);

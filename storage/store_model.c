@@ -69,6 +69,27 @@ static void copy_hash(sqlite3_stmt *q, int col, uint8_t out[32]) {
         memset(out, 0, 32);
 }
 
+/* Fills m from a MODEL_SELECT row; tensor_specs_json is borrowed when borrow is set. */
+static fc_status read_model_row(sqlite3_stmt *q, store_model_info *m, int borrow) {
+    memset(m, 0, sizeof *m);
+    m->version = sqlite3_column_int64(q, 0);
+    m->parent_version = sqlite3_column_int64(q, 1);
+    m->round_id = sqlite3_column_int64(q, 2);
+    copy_hash(q, 3, m->sha256);
+    copy_hash(q, 4, m->parent_sha256);
+    copy_hash(q, 5, m->chain_hash);
+    m->size = (uint64_t)sqlite3_column_int64(q, 6);
+    m->chunk_size = (uint64_t)sqlite3_column_int64(q, 7);
+    m->num_chunks = (uint64_t)sqlite3_column_int64(q, 8);
+    m->created_at = sqlite3_column_int64(q, 9);
+    m->pruned_at = sqlite3_column_int64(q, 10);
+    if (borrow) {
+        m->tensor_specs_json = (char *)sqlite3_column_text(q, 11);
+        return FC_OK;
+    }
+    return store_column_strdup(q, 11, &m->tensor_specs_json);
+}
+
 fc_status store_model_info_get(store *s, int64_t version, store_model_info *out, fc_error *err) {
     memset(out, 0, sizeof *out);
     sqlite3_stmt *q;
@@ -77,18 +98,7 @@ fc_status store_model_info_get(store *s, int64_t version, store_model_info *out,
     int rc = sqlite3_step(q);
     fc_status st = FC_OK;
     if (rc == SQLITE_ROW) {
-        out->version = sqlite3_column_int64(q, 0);
-        out->parent_version = sqlite3_column_int64(q, 1);
-        out->round_id = sqlite3_column_int64(q, 2);
-        copy_hash(q, 3, out->sha256);
-        copy_hash(q, 4, out->parent_sha256);
-        copy_hash(q, 5, out->chain_hash);
-        out->size = (uint64_t)sqlite3_column_int64(q, 6);
-        out->chunk_size = (uint64_t)sqlite3_column_int64(q, 7);
-        out->num_chunks = (uint64_t)sqlite3_column_int64(q, 8);
-        out->created_at = sqlite3_column_int64(q, 9);
-        out->pruned_at = sqlite3_column_int64(q, 10);
-        if (store_column_strdup(q, 11, &out->tensor_specs_json) != FC_OK)
+        if (read_model_row(q, out, 0) != FC_OK)
             st = fc_error_set(err, FC_ERR_NOMEM, "model version %lld: out of memory",
                               (long long)version);
     } else if (rc == SQLITE_DONE) {
@@ -96,6 +106,24 @@ fc_status store_model_info_get(store *s, int64_t version, store_model_info *out,
     } else {
         st = store_sqlite_error(s, rc, err, "reading model metadata");
     }
+    sqlite3_reset(q);
+    return st;
+}
+
+fc_status store_model_list(store *s, int64_t after_version, size_t limit, store_model_cb cb,
+                           void *ud, fc_error *err) {
+    sqlite3_stmt *q;
+    STORE_STMT(q, s, SQ_MODEL_LIST, err);
+    sqlite3_bind_int64(q, 1, after_version);
+    sqlite3_bind_int64(q, 2, store_list_limit(limit));
+    fc_status st = FC_OK;
+    int rc;
+    while ((rc = sqlite3_step(q)) == SQLITE_ROW) {
+        store_model_info m;
+        read_model_row(q, &m, 1);
+        if ((st = cb(ud, &m)) != FC_OK) break;
+    }
+    if (st == FC_OK && rc != SQLITE_DONE) st = store_sqlite_error(s, rc, err, "listing models");
     sqlite3_reset(q);
     return st;
 }

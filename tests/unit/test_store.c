@@ -369,6 +369,13 @@ static void test_random_bytes_file_is_refused_untouched(void **state) {
     assert_int_equal(fwrite(junk, 1, sizeof junk, f), sizeof junk);
     fclose(f);
     refuse_untouched(path, FC_ERR_FORMAT, "not a fedcoord database");
+    /* Shorter than a SQLite header, and plain text. */
+    new_path(path, sizeof path, "text");
+    f = fopen(path, "wb");
+    assert_non_null(f);
+    fputs("hello world\n", f);
+    fclose(f);
+    refuse_untouched(path, FC_ERR_FORMAT, "not a fedcoord database");
 }
 
 static void test_other_applications_database_is_refused_untouched(void **state) {
@@ -797,6 +804,70 @@ static void test_corrupted_chunk_is_detected_on_full_read(void **state) {
     assert_int_equal(store_model_read(s, 2, 100, mem_write, &shortread, &err), FC_OK);
     assert_int_equal(store_model_read(s, 2, 10, mem_write, &shortread, &err), FC_ERR_CORRUPT);
     assert_non_null(strstr(err.msg, "chunk 0 has 2 bytes, expected 64"));
+    store_close(s);
+}
+
+typedef struct id_list {
+    int64_t ids[16];
+    int64_t extra[16];
+    int n;
+} id_list;
+
+static fc_status collect_round(void *ud, const store_round *r) {
+    id_list *l = ud;
+    if (l->n >= 16) return FC_ERR_LIMIT;
+    l->ids[l->n] = r->id;
+    l->extra[l->n++] = r->model_version;
+    assert_string_equal(r->metrics_json, "{\"loss\":0.5}");
+    return FC_OK;
+}
+
+static fc_status collect_model(void *ud, const store_model_info *m) {
+    id_list *l = ud;
+    if (l->n >= 16) return FC_ERR_LIMIT;
+    l->ids[l->n] = m->version;
+    l->extra[l->n++] = m->parent_version;
+    assert_string_equal(m->tensor_specs_json, SPECS);
+    return FC_OK;
+}
+
+static fc_status stop_at_second(void *ud, const store_model_info *m) {
+    (void)m;
+    return ++*(int *)ud == 2 ? FC_ERR_CLOSED : FC_OK;
+}
+
+static void test_rounds_and_models_are_listed_in_order_with_paging(void **state) {
+    (void)state;
+    char path[600];
+    new_path(path, sizeof path, "lists");
+    store *s = open_small(path, 64);
+    fc_error err = {0};
+    for (int64_t v = 1; v <= 6; v++) must_commit(s, v, 100); /* rounds 1..5 */
+    id_list rounds = {0};
+    assert_int_equal(store_round_list(s, 0, 0, collect_round, &rounds, &err), FC_OK);
+    assert_int_equal(rounds.n, 5);
+    for (int i = 0; i < 5; i++) {
+        assert_int_equal(rounds.ids[i], i + 1);
+        assert_int_equal(rounds.extra[i], i + 2); /* round r committed version r + 1 */
+    }
+    id_list page = {0};
+    assert_int_equal(store_round_list(s, 2, 2, collect_round, &page, &err), FC_OK);
+    assert_int_equal(page.n, 2);
+    assert_int_equal(page.ids[0], 3);
+    assert_int_equal(page.ids[1], 4);
+    id_list models = {0};
+    assert_int_equal(store_model_list(s, 4, 0, collect_model, &models, &err), FC_OK);
+    assert_int_equal(models.n, 2);
+    assert_int_equal(models.ids[0], 5);
+    assert_int_equal(models.extra[0], 4);
+    assert_int_equal(models.ids[1], 6);
+    int calls = 0;
+    assert_int_equal(store_model_list(s, 0, 0, stop_at_second, &calls, &err), FC_ERR_CLOSED);
+    assert_int_equal(calls, 2);
+    /* The statement was reset: the next call works. */
+    id_list all = {0};
+    assert_int_equal(store_model_list(s, 0, 3, collect_model, &all, &err), FC_OK);
+    assert_int_equal(all.n, 3);
     store_close(s);
 }
 
@@ -1365,6 +1436,7 @@ int main(void) {
         cmocka_unit_test(test_commit_result_and_empty_model),
         cmocka_unit_test(test_reads_resume_from_any_offset),
         cmocka_unit_test(test_corrupted_chunk_is_detected_on_full_read),
+        cmocka_unit_test(test_rounds_and_models_are_listed_in_order_with_paging),
         cmocka_unit_test(test_retention_keeps_last_k_every_mth_newest_and_pinned),
         cmocka_unit_test(test_verify_detects_tampered_rows),
         cmocka_unit_test(test_verify_print_reports_ok_and_first_broken_link),
