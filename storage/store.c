@@ -76,7 +76,7 @@ static const char *const STMT_SQL[SQ_COUNT] = {
                           " WHERE version = ?1",
     [SQ_CHUNK_INSERT] = "INSERT INTO model_chunks(version, seq, data) VALUES(?1, ?2, ?3)",
     [SQ_CHUNK_SCAN] = "SELECT seq, data FROM model_chunks WHERE version = ?1 AND seq >= ?2"
-                      " ORDER BY seq",
+                      " AND seq < ?3 ORDER BY seq",
     [SQ_STATE_INSERT] = "INSERT INTO state(version, rule_name, rule_blob, optimizer_name,"
                         " optimizer_blob) VALUES(?1, ?2, ?3, ?4, ?5)",
     [SQ_STATE_GET] = "SELECT rule_name, rule_blob, optimizer_name, optimizer_blob FROM state"

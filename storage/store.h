@@ -227,6 +227,13 @@ typedef fc_status (*store_sink_fn)(void *ud, const void *data, size_t len, uint6
  * FC_ERR_STATE (pruned), FC_ERR_RANGE (offset > size), FC_ERR_CORRUPT, sink's error. */
 fc_status store_model_read(store *s, int64_t version, uint64_t offset, store_sink_fn sink,
                            void *ud, fc_error *err);
+/* As store_model_read, but only bytes [offset, offset + length) (length 0 or past the end = to
+ * the end), in its own short read transaction. A server feeding a slow download calls it one
+ * piece at a time so no read transaction stays open for the whole transfer (a long-lived
+ * snapshot stops WAL checkpoints from resetting the log). The whole hash is checked only when
+ * the range is the whole model. */
+fc_status store_model_read_range(store *s, int64_t version, uint64_t offset, uint64_t length,
+                                 store_sink_fn sink, void *ud, fc_error *err);
 
 typedef struct store_state {
     int64_t version;

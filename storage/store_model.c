@@ -440,17 +440,20 @@ fc_status store_commit_round(store *s, const store_commit *c, store_commit_resul
 
 /* ---- streaming reads ---- */
 
-/* Streams chunks of m from offset to sink (may be NULL) and, when md is set, hashes them. Checks
- * that chunks are contiguous and each has the length the metadata implies. */
-static fc_status scan_chunks(store *s, const store_model_info *m, uint64_t offset,
+/* Streams bytes [offset, end) of m to sink (may be NULL) and, when md is set, hashes the whole
+ * chunks it reads. Checks that chunks are contiguous and each has the length the metadata
+ * implies. offset <= end <= m->size. */
+static fc_status scan_chunks(store *s, const store_model_info *m, uint64_t offset, uint64_t end,
                              store_sink_fn sink, void *ud, EVP_MD_CTX *md, uint64_t *seen,
                              fc_error *err) {
     sqlite3_stmt *q;
     STORE_STMT(q, s, SQ_CHUNK_SCAN, err);
-    uint64_t seq = m->chunk_size ? offset / m->chunk_size : 0;
-    if (seq >= m->num_chunks && m->num_chunks) seq = m->num_chunks; /* offset == size */
+    uint64_t seq = offset / m->chunk_size;
+    uint64_t end_seq = end / m->chunk_size + (end % m->chunk_size != 0);
+    if (offset == end) end_seq = seq; /* nothing to read */
     sqlite3_bind_int64(q, 1, m->version);
     sqlite3_bind_int64(q, 2, (int64_t)seq);
+    sqlite3_bind_int64(q, 3, (int64_t)end_seq);
     fc_status st = FC_OK;
     int rc;
     *seen = 0;
@@ -480,9 +483,9 @@ static fc_status scan_chunks(store *s, const store_model_info *m, uint64_t offse
             break;
         }
         uint64_t skip = offset > start ? offset - start : 0;
-        if (sink && (uint64_t)len > skip &&
-            (st = sink(ud, data + skip, (size_t)((uint64_t)len - skip), start + skip, err)) !=
-                FC_OK)
+        uint64_t stop = end - start < (uint64_t)len ? end - start : (uint64_t)len;
+        if (sink && stop > skip &&
+            (st = sink(ud, data + skip, (size_t)(stop - skip), start + skip, err)) != FC_OK)
             break;
         seq++;
         (*seen)++;
@@ -490,7 +493,7 @@ static fc_status scan_chunks(store *s, const store_model_info *m, uint64_t offse
     if (st == FC_OK && rc != SQLITE_DONE && rc != SQLITE_ROW)
         st = store_sqlite_error(s, rc, err, "reading model chunks");
     sqlite3_reset(q);
-    if (st == FC_OK && seq != m->num_chunks)
+    if (st == FC_OK && seq != end_seq)
         st = fc_error_set(err, FC_ERR_CORRUPT,
                           "model version %lld: chunk %llu missing (%llu chunks expected)",
                           (long long)m->version, (unsigned long long)seq,
@@ -512,13 +515,13 @@ static fc_status check_layout(const store_model_info *m, fc_error *err) {
     return FC_OK;
 }
 
-/* Reads m's data (from offset) and, for a full read, compares the SHA-256. */
-static fc_status read_model(store *s, const store_model_info *m, uint64_t offset,
+/* Reads m's bytes [offset, end) and, for a full read, compares the SHA-256. */
+static fc_status read_model(store *s, const store_model_info *m, uint64_t offset, uint64_t end,
                             store_sink_fn sink, void *ud, uint64_t *chunks, fc_error *err) {
     fc_status st = check_layout(m, err);
     if (st != FC_OK) return st;
     EVP_MD_CTX *md = NULL;
-    if (offset == 0) {
+    if (offset == 0 && end == m->size) {
         md = EVP_MD_CTX_new();
         if (!md || EVP_DigestInit_ex(md, EVP_sha256(), NULL) != 1) {
             EVP_MD_CTX_free(md);
@@ -526,7 +529,7 @@ static fc_status read_model(store *s, const store_model_info *m, uint64_t offset
         }
     }
     uint64_t seen = 0;
-    st = scan_chunks(s, m, offset, sink, ud, md, &seen, err);
+    st = scan_chunks(s, m, offset, end, sink, ud, md, &seen, err);
     if (st == FC_OK && md) {
         uint8_t sha[32];
         unsigned int n = 0;
@@ -546,8 +549,8 @@ static fc_status read_model(store *s, const store_model_info *m, uint64_t offset
     return st;
 }
 
-fc_status store_model_read(store *s, int64_t version, uint64_t offset, store_sink_fn sink,
-                           void *ud, fc_error *err) {
+fc_status store_model_read_range(store *s, int64_t version, uint64_t offset, uint64_t length,
+                                 store_sink_fn sink, void *ud, fc_error *err) {
     if (!sink) return fc_error_set(err, FC_ERR_INVALID, "store_model_read: no sink");
     int own_tx = sqlite3_get_autocommit(s->db);
     fc_status st = own_tx ? store_begin_read(s, err) : FC_OK;
@@ -563,7 +566,8 @@ fc_status store_model_read(store *s, int64_t version, uint64_t offset, store_sin
                           (long long)version, (unsigned long long)offset,
                           (unsigned long long)m.size);
     } else {
-        st = read_model(s, &m, offset, sink, ud, NULL, err);
+        uint64_t end = length == 0 || length > m.size - offset ? m.size : offset + length;
+        st = read_model(s, &m, offset, end, sink, ud, NULL, err);
     }
     store_model_info_clear(&m);
 done:
@@ -574,6 +578,11 @@ done:
             store_rollback_tx(s);
     }
     return st;
+}
+
+fc_status store_model_read(store *s, int64_t version, uint64_t offset, store_sink_fn sink,
+                           void *ud, fc_error *err) {
+    return store_model_read_range(s, version, offset, 0, sink, ud, err);
 }
 
 /* ---- retention ---- */
@@ -730,7 +739,7 @@ static fc_status verify_link(store *s, const store_model_info *m, sqlite3_stmt *
     }
     if (m->pruned_at) return FC_OK;
     uint64_t chunks = 0;
-    if ((st = read_model(s, m, 0, NULL, NULL, &chunks, err)) != FC_OK) return st;
+    if ((st = read_model(s, m, 0, m->size, NULL, NULL, &chunks, err)) != FC_OK) return st;
     store_state state;
     st = store_state_get(s, m->version, &state, err);
     if (st == FC_ERR_NOT_FOUND)
