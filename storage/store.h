@@ -320,7 +320,9 @@ fc_status store_writer_submit(store_writer *w, store_job_fn job, void *job_ud,
 /* Queues job and waits for it (a future): returns the job's status, err gets its error. Any
  * thread except the writer's own. */
 fc_status store_writer_call(store_writer *w, store_job_fn job, void *job_ud, fc_error *err);
-/* Runs the jobs already queued, stops the thread, closes the connection and frees w. */
+/* Runs the jobs already queued, stops the thread, closes the connection and frees w. Submits
+ * racing with stop get FC_ERR_CLOSED; the caller must make sure none happens after it returns
+ * (w is freed). Call it from the thread that started the writer, never from a job. */
 void store_writer_stop(store_writer *w);
 
 #endif

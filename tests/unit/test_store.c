@@ -1449,6 +1449,44 @@ static void test_allocation_failures_give_clean_errors(void **state) {
         assert_true(sqlite3_get_autocommit(s->db)); /* no transaction left open */
     }
     assert_true(ok_seen);
+    /* Reads that copy strings and blobs out. */
+    for (long n = 0; n < 3; n++) {
+        fc_error err = {0};
+        store_state ss;
+        store_round r;
+        store_model_info m;
+        fc_alloc_fail_after(n);
+        fc_status a = store_state_get(s, 1, &ss, &err);
+        fc_alloc_fail_after(n);
+        fc_status b = store_model_info_get(s, 1, &m, &err);
+        fc_alloc_fail_after(-1);
+        assert_true(a == FC_OK || a == FC_ERR_NOMEM);
+        assert_true(b == FC_OK || b == FC_ERR_NOMEM);
+        if (n == 0) assert_int_equal(a, FC_ERR_NOMEM); /* the rule name copy */
+        if (n == 0) assert_int_equal(b, FC_ERR_NOMEM); /* the specs copy */
+        if (a == FC_OK) store_state_clear(&ss);
+        if (b == FC_OK) store_model_info_clear(&m);
+        assert_int_equal(store_round_get(s, 99, &r, &err), FC_ERR_NOT_FOUND);
+    }
+    /* Opening a store and starting a writer. */
+    for (long n = 0; n < 6; n++) {
+        fc_error err = {0};
+        store *other = NULL;
+        store_writer *w = NULL;
+        fc_alloc_fail_after(n);
+        fc_status a = store_open(path, NULL, &other, &err);
+        fc_alloc_fail_after(n);
+        fc_status b = store_writer_start(path, NULL, &w, &err);
+        fc_alloc_fail_after(-1);
+        assert_true(a == FC_OK || a == FC_ERR_NOMEM);
+        assert_true(b == FC_OK || b == FC_ERR_NOMEM);
+        if (n == 0) assert_int_equal(a, FC_ERR_NOMEM);
+        if (n == 0) assert_int_equal(b, FC_ERR_NOMEM);
+        if (a == FC_OK) store_close(other);
+        else assert_null(other);
+        if (b == FC_OK) store_writer_stop(w);
+        else assert_null(w);
+    }
     for (long n = 0; n < 10; n++) {
         fc_error err = {0};
         fc_alloc_fail_after(n);
