@@ -9,6 +9,7 @@
 #include <errno.h>
 #include <stdio.h>
 #include <string.h>
+#include <sys/stat.h>
 #include <unistd.h>
 
 #include "core/alloc.h"
@@ -184,6 +185,27 @@ void store_sha256_hex(const uint8_t h[32], char out[65]) {
 
 /* ---- open and close ---- */
 
+/* Before a read-write open of an existing file, checks it through a read-only connection: a
+ * read-write connection that is the last to close a WAL database checkpoints it, which would
+ * write into another application's file. */
+static fc_status probe_readonly(store *s, fc_error *err) {
+    struct stat sb;
+    if (stat(s->path, &sb) != 0 || sb.st_size == 0) return FC_OK; /* nothing to protect */
+    store probe = {.path = s->path, .readonly = 1};
+    int rc = sqlite3_open_v2(s->path, &probe.db, SQLITE_OPEN_READONLY | SQLITE_OPEN_NOMUTEX,
+                             NULL);
+    fc_status st = FC_OK;
+    if (rc != SQLITE_OK) {
+        st = store_sqlite_error(&probe, rc, err, "opening");
+    } else {
+        int version, fresh;
+        sqlite3_extended_result_codes(probe.db, 1);
+        st = store_schema_check(&probe, &version, &fresh, err);
+    }
+    sqlite3_close(probe.db);
+    return st;
+}
+
 fc_status store_open(const char *path, const store_options *opt, store **out, fc_error *err) {
     store_options defaults = {.version = STORE_OPTIONS_V1};
     if (!opt) opt = &defaults;
@@ -212,6 +234,7 @@ fc_status store_open(const char *path, const store_options *opt, store **out, fc
         fc_error_set(err, st, "store: out of memory");
         goto fail;
     }
+    if (!opt->readonly && (st = probe_readonly(s, err)) != FC_OK) goto fail;
     int flags = opt->readonly ? SQLITE_OPEN_READONLY : SQLITE_OPEN_READWRITE;
     if (!opt->readonly && !opt->must_exist) flags |= SQLITE_OPEN_CREATE;
     int rc = sqlite3_open_v2(path, &s->db, flags | SQLITE_OPEN_NOMUTEX, NULL);

@@ -69,6 +69,10 @@ fc_status store_begin_read(store *s, fc_error *err);
 fc_status store_commit_tx(store *s, fc_error *err);
 void store_rollback_tx(store *s);
 
+/* Reads application_id, user_version and the object count without writing; refuses a foreign
+ * file (FC_ERR_FORMAT) or a newer schema (FC_ERR_VERSION). fresh = a file with nothing in it. */
+fc_status store_schema_check(store *s, int *version, int *fresh, fc_error *err);
+
 /* Runs the migrations from the file's current version to STORE_SCHEMA_VERSION (schema.c). */
 fc_status store_schema_prepare(store *s, int must_migrate, fc_error *err);
 

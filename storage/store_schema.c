@@ -137,10 +137,10 @@ static fc_status run_step(store *s, int to_version, fc_error *err) {
     return store_commit_tx(s, err);
 }
 
-fc_status store_schema_prepare(store *s, int must_migrate, fc_error *err) {
+fc_status store_schema_check(store *s, int *version_out, int *fresh_out, fc_error *err) {
     int app_id = 0, version = 0, objects = 0;
     fc_status st;
-    /* Read-only probes first: nothing is written until the file is known to be ours. */
+    /* Read-only probes: nothing is written until the file is known to be ours. */
     if ((st = pragma_int(s, "PRAGMA application_id", &app_id, err)) != FC_OK) return st;
     if ((st = pragma_int(s, "PRAGMA user_version", &version, err)) != FC_OK) return st;
     if ((st = pragma_int(s, "SELECT count(*) FROM sqlite_master", &objects, err)) != FC_OK)
@@ -156,6 +156,15 @@ fc_status store_schema_prepare(store *s, int must_migrate, fc_error *err) {
                             "%s: schema version %d is newer than this build supports (%d); "
                             "upgrade fedcoord",
                             s->path, version, STORE_SCHEMA_VERSION);
+    *version_out = version;
+    *fresh_out = fresh;
+    return FC_OK;
+}
+
+fc_status store_schema_prepare(store *s, int must_migrate, fc_error *err) {
+    int version = 0, fresh = 0;
+    fc_status st = store_schema_check(s, &version, &fresh, err);
+    if (st != FC_OK) return st;
     if (version < STORE_SCHEMA_VERSION && !must_migrate)
         return fc_error_set(err, FC_ERR_VERSION,
                             "%s: schema version %d needs migration to %d; open it read-write "

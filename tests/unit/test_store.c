@@ -390,6 +390,28 @@ static void test_other_applications_database_is_refused_untouched(void **state) 
     exec_raw(path, "PRAGMA application_id = 1234; PRAGMA user_version = 2;"
                    "CREATE TABLE models(x);");
     refuse_untouched(path, FC_ERR_FORMAT, "application_id");
+    /* A WAL-mode database whose last writer left committed pages in its WAL: a read-write
+     * connection closing last would checkpoint them into the main file. */
+    new_path(path, sizeof path, "foreign-wal");
+    sqlite3 *db = NULL;
+    assert_int_equal(sqlite3_open(path, &db), SQLITE_OK);
+    assert_int_equal(sqlite3_exec(db, "PRAGMA journal_mode = WAL; PRAGMA wal_autocheckpoint = 0;"
+                                      "CREATE TABLE t(x); INSERT INTO t VALUES(1)",
+                                  NULL, NULL, NULL),
+                     SQLITE_OK);
+    assert_int_equal(sqlite3_db_config(db, SQLITE_DBCONFIG_NO_CKPT_ON_CLOSE, 1, NULL), SQLITE_OK);
+    assert_int_equal(sqlite3_close(db), SQLITE_OK);
+    char wal[620];
+    snprintf(wal, sizeof wal, "%s-wal", path);
+    assert_int_equal(access(wal, F_OK), 0); /* the pages are still in the WAL */
+    refuse_untouched(path, FC_ERR_FORMAT, "not a fedcoord database");
+    uint8_t wal_before[32], wal_after[32];
+    file_sha256(wal, wal_before);
+    store *s = NULL;
+    fc_error err = {0};
+    assert_int_equal(store_open(path, NULL, &s, &err), FC_ERR_FORMAT);
+    file_sha256(wal, wal_after);
+    assert_memory_equal(wal_before, wal_after, 32);
 }
 
 /* ---- clients ---- */
