@@ -115,7 +115,7 @@ typedef struct store_participant {
     const char *metrics_json; /* NULL or JSON text */
 } store_participant;
 
-/* write. Records a round that has started (state WAITING or TRAINING) on top of base_version
+/* write. Records a round that has started (a non-final state) on top of base_version
  * (0 = none). FC_ERR_EXISTS if the id is taken, FC_ERR_INVALID for a final state. */
 fc_status store_round_begin(store *s, int64_t round_id, store_round_state state,
                             int64_t base_version, const char *config_json, int64_t now,
@@ -308,8 +308,13 @@ typedef fc_status (*store_job_fn)(store *s, void *ud, fc_error *err);
 typedef void (*store_done_fn)(void *ud, fc_status st, const fc_error *err);
 
 #define STORE_WRITER_QUEUE_MAX 1024
+/* WAL pages after which the writer checkpoints (SQLite's own auto-checkpoint default). */
+#define STORE_WRITER_CHECKPOINT_PAGES 1000
 /* Opens the write connection (in the calling thread, so open errors come back here) and starts
- * the thread. opt->readonly must be 0. */
+ * the thread. opt->readonly must be 0. The writer's connection does not checkpoint inside
+ * COMMIT: once the WAL holds STORE_WRITER_CHECKPOINT_PAGES pages, the thread runs a passive
+ * checkpoint after the job's done callback, so the copy into the database file is off the
+ * path between a commit and its announcement. */
 fc_status store_writer_start(const char *path, const store_options *opt, store_writer **out,
                              fc_error *err);
 /* Queues job; done(done_ud, ...) is called exactly once on the writer thread if this returns

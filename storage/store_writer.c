@@ -9,6 +9,7 @@
 #include <string.h>
 
 #include "core/alloc.h"
+#include "core/log.h"
 #include "storage/store_internal.h"
 
 typedef struct writer_job {
@@ -27,7 +28,29 @@ struct store_writer {
     writer_job *head, *tail;
     size_t pending;
     int stopping;
+    int wal_pages; /* pages in the WAL after the last commit; writer thread only */
 };
+
+/* Replaces SQLite's auto-checkpoint hook (which would checkpoint inside COMMIT): only records
+ * the WAL size; writer_main checkpoints after the job is reported. */
+static int wal_hook(void *ud, sqlite3 *db, const char *name, int pages) {
+    (void)db, (void)name;
+    ((store_writer *)ud)->wal_pages = pages;
+    return SQLITE_OK;
+}
+
+static void checkpoint_if_due(store_writer *w) {
+    if (w->wal_pages < STORE_WRITER_CHECKPOINT_PAGES) return;
+    int log_pages = 0, done_pages = 0;
+    int rc = sqlite3_wal_checkpoint_v2(w->s->db, NULL, SQLITE_CHECKPOINT_PASSIVE, &log_pages,
+                                       &done_pages);
+    w->wal_pages = 0;
+    /* A failed or partial checkpoint loses nothing: the pages stay in the WAL and are copied
+     * by a later one (or by SQLite when the database is next opened). */
+    if (rc != SQLITE_OK)
+        FC_LOG(FC_LOG_WARN, "store checkpoint failed", FC_LS("db", w->s->path),
+               FC_LS("error", sqlite3_errmsg(w->s->db)));
+}
 
 static void *writer_main(void *arg) {
     store_writer *w = arg;
@@ -47,6 +70,7 @@ static void *writer_main(void *arg) {
         if (!sqlite3_get_autocommit(w->s->db)) store_rollback_tx(w->s);
         if (j->done) j->done(j->done_ud, st, &err);
         fc_free(j);
+        checkpoint_if_due(w);
 
         pthread_mutex_lock(&w->mu);
         w->pending--;
@@ -67,6 +91,7 @@ fc_status store_writer_start(const char *path, const store_options *opt, store_w
         fc_free(w);
         return st;
     }
+    sqlite3_wal_hook(w->s->db, wal_hook, w);
     if (pthread_mutex_init(&w->mu, NULL) != 0) goto fail_mutex;
     if (pthread_cond_init(&w->cv, NULL) != 0) goto fail_cond;
     if (pthread_create(&w->thread, NULL, writer_main, w) != 0) goto fail_thread;

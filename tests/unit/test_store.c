@@ -13,6 +13,7 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sys/stat.h>
 #include <unistd.h>
 
 #include <cmocka.h>
@@ -1409,6 +1410,59 @@ static void test_readers_see_only_whole_versions_while_the_writer_commits(void *
     assert_true(pr.max_seen >= 1 && pr.max_seen <= 31);
 }
 
+static off_t file_size(const char *path) {
+    struct stat sb;
+    assert_int_equal(stat(path, &sb), 0);
+    return sb.st_size;
+}
+
+typedef struct size_at_done {
+    const char *path;
+    off_t size;
+    fc_status st;
+} size_at_done;
+
+static void record_size(void *ud, fc_status st, const fc_error *err) {
+    (void)err;
+    size_at_done *d = ud;
+    d->st = st;
+    d->size = file_size(d->path);
+}
+
+static fc_status noop_job(store *s, void *ud, fc_error *err) {
+    (void)s, (void)ud, (void)err;
+    return FC_OK;
+}
+
+static void test_writer_checkpoints_after_reporting_not_inside_commit(void **state) {
+    (void)state;
+    char path[600];
+    new_path(path, sizeof path, "ckpt");
+    /* 1 KiB pages, fixed before the store sees the file (still an empty database to it), so
+     * STORE_WRITER_CHECKPOINT_PAGES is about 1 MB of WAL. */
+    exec_raw(path, "PRAGMA page_size = 1024; CREATE TABLE x(y); DROP TABLE x; VACUUM;");
+    store_options opt = {.version = STORE_OPTIONS_V1, .chunk_size = 65536};
+    store_writer *w = NULL;
+    fc_error err = {0};
+    assert_int_equal(store_writer_start(path, &opt, &w, &err), FC_OK);
+    off_t empty = file_size(path);
+    commit_job job = {1, 1500000};
+    size_at_done d = {.path = path};
+    assert_int_equal(store_writer_submit(w, run_commit_job, &job, record_size, &d, &err), FC_OK);
+    assert_int_equal(store_writer_call(w, noop_job, NULL, &err), FC_OK); /* after the checkpoint */
+    assert_int_equal(d.st, FC_OK);
+    /* When the commit was reported, its pages were only in the WAL... */
+    assert_true(d.size < 1500000);
+    assert_true(d.size <= empty + 65536);
+    /* ...and the thread copied them into the database file right after. */
+    assert_true(file_size(path) >= 1500000);
+    store_writer_stop(w);
+    store *s = open_small(path, 0);
+    assert_int_equal(count_rows(s, "PRAGMA page_size"), 1024);
+    assert_int_equal(store_verify(s, NULL, &err), FC_OK);
+    store_close(s);
+}
+
 /* ---- durability ---- */
 
 static void test_disk_full_rolls_back_and_keeps_previous_state(void **state) {
@@ -1550,6 +1604,7 @@ int main(void) {
         cmocka_unit_test(test_writer_thread_runs_jobs_in_order_while_readers_read),
         cmocka_unit_test(test_pruning_cannot_tear_a_read_in_progress),
         cmocka_unit_test(test_readers_see_only_whole_versions_while_the_writer_commits),
+        cmocka_unit_test(test_writer_checkpoints_after_reporting_not_inside_commit),
         cmocka_unit_test(test_disk_full_rolls_back_and_keeps_previous_state),
         cmocka_unit_test(test_allocation_failures_give_clean_errors),
     };
