@@ -1,0 +1,34 @@
+/* fedctl.h: the operator CLI's command table.
+ *
+ * Each subcommand lives in server/fedctl_<name>.c and exposes one entry point. The entry point
+ * gets argv starting at the subcommand's own name and returns the process exit status:
+ *   0  success
+ *   1  the command ran but failed (I/O error, corrupt database, ...)
+ *   2  bad input: usage, a missing or malformed file, an unknown rule or parameter. The command
+ *      prints exactly one line "fedctl NAME: ..." to stderr.
+ */
+#ifndef FC_FEDCTL_H
+#define FC_FEDCTL_H
+
+#define FEDCTL_OK 0
+#define FEDCTL_FAILED 1
+#define FEDCTL_BAD_INPUT 2
+
+typedef struct fedctl_command {
+    const char *name;
+    const char *summary; /* one line for `fedctl --help` */
+    const char *usage;   /* full help text for `fedctl NAME --help` */
+    int (*run)(int argc, char **argv);
+} fedctl_command;
+
+extern const fedctl_command fedctl_cmd_aggregate;
+extern const fedctl_command fedctl_cmd_verify;
+
+/* Prints "fedctl CMD: " + message + newline to stderr; returns FEDCTL_BAD_INPUT. */
+int fedctl_bad_input(const char *cmd, const char *fmt, ...) __attribute__((format(printf, 2, 3)));
+/* Same, returning FEDCTL_FAILED. */
+int fedctl_failed(const char *cmd, const char *fmt, ...) __attribute__((format(printf, 2, 3)));
+/* 1 if arg is -h or --help. */
+int fedctl_is_help(const char *arg);
+
+#endif

@@ -1,0 +1,31 @@
+/* fedctl_common.c: shared helpers for fedctl subcommands (messages and exit codes). */
+#include <stdarg.h>
+#include <stdio.h>
+#include <string.h>
+
+#include "server/fedctl.h"
+
+__attribute__((format(printf, 2, 0))) static void vreport(const char *cmd, const char *fmt,
+                                                          va_list ap) {
+    fprintf(stderr, "fedctl %s: ", cmd);
+    vfprintf(stderr, fmt, ap);
+    fputc('\n', stderr);
+}
+
+int fedctl_bad_input(const char *cmd, const char *fmt, ...) {
+    va_list ap;
+    va_start(ap, fmt);
+    vreport(cmd, fmt, ap);
+    va_end(ap);
+    return FEDCTL_BAD_INPUT;
+}
+
+int fedctl_failed(const char *cmd, const char *fmt, ...) {
+    va_list ap;
+    va_start(ap, fmt);
+    vreport(cmd, fmt, ap);
+    va_end(ap);
+    return FEDCTL_FAILED;
+}
+
+int fedctl_is_help(const char *arg) { return strcmp(arg, "-h") == 0 || strcmp(arg, "--help") == 0; }
