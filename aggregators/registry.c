@@ -11,9 +11,15 @@
 static const agg_rule *const rules[] = {
     &agg_fedavg,
     &agg_fedau,
+    &agg_median,
+    &agg_trimmed_mean,
+    &agg_krum,
+    &agg_multikrum,
+    &agg_bulyan,
+    &agg_geomed,
     &agg_centered_clip,
     &agg_norm_bound,
-    /* robust rules (aggrobust branch) go here */
+    &agg_ida,
     NULL,
 };
 
