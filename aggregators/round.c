@@ -159,7 +159,8 @@ fc_status agg_round_expect(agg_round *r, const uint64_t *client_ids, size_t n, f
     slot *s = n ? fc_mallocarray(n, sizeof *s) : NULL;
     if (n && !s)
         return fc_error_set(err, FC_ERR_NOMEM, "out of memory for %zu expected clients", n);
-    memset(s, 0, n * sizeof *s);
+    if (n)
+        memset(s, 0, n * sizeof *s);
     for (size_t i = 0; i < n; i++)
         s[i].client_id = client_ids[i];
     if (n)
