@@ -293,7 +293,7 @@ static size_t sortnet_emit(size_t n, uint32_t *pairs) {
 size_t agg_k_sortnet_count(size_t n) { return sortnet_emit(n, NULL); }
 
 size_t agg_k_sortnet_build(size_t n, size_t lo, size_t hi, uint32_t *pairs, unsigned char *live) {
-    assert(lo < hi && hi <= n && n <= UINT32_MAX);
+    assert(lo < hi && hi <= n && n < ((size_t)1 << 31));
     size_t total = sortnet_emit(n, pairs);
     /* Backwards: a comparator matters iff one of its outputs is live; then both inputs are. */
     memset(live, 0, n);
@@ -323,15 +323,22 @@ size_t agg_k_sortnet_build(size_t n, size_t lo, size_t hi, uint32_t *pairs, unsi
  * updates) and that the sign of a zero may follow either operand (it never changes a value);
  * ivdep says rows a and b of one comparator never overlap (a < b). AVX2 clones are picked at
  * load time on CPUs that have it. */
+#if defined(__clang__)
+/* clang has no optimize attribute and emits min/max for these loops without it. */
+#define NET_ATTRS __attribute__((target_clones("avx2", "default")))
+#define NET_IVDEP
+#else
 #define NET_ATTRS                                                                              \
     __attribute__((target_clones("avx2", "default"),                                          \
                    optimize("finite-math-only", "no-signed-zeros")))
+#define NET_IVDEP _Pragma("GCC ivdep")
+#endif
 
 NET_ATTRS void agg_k_sortnet_f32(float *blk, const uint32_t *pairs, size_t npairs) {
     for (size_t k = 0; k < npairs; k++) {
         float *a = blk + (size_t)pairs[2 * k] * AGG_K_COLS;
         float *b = blk + (size_t)pairs[2 * k + 1] * AGG_K_COLS;
-#pragma GCC ivdep
+NET_IVDEP
         for (size_t c = 0; c < AGG_K_COLS; c++) {
             float x = a[c], y = b[c];
             a[c] = x < y ? x : y;
@@ -344,7 +351,7 @@ NET_ATTRS void agg_k_sortnet_f64(double *blk, const uint32_t *pairs, size_t npai
     for (size_t k = 0; k < npairs; k++) {
         double *a = blk + (size_t)pairs[2 * k] * AGG_K_COLS;
         double *b = blk + (size_t)pairs[2 * k + 1] * AGG_K_COLS;
-#pragma GCC ivdep
+NET_IVDEP
         for (size_t c = 0; c < AGG_K_COLS; c++) {
             double x = a[c], y = b[c];
             a[c] = x < y ? x : y;

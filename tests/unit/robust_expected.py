@@ -94,6 +94,9 @@ def main():
            [90.0, -6.0]]
     print("sel/first/out", bulyan(pts, 1))
 
+    print("# bulyan f=0 on 0 1 2 3 (theta = beta = n)")
+    print("sel/first/out", bulyan([[0.0], [1.0], [2.0], [3.0]], 0))
+
     print("# geomed, d=2, weights 1 2 3 4 (examples) and uniform")
     pts = [[0.0, 0.0], [1.0, 0.0], [0.0, 1.0], [10.0, 10.0]]
     for w in ([1.0, 2.0, 3.0, 4.0], [1.0, 1.0, 1.0, 1.0]):

@@ -330,8 +330,9 @@ static void test_krum_needs_2f_plus_3(void **state) {
     assert_int_equal(run("krum", NULL, &s, D, &rep, &err), FC_ERR_REQUIREMENT);
     assert_non_null(strstr(err.msg, "2f+3 = 5"));
     agg_report_free(&rep);
-    const char *kv[] = {"f=0", NULL}; /* n >= 3 suffices */
+    const char *kv[] = {"f=0", NULL}; /* n >= 3 suffices; 2 neighbours: scores 5 2 2 5 */
     assert_int_equal(run("krum", kv, &s, D, &rep, &err), FC_OK);
+    assert_true(D[0] == 1.0);
     agg_report_free(&rep);
     assert_int_equal(run("multikrum", NULL, &s, D, &rep, &err), FC_ERR_REQUIREMENT);
     agg_report_free(&rep);
@@ -424,6 +425,28 @@ static void test_bulyan_distance_tie_goes_to_earlier_selected(void **state) {
     expect_vec(D, want, 2, 0);
     const size_t sel[5] = {2, 3, 1, 0, 5};
     for (int i = 0; i < 5; i++)
+        assert_int_equal(rep.selected[i], sel[i]);
+    agg_report_free(&rep);
+    upset_free(&s);
+}
+
+static void test_bulyan_f0_keeps_everything(void **state) {
+    (void)state;
+    /* f = 0 on 0 1 2 3: theta = beta = 4, neighbour counts 2, 1 (clamped up), 1, 0 (clamped
+     * down). robust_expected.py: selection 1 2 0 3, D = 1.5. */
+    const double v[4] = {0, 1, 2, 3};
+    upset s;
+    upset_make(&s, FC_DTYPE_F32, 4, 1, v);
+    double D[1];
+    agg_report rep;
+    agg_report_init(&rep);
+    fc_error err = {0};
+    const char *kv[] = {"f=0", NULL};
+    assert_int_equal(run("bulyan", kv, &s, D, &rep, &err), FC_OK);
+    assert_true(D[0] == 1.5);
+    const size_t sel[4] = {1, 2, 0, 3};
+    assert_int_equal(rep.n_selected, 4);
+    for (int i = 0; i < 4; i++)
         assert_int_equal(rep.selected[i], sel[i]);
     agg_report_free(&rep);
     upset_free(&s);
@@ -642,6 +665,7 @@ int main(void) {
         cmocka_unit_test(test_krum_f16_input),
         cmocka_unit_test(test_bulyan_reference_example),
         cmocka_unit_test(test_bulyan_distance_tie_goes_to_earlier_selected),
+        cmocka_unit_test(test_bulyan_f0_keeps_everything),
         cmocka_unit_test(test_bulyan_needs_4f_plus_3),
         cmocka_unit_test(test_geomed_weighted_and_uniform),
         cmocka_unit_test(test_ida_inverse_distance_weights),
