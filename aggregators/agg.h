@@ -119,7 +119,8 @@ typedef struct agg_dropped {
  * are owned. Indices are positions in ascending client_id order among the accepted updates. */
 typedef struct agg_report {
     char rule[32];
-    size_t n_in;          /* updates offered */
+    size_t n_in;          /* clients accounted for: n_used + n_dropped (dropped include
+                             invalid, agg_round_drop'ed and expected-but-missing ones) */
     size_t n_used;        /* updates that reached the rule */
     double total_weight;  /* sum of weights of used updates */
     uint64_t *client_ids; /* n_used client ids, index order */

@@ -148,7 +148,8 @@ fc_status fedopt_load(agg_opt_state *st, const void *blob, size_t len, fc_error 
     if (version != FEDOPT_STATE_V1)
         return fc_error_set(err, FC_ERR_VERSION,
                             "optimizer %s: state version %u is not supported (this build reads "
-                            "version %u)", name, version, FEDOPT_STATE_V1);
+                            "version %u)",
+                            name, version, FEDOPT_STATE_V1);
     if (fc_read_u32le(&rd, &tag) != FC_OK || fc_read_u64le(&rd, &dim) != FC_OK)
         return fc_error_set(err, FC_ERR_FORMAT, "optimizer %s: state header is truncated", name);
     if (tag != kind_tag(s->kind))

@@ -45,8 +45,7 @@ static fc_status sgd_create(const agg_params *p, size_t dim, agg_opt_state **out
     sgd_state *s = fc_calloc(1, sizeof *s);
     if (!s || !(s->b = fc_calloc(dim, sizeof(double)))) {
         fc_free(s);
-        return fc_error_set(err, FC_ERR_NOMEM, "optimizer sgd: out of memory for %zu doubles",
-                            dim);
+        return fc_error_set(err, FC_ERR_NOMEM, "optimizer sgd: out of memory for %zu doubles", dim);
     }
     s->dim = dim;
     s->lr = v[0].d;
@@ -107,7 +106,8 @@ static fc_status sgd_load(agg_opt_state *st, const void *blob, size_t len, fc_er
     if (version != SGD_STATE_V1)
         return fc_error_set(err, FC_ERR_VERSION,
                             "optimizer sgd: state version %u is not supported (this build reads "
-                            "version %u)", version, SGD_STATE_V1);
+                            "version %u)",
+                            version, SGD_STATE_V1);
     if (fc_read_u32le(&rd, &tag) || fc_read_u64le(&rd, &dim) || fc_read_u8(&rd, &started))
         return fc_error_set(err, FC_ERR_FORMAT, "optimizer sgd: state header is truncated");
     if (tag != SGD_TAG)
@@ -117,8 +117,7 @@ static fc_status sgd_load(agg_opt_state *st, const void *blob, size_t len, fc_er
                             "optimizer sgd: state is for %llu elements, the model has %zu",
                             (unsigned long long)dim, s->dim);
     if (started > 1)
-        return fc_error_set(err, FC_ERR_CORRUPT, "optimizer sgd: bad 'started' flag %u",
-                            started);
+        return fc_error_set(err, FC_ERR_CORRUPT, "optimizer sgd: bad 'started' flag %u", started);
     size_t want = started ? s->dim * sizeof(double) : 0;
     if (len - 17 != want)
         return fc_error_set(err, FC_ERR_FORMAT,

@@ -11,10 +11,14 @@
 
 static const char *type_name(const agg_param_spec *s) {
     switch (s->type) {
-    case AGG_PARAM_DOUBLE: return "number";
-    case AGG_PARAM_UINT: return "integer";
-    case AGG_PARAM_BOOL: return "true|false";
-    case AGG_PARAM_ENUM: return s->choices ? s->choices : "?";
+    case AGG_PARAM_DOUBLE:
+        return "number";
+    case AGG_PARAM_UINT:
+        return "integer";
+    case AGG_PARAM_BOOL:
+        return "true|false";
+    case AGG_PARAM_ENUM:
+        return s->choices ? s->choices : "?";
     }
     return "?";
 }
@@ -173,8 +177,8 @@ fc_status agg_params_parse(const char *what, const agg_param_spec *specs, const 
                                 what, k, accepted);
         for (size_t j = 0; j < k; j++)
             if (p->items[j].key && strcmp(p->items[j].key, key) == 0)
-                return fc_error_set(err, FC_ERR_CONFIG, "%s: parameter '%s' given twice; %s",
-                                    what, key, accepted);
+                return fc_error_set(err, FC_ERR_CONFIG, "%s: parameter '%s' given twice; %s", what,
+                                    key, accepted);
         for (i = 0; i < nspecs; i++)
             if (strcmp(specs[i].key, key) == 0)
                 break;
@@ -187,7 +191,7 @@ fc_status agg_params_parse(const char *what, const agg_param_spec *specs, const 
     }
     for (size_t i = 0; i < nspecs; i++)
         if (specs[i].default_value == NULL && !values[i].set)
-            return fc_error_set(err, FC_ERR_CONFIG, "%s: missing required parameter '%s'; %s",
-                                what, specs[i].key, accepted);
+            return fc_error_set(err, FC_ERR_CONFIG, "%s: missing required parameter '%s'; %s", what,
+                                specs[i].key, accepted);
     return FC_OK;
 }

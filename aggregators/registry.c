@@ -24,11 +24,7 @@ static const agg_rule *const rules[] = {
 };
 
 static const agg_opt *const opts[] = {
-    &agg_opt_sgd,
-    &agg_opt_adam,
-    &agg_opt_yogi,
-    &agg_opt_adagrad,
-    NULL,
+    &agg_opt_sgd, &agg_opt_adam, &agg_opt_yogi, &agg_opt_adagrad, NULL,
 };
 
 const agg_rule *agg_rule_find(const char *name) {
@@ -45,13 +41,9 @@ const agg_opt *agg_opt_find(const char *name) {
     return NULL;
 }
 
-const agg_rule *const *agg_rules(void) {
-    return rules;
-}
+const agg_rule *const *agg_rules(void) { return rules; }
 
-const agg_opt *const *agg_opts(void) {
-    return opts;
-}
+const agg_opt *const *agg_opts(void) { return opts; }
 
 /* The lists are constant, so the joined names are built once into static buffers sized for
  * far more names than exist; a name that would not fit is left out rather than cut. */

@@ -12,9 +12,7 @@
 
 #include "core/alloc.h"
 
-void agg_report_init(agg_report *r) {
-    memset(r, 0, sizeof *r);
-}
+void agg_report_init(agg_report *r) { memset(r, 0, sizeof *r); }
 
 void agg_report_free(agg_report *r) {
     if (!r)
@@ -59,9 +57,7 @@ fc_status agg_report_add_dropped(agg_report *r, uint64_t client_id, const char *
 /* ---- JSON ---- */
 
 /* jansson refuses NaN and Inf; a report shows them as null. */
-static json_t *real_or_null(double v) {
-    return isfinite(v) ? json_real(v) : json_null();
-}
+static json_t *real_or_null(double v) { return isfinite(v) ? json_real(v) : json_null(); }
 
 /* json_int_t is signed 64-bit; an id above INT64_MAX is written as a decimal string. */
 static json_t *u64_json(uint64_t v) {
@@ -72,14 +68,29 @@ static json_t *u64_json(uint64_t v) {
     return json_string(text);
 }
 
+/* jansson accepts only UTF-8; a client name that is not valid UTF-8 is shown with every byte
+ * >= 0x80 replaced by '?', rather than failing the whole report. */
+static json_t *text_json(const char *s) {
+    json_t *v = json_string(s);
+    if (v)
+        return v;
+    char *copy = fc_strdup(s);
+    if (!copy)
+        return NULL;
+    for (char *p = copy; *p; p++)
+        if ((unsigned char)*p >= 0x80)
+            *p = '?';
+    v = json_string(copy);
+    fc_free(copy);
+    return v;
+}
+
 /* json_object_set_new / json_array_append_new steal the value even on failure. */
 static int put(json_t *obj, const char *key, json_t *v) {
     return v != NULL && json_object_set_new(obj, key, v) == 0;
 }
 
-static int push(json_t *arr, json_t *v) {
-    return v != NULL && json_array_append_new(arr, v) == 0;
-}
+static int push(json_t *arr, json_t *v) { return v != NULL && json_array_append_new(arr, v) == 0; }
 
 static json_t *u64_array(const uint64_t *a, size_t n) {
     json_t *arr = json_array();
@@ -117,8 +128,8 @@ static json_t *dropped_array(const agg_report *r) {
         const agg_dropped *d = &r->dropped[i];
         json_t *o = json_object();
         int ok = o && put(o, "client_id", u64_json(d->client_id)) &&
-                 put(o, "client_name", d->client_name ? json_string(d->client_name) : json_null()) &&
-                 put(o, "reason", json_string(d->reason ? d->reason : ""));
+                 put(o, "client_name", d->client_name ? text_json(d->client_name) : json_null()) &&
+                 put(o, "reason", text_json(d->reason ? d->reason : ""));
         if (!ok || !push(arr, o)) {
             if (!ok)
                 json_decref(o);
@@ -140,7 +151,7 @@ fc_status agg_report_to_json(const agg_report *r, fc_buf *out) {
     rule[sizeof r->rule] = '\0';
     memcpy(note, r->note, sizeof r->note);
     note[sizeof r->note] = '\0';
-    int ok = put(o, "rule", json_string(rule)) && put(o, "n_in", u64_json(r->n_in)) &&
+    int ok = put(o, "rule", text_json(rule)) && put(o, "n_in", u64_json(r->n_in)) &&
              put(o, "n_used", u64_json(r->n_used)) &&
              put(o, "total_weight", real_or_null(r->total_weight)) &&
              put(o, "empty", json_boolean(r->empty)) &&
@@ -152,7 +163,7 @@ fc_status agg_report_to_json(const agg_report *r, fc_buf *out) {
              put(o, "trimmed_high", u64_json(r->trimmed_high)) &&
              put(o, "iterations", u64_json(r->iterations)) &&
              put(o, "clipped", u64_json(r->clipped)) && put(o, "dropped", dropped_array(r)) &&
-             put(o, "note", json_string(note));
+             put(o, "note", text_json(note));
     if (!ok)
         goto done;
     char *text = json_dumps(o, JSON_COMPACT | JSON_REAL_PRECISION(17) | JSON_PRESERVE_ORDER);

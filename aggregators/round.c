@@ -24,32 +24,32 @@ enum slot_state { SLOT_PENDING = 0, SLOT_HELD, SLOT_DONE };
 
 typedef struct slot {
     uint64_t client_id;
-    int state;      /* expect mode only */
-    agg_update u;   /* when HELD */
-    void *owned;    /* owned copy of the data, or NULL if u.data is stable and aligned */
-    char *name;     /* owned copy of the client name */
+    int state;    /* expect mode only */
+    agg_update u; /* when HELD */
+    void *owned;  /* owned copy of the data, or NULL if u.data is stable and aligned */
+    char *name;   /* owned copy of the client name */
 } slot;
 
 struct agg_round {
     const agg_rule *rule;
     agg_context ctx;
     agg_state *st;
-    fc_buf loaded;      /* the blob given at begin, returned unchanged on an empty round */
+    fc_buf loaded; /* the blob given at begin, returned unchanged on an empty round */
     int expecting;
-    slot *slots;        /* expect: one per expected id, sorted; else: held updates */
+    slot *slots; /* expect: one per expected id, sorted; else: held updates */
     size_t n_slots, cap_slots;
-    size_t cursor;      /* expect: first slot not yet DONE */
-    uint64_t *seen;     /* no expect: sorted ids offered or dropped, for duplicate checks */
+    size_t cursor;  /* expect: first slot not yet DONE */
+    uint64_t *seen; /* no expect: sorted ids offered or dropped, for duplicate checks */
     size_t n_seen, cap_seen;
-    agg_report rep;     /* dropped list and common fields, moved to the caller at finish */
+    agg_report rep; /* dropped list and common fields, moved to the caller at finish */
     uint64_t *used_ids;
     size_t n_used, cap_used;
     double total_weight;
     int fed_any;
     uint64_t last_fed;
-    fc_status failed;   /* first error from the rule's add(), or a fatal driver error */
+    fc_status failed; /* first error from the rule's add(), or a fatal driver error */
     fc_error fail_err;
-    int finished;       /* 0 open, 1 finished OK, 2 finished empty, 3 finished with failure */
+    int finished; /* 0 open, 1 finished OK, 2 finished empty, 3 finished with failure */
 };
 
 static fc_status fail_round(agg_round *r, fc_status st, const fc_error *e) {
@@ -123,8 +123,10 @@ fc_status agg_round_begin(const agg_rule *rule, const agg_params *p, const agg_c
         return fc_error_set(err, FC_ERR_INVALID, "rule %s: bad vector size %zu", rule->name,
                             ctx->dim);
     if (rule_state_len > 0 && (!(rule->flags & AGG_STATEFUL) || !rule->load_state))
-        return fc_error_set(err, FC_ERR_INVALID, "rule %s keeps no state, but a %zu-byte state "
-                            "was given", rule->name, rule_state_len);
+        return fc_error_set(err, FC_ERR_INVALID,
+                            "rule %s keeps no state, but a %zu-byte state "
+                            "was given",
+                            rule->name, rule_state_len);
     if (rule_state_len > 0 && !rule_state)
         return fc_error_set(err, FC_ERR_INVALID, "rule %s: state is NULL", rule->name);
     if (!(r = fc_calloc(1, sizeof *r)))
@@ -398,9 +400,7 @@ static void fill_report(agg_round *r, agg_report *rep) {
     agg_report_init(&r->rep);
 }
 
-static void zero(double *d, size_t n) {
-    memset(d, 0, n * sizeof *d);
-}
+static void zero(double *d, size_t n) { memset(d, 0, n * sizeof *d); }
 
 static void set_note(agg_report *rep, const char *text) {
     size_t n = strlen(text);
@@ -483,8 +483,10 @@ fc_status agg_round_save_state(const agg_round *r, fc_buf *out, fc_error *err) {
     if (r->finished == 2)
         return fc_buf_append(out, r->loaded.data, r->loaded.len);
     if (r->finished != 1)
-        return fc_error_set(err, FC_ERR_STATE, "rule %s: no state to save before a successful "
-                            "finish", r->rule->name);
+        return fc_error_set(err, FC_ERR_STATE,
+                            "rule %s: no state to save before a successful "
+                            "finish",
+                            r->rule->name);
     if (!(r->rule->flags & AGG_STATEFUL) || !r->rule->save_state)
         return FC_OK;
     return r->rule->save_state(r->st, out, err);

@@ -41,7 +41,7 @@ typedef struct cc_state {
 } cc_state;
 
 static const agg_param_spec cc_params[] = {
-    {"tau", AGG_PARAM_DOUBLE, "10.0", 0, DBL_MAX, NULL, "clipping radius"},
+    {"tau", AGG_PARAM_DOUBLE, "10.0", 1e-300, DBL_MAX, NULL, "clipping radius (> 0)"},
     {"iters", AGG_PARAM_UINT, "1", 1, 1000, NULL, "clipping iterations per round"},
     {NULL, 0, NULL, 0, 0, NULL, NULL},
 };
@@ -64,8 +64,10 @@ static fc_status cc_create(const agg_params *p, const agg_context *ctx, agg_stat
         fc_free(s->v);
         fc_free(s->acc);
         fc_free(s);
-        return fc_error_set(err, FC_ERR_NOMEM, "rule centered_clip: out of memory for %zu "
-                            "doubles", ctx->dim);
+        return fc_error_set(err, FC_ERR_NOMEM,
+                            "rule centered_clip: out of memory for %zu "
+                            "doubles",
+                            ctx->dim);
     }
     *out = (agg_state *)s;
     return FC_OK;
@@ -104,8 +106,10 @@ static fc_status cc_add(agg_state *st, const agg_update *u, fc_error *err) {
     if (!u->data_stable) {
         size_t bytes = s->dim * fc_dtype_size(u->dtype);
         if (!(k->owned = fc_malloc(bytes)))
-            return fc_error_set(err, FC_ERR_NOMEM, "rule centered_clip: out of memory keeping "
-                                "client %llu's update", (unsigned long long)u->client_id);
+            return fc_error_set(err, FC_ERR_NOMEM,
+                                "rule centered_clip: out of memory keeping "
+                                "client %llu's update",
+                                (unsigned long long)u->client_id);
         memcpy(k->owned, u->data, bytes);
         k->data = k->owned;
     }
@@ -168,7 +172,8 @@ static fc_status cc_load(agg_state *st, const void *blob, size_t len, fc_error *
     if (version != CC_STATE_V1)
         return fc_error_set(err, FC_ERR_VERSION,
                             "rule centered_clip: state version %u is not supported (this build "
-                            "reads version %u)", version, CC_STATE_V1);
+                            "reads version %u)",
+                            version, CC_STATE_V1);
     if (fc_read_u32le(&rd, &tag) != FC_OK || fc_read_u64le(&rd, &dim) != FC_OK)
         return fc_error_set(err, FC_ERR_FORMAT, "rule centered_clip: state header is truncated");
     if (tag != CC_TAG)

@@ -93,8 +93,8 @@ static fc_status fedau_check_n(const agg_state *st, size_t n, fc_error *err) {
     const fedau_state *s = (const fedau_state *)st;
     if ((uint64_t)n > s->num_registered)
         return fc_error_set(err, FC_ERR_REQUIREMENT,
-                            "rule fedau: %zu participants but only N = %llu registered clients",
-                            n, (unsigned long long)s->num_registered);
+                            "rule fedau: %zu participants but only N = %llu registered clients", n,
+                            (unsigned long long)s->num_registered);
     return FC_OK;
 }
 
@@ -107,15 +107,14 @@ static fc_status fedau_add(agg_state *st, const agg_update *u, fc_error *err) {
         return fc_error_set(err, FC_ERR_INVALID,
                             "rule fedau: client %llu registered at round %llu, after round %llu",
                             (unsigned long long)u->client_id,
-                            (unsigned long long)u->registered_round,
-                            (unsigned long long)s->round);
+                            (unsigned long long)u->registered_round, (unsigned long long)s->round);
     k = find_client(s, u->client_id, &found);
     if (found && s->clients[k].last_close >= t)
         return fc_error_set(err, FC_ERR_STATE,
                             "rule fedau: client %llu was already counted at round %lld, this is "
                             "round %lld",
-                            (unsigned long long)u->client_id,
-                            (long long)s->clients[k].last_close, (long long)t);
+                            (unsigned long long)u->client_id, (long long)s->clients[k].last_close,
+                            (long long)t);
     if (s->n == s->cap_omegas) {
         size_t cap = s->cap_omegas ? s->cap_omegas * 2 : 16;
         double *g = fc_realloc(s->omegas, cap * sizeof *g);
@@ -203,12 +202,12 @@ static fc_status fedau_load(agg_state *st, const void *blob, size_t len, fc_erro
     uint64_t count = 0;
     fc_reader_init(&rd, blob, len);
     if (fc_read_u32le(&rd, &version) != FC_OK)
-        return fc_error_set(err, FC_ERR_FORMAT, "rule fedau: state of %zu bytes is truncated",
-                            len);
+        return fc_error_set(err, FC_ERR_FORMAT, "rule fedau: state of %zu bytes is truncated", len);
     if (version != FEDAU_STATE_V1)
         return fc_error_set(err, FC_ERR_VERSION,
                             "rule fedau: state version %u is not supported (this build reads "
-                            "version %u)", version, FEDAU_STATE_V1);
+                            "version %u)",
+                            version, FEDAU_STATE_V1);
     if (fc_read_u32le(&rd, &tag) != FC_OK || fc_read_u64le(&rd, &count) != FC_OK)
         return fc_error_set(err, FC_ERR_FORMAT, "rule fedau: state header is truncated");
     if (tag != FEDAU_TAG)
@@ -228,8 +227,8 @@ static fc_status fedau_load(agg_state *st, const void *blob, size_t len, fc_erro
             fc_free(cl);
             return fc_error_set(err, FC_ERR_FORMAT, "rule fedau: state record %zu truncated", i);
         }
-        if ((i > 0 && id <= cl[i - 1].id) || c1 > (uint64_t)INT64_MAX || !isfinite(om) ||
-            om < 0 || (S == 0 && om != 0)) {
+        if ((i > 0 && id <= cl[i - 1].id) || c1 > (uint64_t)INT64_MAX || !isfinite(om) || om < 0 ||
+            (S == 0 && om != 0)) {
             fc_free(cl);
             return fc_error_set(err, FC_ERR_CORRUPT,
                                 "rule fedau: state record %zu (client %llu) is inconsistent", i,

@@ -21,7 +21,8 @@ typedef struct norm_bound_state {
 } norm_bound_state;
 
 static const agg_param_spec norm_bound_params[] = {
-    {"max_norm", AGG_PARAM_DOUBLE, NULL, 0, DBL_MAX, NULL, "L2 norm bound for each delta"},
+    {"max_norm", AGG_PARAM_DOUBLE, NULL, 1e-300, DBL_MAX, NULL,
+     "L2 norm bound for each delta (> 0)"},
     {"weighting", AGG_PARAM_ENUM, "examples", 0, 0, "examples|uniform",
      "examples: weight by num_examples; uniform: plain mean"},
     {NULL, 0, NULL, 0, 0, NULL, NULL},

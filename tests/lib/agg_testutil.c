@@ -27,8 +27,8 @@ static size_t split_kv(const char *const *kv, agg_kv *items, char store[][128]) 
 }
 
 fc_status agg_test_round(const char *name, const char *const *kv, const agg_context *ctx,
-                         const agg_update *ups, size_t n, const size_t *perm, int expect,
-                         double *D, agg_report *rep, fc_buf *state, fc_error *err) {
+                         const agg_update *ups, size_t n, const size_t *perm, int expect, double *D,
+                         agg_report *rep, fc_buf *state, fc_error *err) {
     agg_kv items[MAX_KV];
     char store[MAX_KV][128];
     agg_params p = {items, split_kv(kv, items, store)};
@@ -37,8 +37,8 @@ fc_status agg_test_round(const char *name, const char *const *kv, const agg_cont
     fc_status st;
     if (!rule)
         return fc_error_set(err, FC_ERR_NOT_FOUND, "no rule %s", name);
-    st = agg_round_begin(rule, &p, ctx, state ? state->data : NULL, state ? state->len : 0, &r,
-                         err);
+    st =
+        agg_round_begin(rule, &p, ctx, state ? state->data : NULL, state ? state->len : 0, &r, err);
     if (st != FC_OK)
         return st;
     if (expect) {

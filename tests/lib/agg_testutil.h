@@ -13,8 +13,8 @@
  * replaced by the saved state after a successful finish. Returns finish's status (or an earlier
  * failure). */
 fc_status agg_test_round(const char *name, const char *const *kv, const agg_context *ctx,
-                         const agg_update *ups, size_t n, const size_t *perm, int expect,
-                         double *D, agg_report *rep, fc_buf *state, fc_error *err);
+                         const agg_update *ups, size_t n, const size_t *perm, int expect, double *D,
+                         agg_report *rep, fc_buf *state, fc_error *err);
 
 /* Bitwise equality of two double arrays. */
 int agg_test_same_bits(const double *a, const double *b, size_t n);

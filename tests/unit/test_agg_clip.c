@@ -1,11 +1,12 @@
 /* test_agg_clip.c: norm_bound and centered_clip, values written from the definitions. */
+#include <math.h>
 #include <setjmp.h>
 #include <stdarg.h>
 #include <stddef.h>
 #include <stdint.h>
-#include <cmocka.h>
-#include <math.h>
 #include <string.h>
+
+#include <cmocka.h>
 
 #include "aggregators/agg.h"
 #include "aggregators/rules.h"
@@ -32,8 +33,7 @@ static void test_norm_bound_clips_then_averages(void **state) {
     assert_true(agg_test_close(D[1], 0.2, 1e-15));
     assert_int_equal(rep.clipped, 1);
     const char *kvu[] = {"max_norm=1", "weighting=uniform", NULL};
-    assert_int_equal(agg_test_round("norm_bound", kvu, &ctx, ups, 2, NULL, 1, D, &rep, NULL,
-                                    NULL),
+    assert_int_equal(agg_test_round("norm_bound", kvu, &ctx, ups, 2, NULL, 1, D, &rep, NULL, NULL),
                      FC_OK);
     assert_true(agg_test_close(D[0], 0.6, 1e-7));
     assert_true(agg_test_close(D[1], 0.4, 1e-15));
@@ -63,8 +63,7 @@ static void test_centered_clip_one_iteration_and_persisted_centre(void **state) 
     double D[2];
     agg_report rep;
     agg_report_init(&rep);
-    assert_int_equal(agg_test_round("centered_clip", kv, &ctx, ups, 2, NULL, 0, D, &rep, &st,
-                                    NULL),
+    assert_int_equal(agg_test_round("centered_clip", kv, &ctx, ups, 2, NULL, 0, D, &rep, &st, NULL),
                      FC_OK);
     assert_true(agg_test_close(D[0], 0.55, 1e-15));
     assert_true(agg_test_close(D[1], 0.4, 1e-15));
@@ -74,8 +73,7 @@ static void test_centered_clip_one_iteration_and_persisted_centre(void **state) 
     /* 0.55 and 2.4 are not floats; use f64 so that Delta - v is exactly [0, 2]. */
     double c[2] = {D[0], D[1] + 2.0};
     agg_update u = {.client_id = 1, .dtype = FC_DTYPE_F64, .data = c, .weight = 1};
-    assert_int_equal(agg_test_round("centered_clip", kv, &ctx, &u, 1, NULL, 0, D, &rep, &st,
-                                    NULL),
+    assert_int_equal(agg_test_round("centered_clip", kv, &ctx, &u, 1, NULL, 0, D, &rep, &st, NULL),
                      FC_OK);
     assert_true(agg_test_close(D[0], 0.55, 1e-15));
     assert_true(agg_test_close(D[1], 1.4, 1e-15));
@@ -96,9 +94,8 @@ static void test_centered_clip_two_iterations_match_script(void **state) {
     double D[2];
     agg_report rep;
     agg_report_init(&rep);
-    assert_int_equal(agg_test_round("centered_clip", kv, &ctx, ups, 2, NULL, 0, D, &rep, NULL,
-                                    NULL),
-                     FC_OK);
+    assert_int_equal(
+        agg_test_round("centered_clip", kv, &ctx, ups, 2, NULL, 0, D, &rep, NULL, NULL), FC_OK);
     assert_true(agg_test_close(D[0], 0.8063120216533546, 1e-14));
     assert_true(agg_test_close(D[1], 0.6133564399804394, 1e-14));
     assert_int_equal(rep.clipped, 2);
@@ -117,16 +114,14 @@ static void test_centered_clip_state_errors_are_clear(void **state) {
     fc_error err = {0};
     agg_round *r = NULL;
     agg_report_init(&rep);
-    assert_int_equal(agg_test_round("centered_clip", NULL, &ctx, &u, 1, NULL, 0, D, &rep, &st,
-                                    NULL),
-                     FC_OK);
+    assert_int_equal(
+        agg_test_round("centered_clip", NULL, &ctx, &u, 1, NULL, 0, D, &rep, &st, NULL), FC_OK);
     agg_report_free(&rep);
     agg_context ctx3 = {.dim = 3};
     assert_int_equal(agg_round_begin(&agg_centered_clip, NULL, &ctx3, st.data, st.len, &r, &err),
                      FC_ERR_SHAPE);
     assert_non_null(strstr(err.msg, "state is for 2 elements, the model has 3"));
-    assert_int_equal(agg_round_begin(&agg_centered_clip, NULL, &ctx, st.data, st.len - 8, &r,
-                                     &err),
+    assert_int_equal(agg_round_begin(&agg_centered_clip, NULL, &ctx, st.data, st.len - 8, &r, &err),
                      FC_ERR_FORMAT);
     st.data[0] = 9;
     assert_int_equal(agg_round_begin(&agg_centered_clip, NULL, &ctx, st.data, st.len, &r, &err),
@@ -146,13 +141,11 @@ static void test_empty_round_keeps_centered_clip_state(void **state) {
     double D[2];
     agg_report rep;
     agg_report_init(&rep);
-    assert_int_equal(agg_test_round("centered_clip", NULL, &ctx, &u, 1, NULL, 0, D, &rep, &st,
-                                    NULL),
-                     FC_OK);
+    assert_int_equal(
+        agg_test_round("centered_clip", NULL, &ctx, &u, 1, NULL, 0, D, &rep, &st, NULL), FC_OK);
     assert_int_equal(fc_buf_append(&before, st.data, st.len), FC_OK);
-    assert_int_equal(agg_test_round("centered_clip", NULL, &ctx, &ub, 1, NULL, 0, D, &rep, &st,
-                                    NULL),
-                     FC_OK);
+    assert_int_equal(
+        agg_test_round("centered_clip", NULL, &ctx, &ub, 1, NULL, 0, D, &rep, &st, NULL), FC_OK);
     assert_true(rep.empty);
     assert_int_equal(st.len, before.len);
     assert_memory_equal(st.data, before.data, st.len);

@@ -1,14 +1,15 @@
 /* test_agg_fedau.c: FedAU weights against hand-simulated participation schedules and an eager
  * implementation of the IBM/fedau loop written independently here; state persistence. */
+#include <math.h>
 #include <setjmp.h>
 #include <stdarg.h>
 #include <stddef.h>
 #include <stdint.h>
-#include <cmocka.h>
-#include <math.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+
+#include <cmocka.h>
 
 #include "aggregators/agg.h"
 #include "aggregators/rules.h"
@@ -32,15 +33,29 @@ static const int sched[ROUNDS][CLIENTS] = {
 static const uint64_t reg_round[CLIENTS] = {0, 0, 0, 3};
 
 /* Expected omega per (round, client) when it participates, worked by hand from the IBM loop
- * (see the comments in the test plan of docs/aggregators.md, FedAU). 0 = not participating. */
+ * (M += 1 every round; on participation omega = S ? Omega : 1; close when participating or
+ * M == K). 0 = not participating. Without cutoff:
+ *   c0: t0 M1 w1 (Om 1) | t2 M2 w1 (Om 3/2) | t4 M2 w3/2 (Om 5/3) | t6 M2 w5/3
+ *   c1: t1 M2 w1 (Om 2) | t4 M3 w2 (Om 5/2) | t7 M3 w5/2
+ *   c2: t2 M3 w1 (Om 3) | t6 M4 w3
+ *   c3 (registered t3): t3 M1 w1 (Om 1) | t6 M3 w1 (Om 2) | t7 M1 w2
+ * K = 2 (a cutoff close of length 2 whenever M reaches 2 while absent):
+ *   c0: t0 w1 (Om 1) | t2 M2 w1 (Om 3/2) | t4 M2 w3/2 (Om 5/3) | t6 M2 w5/3
+ *   c1: t1 M2 w1 (Om 2) | t3 close 2 (Om 2) | t4 M1 w2 (Om 5/3) | t6 close 2 (Om 7/4) | t7 w7/4
+ *   c2: t1 close 2 (Om 2) | t2 M1 w2 (Om 3/2) | t4 close 2 (Om 5/3) | t6 M2 w5/3
+ *   c3: t3 M1 w1 (Om 1) | t5 close 2 (Om 3/2) | t6 M1 w3/2 (Om 4/3) | t7 M1 w4/3 */
 static const double omega_none[ROUNDS][CLIENTS] = {
-    {1, 0, 0, 0},       {0, 1, 0, 0},         {1, 0, 1, 0}, {0, 0, 0, 1},
-    {1.5, 2, 0, 0},     {0, 0, 0, 0},         {5.0 / 3, 0, 3, 1},
-    {0, 2.5, 0, 2},
+    {1, 0, 0, 0},   {0, 1, 0, 0}, {1, 0, 1, 0},       {0, 0, 0, 1},
+    {1.5, 2, 0, 0}, {0, 0, 0, 0}, {5.0 / 3, 0, 3, 1}, {0, 2.5, 0, 2},
 };
 static const double omega_k2[ROUNDS][CLIENTS] = {
-    {1, 0, 0, 0},       {0, 1, 0, 0},         {1, 0, 2, 0}, {0, 0, 0, 1},
-    {1.5, 2, 0, 0},     {0, 0, 0, 0},         {5.0 / 3, 0, 5.0 / 3, 1.5},
+    {1, 0, 0, 0},
+    {0, 1, 0, 0},
+    {1, 0, 2, 0},
+    {0, 0, 0, 1},
+    {1.5, 2, 0, 0},
+    {0, 0, 0, 0},
+    {5.0 / 3, 0, 5.0 / 3, 1.5},
     {0, 7.0 / 4, 0, 4.0 / 3},
 };
 
@@ -95,17 +110,20 @@ static void run_schedule(uint64_t K, const double (*want)[CLIENTS]) {
                 continue;
             data[c][0] = (float)(c + 1);
             data[c][1] = (float)(t + 1);
-            ups[n++] = (agg_update){.client_id = 100 + c, .dtype = FC_DTYPE_F32,
-                                    .data = data[c], .weight = 1, .registered_round = reg_round[c]};
+            ups[n++] = (agg_update){.client_id = 100 + c,
+                                    .dtype = FC_DTYPE_F32,
+                                    .data = data[c],
+                                    .weight = 1,
+                                    .registered_round = reg_round[c]};
         }
         agg_context ctx = {.dim = 2, .round = t, .num_registered = N};
         double D[2];
         agg_report rep;
         fc_error err = {0};
         agg_report_init(&rep);
-        assert_int_equal(agg_test_round("fedau", kv, &ctx, ups, n, NULL, (int)(t & 1), D, &rep,
-                                        &state, &err),
-                         FC_OK);
+        assert_int_equal(
+            agg_test_round("fedau", kv, &ctx, ups, n, NULL, (int)(t & 1), D, &rep, &state, &err),
+            FC_OK);
         if (n == 0) {
             assert_true(rep.empty);
             agg_report_free(&rep);
@@ -177,8 +195,10 @@ static void test_lazy_weights_match_eager_loop_on_random_schedules(void **state)
                     part[c] = reg[c] <= t && (rand_r(&seed) % 100) < 30;
                     N += reg[c] <= t;
                     if (part[c])
-                        ups[n++] = (agg_update){.client_id = c, .dtype = FC_DTYPE_F32,
-                                                .data = one, .weight = 1,
+                        ups[n++] = (agg_update){.client_id = c,
+                                                .dtype = FC_DTYPE_F32,
+                                                .data = one,
+                                                .weight = 1,
                                                 .registered_round = reg[c]};
                 }
                 eager_round(&e, NC, part, reg, t, om);
@@ -186,9 +206,8 @@ static void test_lazy_weights_match_eager_loop_on_random_schedules(void **state)
                 double D[1];
                 agg_report rep;
                 agg_report_init(&rep);
-                assert_int_equal(agg_test_round("fedau", kv, &ctx, ups, n, NULL, 0, D, &rep, &st,
-                                                NULL),
-                                 FC_OK);
+                assert_int_equal(
+                    agg_test_round("fedau", kv, &ctx, ups, n, NULL, 0, D, &rep, &st, NULL), FC_OK);
                 for (size_t c = 0, k = 0; c < NC; c++)
                     if (part[c])
                         assert_true(agg_test_close(rep.weights_used[k++], om[c], 1e-9));
@@ -206,25 +225,24 @@ static void test_state_copied_between_rounds_round_trips_bitwise(void **state) {
     fc_buf a = FC_BUF_INIT, b = FC_BUF_INIT;
     for (uint64_t t = 0; t < 6; t++) {
         float d0[3] = {0.1f * (float)t, -1.3f, 7}, d1[3] = {2, 0.25f, -(float)t};
-        agg_update ups[2] = {
-            {.client_id = 5, .dtype = FC_DTYPE_F32, .data = d0, .weight = 1},
-            {.client_id = 9, .dtype = FC_DTYPE_F32, .data = d1, .weight = 1}};
+        agg_update ups[2] = {{.client_id = 5, .dtype = FC_DTYPE_F32, .data = d0, .weight = 1},
+                             {.client_id = 9, .dtype = FC_DTYPE_F32, .data = d1, .weight = 1}};
         size_t n = (t % 3 == 1) ? 1 : 2;
         agg_context ctx = {.dim = 3, .round = t, .num_registered = 6};
         double Da[3], Db[3];
         agg_report rep;
         agg_report_init(&rep);
-        assert_int_equal(agg_test_round("fedau", kv, &ctx, ups + (2 - n), n, NULL, 0, Da, &rep,
-                                        &a, NULL),
-                         FC_OK);
+        assert_int_equal(
+            agg_test_round("fedau", kv, &ctx, ups + (2 - n), n, NULL, 0, Da, &rep, &a, NULL),
+            FC_OK);
         /* b: copy the blob through a fresh buffer each round, as storage would. */
         fc_buf copy = FC_BUF_INIT;
         assert_int_equal(fc_buf_append(&copy, b.data, b.len), FC_OK);
         fc_buf_free(&b);
         b = copy;
-        assert_int_equal(agg_test_round("fedau", kv, &ctx, ups + (2 - n), n, NULL, 1, Db, &rep,
-                                        &b, NULL),
-                         FC_OK);
+        assert_int_equal(
+            agg_test_round("fedau", kv, &ctx, ups + (2 - n), n, NULL, 1, Db, &rep, &b, NULL),
+            FC_OK);
         assert_true(agg_test_same_bits(Da, Db, 3));
         assert_int_equal(a.len, b.len);
         assert_memory_equal(a.data, b.data, a.len);
@@ -274,11 +292,36 @@ static void test_bad_state_blobs_are_clear_errors(void **state) {
     fc_buf_free(&good);
 }
 
+/* Zero total weight makes the round empty; the counters the streaming rule already touched are
+ * not saved: the state given back is the one loaded. */
+static void test_empty_round_keeps_fedau_counters(void **state) {
+    (void)state;
+    float one[1] = {1};
+    agg_update u = {.client_id = 1, .dtype = FC_DTYPE_F32, .data = one, .weight = 1};
+    agg_context c0 = {.dim = 1, .round = 0, .num_registered = 2};
+    agg_context c1 = {.dim = 1, .round = 1, .num_registered = 2};
+    fc_buf st = FC_BUF_INIT, before = FC_BUF_INIT;
+    double D[1];
+    agg_report rep;
+    agg_report_init(&rep);
+    assert_int_equal(agg_test_round("fedau", NULL, &c0, &u, 1, NULL, 0, D, &rep, &st, NULL), FC_OK);
+    assert_int_equal(fc_buf_append(&before, st.data, st.len), FC_OK);
+    u.weight = 0;
+    assert_int_equal(agg_test_round("fedau", NULL, &c1, &u, 1, NULL, 1, D, &rep, &st, NULL), FC_OK);
+    assert_true(rep.empty);
+    assert_true(D[0] == 0.0);
+    assert_int_equal(st.len, before.len);
+    assert_memory_equal(st.data, before.data, st.len);
+    agg_report_free(&rep);
+    fc_buf_free(&st);
+    fc_buf_free(&before);
+}
+
 static void test_client_registered_after_the_round_is_refused(void **state) {
     (void)state;
     float one[1] = {1};
-    agg_update u = {.client_id = 1, .dtype = FC_DTYPE_F32, .data = one, .weight = 1,
-                    .registered_round = 5};
+    agg_update u = {
+        .client_id = 1, .dtype = FC_DTYPE_F32, .data = one, .weight = 1, .registered_round = 5};
     agg_context ctx = {.dim = 1, .round = 4, .num_registered = 2};
     double D[1];
     agg_report rep;
@@ -301,6 +344,7 @@ int main(void) {
         cmocka_unit_test(test_lazy_weights_match_eager_loop_on_random_schedules),
         cmocka_unit_test(test_state_copied_between_rounds_round_trips_bitwise),
         cmocka_unit_test(test_bad_state_blobs_are_clear_errors),
+        cmocka_unit_test(test_empty_round_keeps_fedau_counters),
         cmocka_unit_test(test_client_registered_after_the_round_is_refused),
     };
     return cmocka_run_group_tests(tests, NULL, NULL);

@@ -1,11 +1,12 @@
 /* test_agg_kernels.c: the numeric kernels, per dtype, against values worked out by hand. */
+#include <math.h>
 #include <setjmp.h>
 #include <stdarg.h>
 #include <stddef.h>
 #include <stdint.h>
-#include <cmocka.h>
-#include <math.h>
 #include <string.h>
+
+#include <cmocka.h>
 
 #include "aggregators/kernels.h"
 #include "core/tensor.h"

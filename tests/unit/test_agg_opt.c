@@ -1,12 +1,13 @@
 /* test_agg_opt.c: server optimizers. Expected values by hand (sgd) or from tests/agg_expected.py
  * (adam, yogi, adagrad), which implements the definitions independently in Python. */
+#include <math.h>
 #include <setjmp.h>
 #include <stdarg.h>
 #include <stddef.h>
 #include <stdint.h>
-#include <cmocka.h>
-#include <math.h>
 #include <string.h>
+
+#include <cmocka.h>
 
 #include "aggregators/agg.h"
 #include "aggregators/rules.h"

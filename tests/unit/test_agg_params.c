@@ -3,8 +3,9 @@
 #include <stdarg.h>
 #include <stddef.h>
 #include <stdint.h>
-#include <cmocka.h>
 #include <string.h>
+
+#include <cmocka.h>
 
 #include "aggregators/agg.h"
 #include "aggregators/rules.h"
@@ -43,8 +44,11 @@ static void test_defaults_fill_unset_keys(void **state) {
 static void test_values_of_every_type_parse(void **state) {
     (void)state;
     agg_value v[6];
-    agg_kv items[5] = {{"f", "7"}, {"beta", "0.29"}, {"weighting", "uniform"},
-                       {"nesterov", "true"}, {"max_norm", "1e3"}};
+    agg_kv items[5] = {{"f", "7"},
+                       {"beta", "0.29"},
+                       {"weighting", "uniform"},
+                       {"nesterov", "true"},
+                       {"max_norm", "1e3"}};
     agg_params p = {items, 5};
     fc_error err = {0};
     assert_int_equal(agg_params_parse("rule test", specs, &p, v, &err), FC_OK);

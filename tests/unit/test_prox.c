@@ -1,10 +1,11 @@
 /* test_prox.c: the FedProx gradient helper. */
+#include <math.h>
 #include <setjmp.h>
 #include <stdarg.h>
 #include <stddef.h>
 #include <stdint.h>
+
 #include <cmocka.h>
-#include <math.h>
 
 #include "core/prox.h"
 
