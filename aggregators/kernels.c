@@ -332,7 +332,9 @@ void agg_k_f64_to_f32(float *restrict dst, const double *restrict src, size_t n)
 
 void agg_k_to_f32(fc_dtype dt, const void *restrict src, float *restrict dst, size_t n) {
     switch (dt) {
-    case FC_DTYPE_F32: memcpy(dst, src, n * sizeof(float)); break;
+    case FC_DTYPE_F32:
+        memcpy(dst, src, n * sizeof(float));
+        break;
     case FC_DTYPE_BF16: {
         const uint16_t *h = src;
         for (size_t i = 0; i < n; i++) {
@@ -347,7 +349,8 @@ void agg_k_to_f32(fc_dtype dt, const void *restrict src, float *restrict dst, si
             dst[i] = (float)agg_k_f16_to_f64(h[i]); /* exact: every f16 is an f32 */
         break;
     }
-    default: assert(0 && "agg_k_to_f32: f32, f16 or bf16 only");
+    default:
+        assert(0 && "agg_k_to_f32: f32, f16 or bf16 only");
     }
 }
 
@@ -413,8 +416,8 @@ size_t agg_k_sortnet_build(size_t n, size_t lo, size_t hi, uint32_t *pairs, unsi
 #define NET_ATTRS __attribute__((target_clones("avx2", "default")))
 #define NET_IVDEP
 #else
-#define NET_ATTRS                                                                              \
-    __attribute__((target_clones("avx2", "default"),                                          \
+#define NET_ATTRS                                                                                  \
+    __attribute__((target_clones("avx2", "default"),                                               \
                    optimize("finite-math-only", "no-signed-zeros")))
 #define NET_IVDEP _Pragma("GCC ivdep")
 #endif
@@ -423,7 +426,7 @@ NET_ATTRS void agg_k_sortnet_f32(float *blk, const uint32_t *pairs, size_t npair
     for (size_t k = 0; k < npairs; k++) {
         float *a = blk + (size_t)pairs[2 * k] * AGG_K_COLS;
         float *b = blk + (size_t)pairs[2 * k + 1] * AGG_K_COLS;
-NET_IVDEP
+        NET_IVDEP
         for (size_t c = 0; c < AGG_K_COLS; c++) {
             float x = a[c], y = b[c];
             a[c] = x < y ? x : y;
@@ -436,7 +439,7 @@ NET_ATTRS void agg_k_sortnet_f64(double *blk, const uint32_t *pairs, size_t npai
     for (size_t k = 0; k < npairs; k++) {
         double *a = blk + (size_t)pairs[2 * k] * AGG_K_COLS;
         double *b = blk + (size_t)pairs[2 * k + 1] * AGG_K_COLS;
-NET_IVDEP
+        NET_IVDEP
         for (size_t c = 0; c < AGG_K_COLS; c++) {
             double x = a[c], y = b[c];
             a[c] = x < y ? x : y;
@@ -498,8 +501,7 @@ double agg_k_sum_smallest(double *v, size_t m, size_t k) {
 }
 
 /* Position in selection order of the (skip+1)-th value equal to x. */
-static size_t nth_position(const double *orig, size_t stride, size_t theta, double x,
-                           size_t skip) {
+static size_t nth_position(const double *orig, size_t stride, size_t theta, double x, size_t skip) {
     for (size_t i = 0; i < theta; i++)
         if (orig[i * stride] == x && skip-- == 0)
             return i;
@@ -507,10 +509,10 @@ static size_t nth_position(const double *orig, size_t stride, size_t theta, doub
     return theta;
 }
 
-double agg_k_closest_mean_f64(const double *sorted, const double *orig, size_t stride,
-                              size_t theta, size_t beta, size_t *lo_out) {
+double agg_k_closest_mean_f64(const double *sorted, const double *orig, size_t stride, size_t theta,
+                              size_t beta, size_t *lo_out) {
     assert(beta >= 1 && beta <= theta);
-#define S(i) sorted[(size_t)(i) * stride]
+#define S(i) sorted[(size_t)(i)*stride]
     size_t m = theta / 2;
     double med = (theta & 1) ? S(m) : 0.5 * (S(m - 1) + S(m));
     /* Every value left of m is <= med and every value from m on is >= med, so the beta closest

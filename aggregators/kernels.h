@@ -110,7 +110,7 @@ double agg_k_sum_smallest(double *v, size_t m, size_t k);
  * the beta values closest to their median (mean of the two middle values for even theta),
  * ties in distance going to the value selected earlier. If lo_out is not NULL it receives how
  * many values below the kept window were dropped. */
-double agg_k_closest_mean_f64(const double *sorted, const double *orig, size_t stride,
-                              size_t theta, size_t beta, size_t *lo_out);
+double agg_k_closest_mean_f64(const double *sorted, const double *orig, size_t stride, size_t theta,
+                              size_t beta, size_t *lo_out);
 
 #endif

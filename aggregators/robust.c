@@ -25,8 +25,8 @@ fc_status agg_rb_base_init(agg_rb_base *b, const agg_context *ctx, const char *r
 fc_status agg_rb_base_add(agg_rb_base *b, const agg_update *u, const char *rule, fc_error *err) {
     fc_status st = agg_spool_append(b->spool, u, err);
     if (st != FC_OK)
-        fc_error_prefix(err, "rule %s: update %zu (client %llu)", rule,
-                        agg_spool_rows(b->spool), (unsigned long long)u->client_id);
+        fc_error_prefix(err, "rule %s: update %zu (client %llu)", rule, agg_spool_rows(b->spool),
+                        (unsigned long long)u->client_id);
     return st;
 }
 
@@ -74,7 +74,9 @@ fc_status agg_rb_coordwise(agg_spool *s, const size_t *rows, size_t nrows, agg_r
         lo = param;
         hi = nrows - param;
         break;
-    case AGG_RB_CLOSEST: assert(param >= 1 && param <= nrows); break;
+    case AGG_RB_CLOSEST:
+        assert(param >= 1 && param <= nrows);
+        break;
     }
     const int need_sort = !(kind == AGG_RB_TRIMMED && param == 0) && nrows > 1;
     const size_t G = block_width(nrows, es, dim, AGG_K_COLS);
@@ -82,15 +84,15 @@ fc_status agg_rb_coordwise(agg_spool *s, const size_t *rows, size_t nrows, agg_r
     fc_status st = FC_ERR_NOMEM;
     void *big = fc_mallocarray(nrows, G * es);
     void *net = fc_mallocarray(nrows, AGG_K_COLS * es);
-    double *orig = kind == AGG_RB_CLOSEST ? fc_mallocarray(nrows, AGG_K_COLS * sizeof(double))
-                                          : NULL;
+    double *orig =
+        kind == AGG_RB_CLOSEST ? fc_mallocarray(nrows, AGG_K_COLS * sizeof(double)) : NULL;
     size_t npairs_max = need_sort ? agg_k_sortnet_count(nrows) : 0;
-    uint32_t *pairs = need_sort ? fc_mallocarray(npairs_max ? npairs_max : 1, 2 * sizeof(uint32_t))
-                                : NULL;
+    uint32_t *pairs =
+        need_sort ? fc_mallocarray(npairs_max ? npairs_max : 1, 2 * sizeof(uint32_t)) : NULL;
     unsigned char *live = need_sort ? fc_malloc(nrows) : NULL;
     if (!big || !net || (kind == AGG_RB_CLOSEST && !orig) || (need_sort && (!pairs || !live))) {
-        fc_error_set(err, FC_ERR_NOMEM, "rule %s: out of memory for a %zu x %zu block", rule,
-                     nrows, G);
+        fc_error_set(err, FC_ERR_NOMEM, "rule %s: out of memory for a %zu x %zu block", rule, nrows,
+                     G);
         goto done;
     }
     size_t npairs = need_sort ? agg_k_sortnet_build(nrows, lo, hi, pairs, live) : 0;
@@ -126,9 +128,9 @@ fc_status agg_rb_coordwise(agg_spool *s, const size_t *rows, size_t nrows, agg_r
                 if (f64) {
                     const double *v = net;
                     for (size_t c = 0; c < cw; c++)
-                        o[c] = (nrows & 1) ? v[m * AGG_K_COLS + c]
-                                           : 0.5 * (v[(m - 1) * AGG_K_COLS + c] +
-                                                    v[m * AGG_K_COLS + c]);
+                        o[c] = (nrows & 1)
+                                   ? v[m * AGG_K_COLS + c]
+                                   : 0.5 * (v[(m - 1) * AGG_K_COLS + c] + v[m * AGG_K_COLS + c]);
                 } else {
                     const float *v = net;
                     for (size_t c = 0; c < cw; c++)
@@ -172,8 +174,8 @@ fc_status agg_rb_pairwise_sqdist(agg_spool *s, double *dist, const char *rule, f
     const size_t G = block_width(n, sizeof(double), dim, 8);
     double *blk = fc_mallocarray(n, G * sizeof(double));
     if (blk == NULL)
-        return fc_error_set(err, FC_ERR_NOMEM, "rule %s: out of memory for a %zu x %zu block",
-                            rule, n, G);
+        return fc_error_set(err, FC_ERR_NOMEM, "rule %s: out of memory for a %zu x %zu block", rule,
+                            n, G);
     memset(dist, 0, n * n * sizeof(double));
     for (size_t j0 = 0; j0 < dim; j0 += G) {
         size_t w = dim - j0 < G ? dim - j0 : G;

@@ -19,8 +19,7 @@ typedef struct agg_rb_base {
     agg_spool *spool;
 } agg_rb_base;
 
-fc_status agg_rb_base_init(agg_rb_base *b, const agg_context *ctx, const char *rule,
-                           fc_error *err);
+fc_status agg_rb_base_init(agg_rb_base *b, const agg_context *ctx, const char *rule, fc_error *err);
 /* Appends u to the spool; errors are prefixed with the rule name. */
 fc_status agg_rb_base_add(agg_rb_base *b, const agg_update *u, const char *rule, fc_error *err);
 /* Seals the spool for reading (call once at finish). */

@@ -21,8 +21,7 @@ typedef struct ida_state {
 } ida_state;
 
 static const agg_param_spec ida_params[] = {
-    {"eps", AGG_PARAM_DOUBLE, "1e-12", DBL_MIN, DBL_MAX, NULL,
-     "distances below eps count as eps"},
+    {"eps", AGG_PARAM_DOUBLE, "1e-12", DBL_MIN, DBL_MAX, NULL, "distances below eps count as eps"},
     {NULL, 0, NULL, 0, 0, NULL, NULL},
 };
 

@@ -23,8 +23,7 @@ static const agg_param_spec krum_params[] = {
 static fc_status krum_check_n(const agg_state *st, size_t n, fc_error *err) {
     uint64_t f = ((const krum_state *)st)->f;
     if ((uint64_t)n < 2 * f + 3)
-        return fc_error_set(err, FC_ERR_REQUIREMENT,
-                            "krum needs n >= 2f+3 = %llu updates, got %zu",
+        return fc_error_set(err, FC_ERR_REQUIREMENT, "krum needs n >= 2f+3 = %llu updates, got %zu",
                             (unsigned long long)(2 * f + 3), n);
     return FC_OK;
 }
@@ -64,8 +63,8 @@ static fc_status krum_finish(agg_state *st, double *out, agg_report *rep, fc_err
     double *scores = fc_mallocarray(n, sizeof(double));
     size_t *sel = fc_malloc(sizeof(size_t));
     if (!dist || !cand || !scratch || !scores || !sel) {
-        rc = fc_error_set(err, FC_ERR_NOMEM, "rule krum: out of memory for %zu x %zu distances",
-                          n, n);
+        rc = fc_error_set(err, FC_ERR_NOMEM, "rule krum: out of memory for %zu x %zu distances", n,
+                          n);
         goto done;
     }
     if ((rc = agg_rb_pairwise_sqdist(s->base.spool, dist, "krum", err)) != FC_OK)

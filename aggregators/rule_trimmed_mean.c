@@ -38,8 +38,8 @@ static fc_status trimmed_check_n(const agg_state *st, size_t n, fc_error *err) {
     if (k > n / 2 || n - 2 * k < 1)
         return fc_error_set(err, FC_ERR_REQUIREMENT,
                             "trimmed_mean with %s%s needs n - 2k >= 1, got n = %zu and k = %llu",
-                            s->trim_set ? "trim" : "beta", s->trim_set ? "" : " (k = floor(beta*n))",
-                            n, (unsigned long long)k);
+                            s->trim_set ? "trim" : "beta",
+                            s->trim_set ? "" : " (k = floor(beta*n))", n, (unsigned long long)k);
     return FC_OK;
 }
 
@@ -77,8 +77,8 @@ static fc_status trimmed_finish(agg_state *st, double *out, agg_report *rep, fc_
     if ((rc = agg_rb_base_seal(&s->base, "trimmed_mean", err)) != FC_OK)
         return rc;
     size_t k = (size_t)trim_count(s, n);
-    rc = agg_rb_coordwise(s->base.spool, NULL, 0, AGG_RB_TRIMMED, k, out, NULL, "trimmed_mean",
-                          err);
+    rc =
+        agg_rb_coordwise(s->base.spool, NULL, 0, AGG_RB_TRIMMED, k, out, NULL, "trimmed_mean", err);
     if (rc != FC_OK)
         return rc;
     rep->trimmed_low = k;

@@ -27,10 +27,10 @@ enum { ROW_BORROWED = 1, ROW_MEMORY = 2, ROW_FILE = 3 };
 
 typedef struct spool_row {
     int kind;
-    fc_dtype dtype;    /* element dtype as stored / borrowed */
-    const void *data;  /* borrowed pointer, or memory copy; file rows: set by seal */
-    void *owned;       /* ROW_MEMORY: the copy to free */
-    uint64_t offset;   /* ROW_FILE: byte offset in the file */
+    fc_dtype dtype;   /* element dtype as stored / borrowed */
+    const void *data; /* borrowed pointer, or memory copy; file rows: set by seal */
+    void *owned;      /* ROW_MEMORY: the copy to free */
+    uint64_t offset;  /* ROW_FILE: byte offset in the file */
 } spool_row;
 
 struct agg_spool {
@@ -40,9 +40,9 @@ struct agg_spool {
     spool_row *rows;
     size_t n, cap;
     size_t mem_bytes;
-    int fd;               /* -1 until the first row goes to disk */
-    uint64_t file_bytes;  /* bytes written, including alignment padding */
-    void *map;            /* read-only mapping of the whole file after seal */
+    int fd;              /* -1 until the first row goes to disk */
+    uint64_t file_bytes; /* bytes written, including alignment padding */
+    void *map;           /* read-only mapping of the whole file after seal */
     size_t map_len;
     int sealed;
     int has_f64;
@@ -96,8 +96,7 @@ static fc_status open_file(agg_spool *s, fc_error *err) {
     return FC_OK;
 }
 
-static fc_status write_at(agg_spool *s, uint64_t off, const void *data, size_t len,
-                          fc_error *err) {
+static fc_status write_at(agg_spool *s, uint64_t off, const void *data, size_t len, fc_error *err) {
     const unsigned char *p = data;
     while (len > 0) {
         size_t chunk = len > ((size_t)1 << 30) ? ((size_t)1 << 30) : len;
@@ -165,8 +164,8 @@ fc_status agg_spool_append(agg_spool *s, const agg_update *u, fc_error *err) {
         row.kind = ROW_BORROWED;
         row.dtype = u->dtype;
         row.data = u->data;
-    } else if (s->fd < 0 && (s->budget == 0 || (bytes <= s->budget &&
-                                                 s->mem_bytes <= s->budget - bytes))) {
+    } else if (s->fd < 0 &&
+               (s->budget == 0 || (bytes <= s->budget && s->mem_bytes <= s->budget - bytes))) {
         void *copy = fc_malloc(bytes);
         if (copy == NULL)
             return fc_error_set(err, FC_ERR_NOMEM, "spool: out of memory for a %zu-byte row",
@@ -234,8 +233,8 @@ const void *agg_spool_row(const agg_spool *s, size_t i, fc_dtype *dt) {
     return s->rows[i].data;
 }
 
-void agg_spool_block_f32(const agg_spool *s, const size_t *rows, size_t nrows, size_t j0,
-                         size_t j1, float *out, size_t stride) {
+void agg_spool_block_f32(const agg_spool *s, const size_t *rows, size_t nrows, size_t j0, size_t j1,
+                         float *out, size_t stride) {
     assert(s->sealed && j0 <= j1 && j1 <= s->dim && stride >= j1 - j0 && !s->has_f64);
     if (rows == NULL)
         nrows = s->n;
@@ -257,8 +256,8 @@ void agg_spool_block_f32(const agg_spool *s, const size_t *rows, size_t nrows, s
     }
 }
 
-void agg_spool_block_f64(const agg_spool *s, const size_t *rows, size_t nrows, size_t j0,
-                         size_t j1, double *out, size_t stride) {
+void agg_spool_block_f64(const agg_spool *s, const size_t *rows, size_t nrows, size_t j0, size_t j1,
+                         double *out, size_t stride) {
     assert(s->sealed && j0 <= j1 && j1 <= s->dim && stride >= j1 - j0);
     if (rows == NULL)
         nrows = s->n;

@@ -57,10 +57,10 @@ const void *agg_spool_row(const agg_spool *s, size_t i, fc_dtype *dt);
  * nrows = agg_spool_rows) into out: row r goes to out + r*stride, converted exactly. j0 <= j1 <=
  * dim and stride >= j1 - j0 are the caller's duty (asserted). The _f32 form must not be used
  * when agg_spool_has_f64. */
-void agg_spool_block_f32(const agg_spool *s, const size_t *rows, size_t nrows, size_t j0,
-                         size_t j1, float *out, size_t stride);
-void agg_spool_block_f64(const agg_spool *s, const size_t *rows, size_t nrows, size_t j0,
-                         size_t j1, double *out, size_t stride);
+void agg_spool_block_f32(const agg_spool *s, const size_t *rows, size_t nrows, size_t j0, size_t j1,
+                         float *out, size_t stride);
+void agg_spool_block_f64(const agg_spool *s, const size_t *rows, size_t nrows, size_t j0, size_t j1,
+                         double *out, size_t stride);
 
 /* Hint: no coordinate below j is read again. Lets the spool drop the already-read part of its
  * file mapping from memory (the data stays in the file). Never touches borrowed rows. */

@@ -173,8 +173,7 @@ static int rss_child(const char *path, size_t n, size_t d) {
            "(%.3f x input; file-backed pages of the mapping count), peak anonymous %.1f MB "
            "(%.4f x input; includes the %zu MB output D)\n",
            n, d, (double)bytes / 1e9, t, (double)hwm / 1024.0, (double)hwm / in_kb,
-           (double)peak_anon_kb / 1024.0, (double)peak_anon_kb / in_kb,
-           d * sizeof(double) >> 20);
+           (double)peak_anon_kb / 1024.0, (double)peak_anon_kb / in_kb, d * sizeof(double) >> 20);
     fflush(stdout); /* the child leaves through _exit */
     return t < 0;
 }
@@ -186,8 +185,8 @@ typedef struct np_result {
     double secs;
 } np_result;
 
-static size_t run_numpy(const char *script, const char *data, size_t n, size_t d,
-                        np_result *res, size_t cap) {
+static size_t run_numpy(const char *script, const char *data, size_t n, size_t d, np_result *res,
+                        size_t cap) {
     char cmd[1024];
     snprintf(cmd, sizeof cmd, "/usr/bin/python3 %s %s %zu %zu", script, data, n, d);
     FILE *p = popen(cmd, "r");
@@ -251,10 +250,8 @@ int main(void) {
         const char *kv[3];
         double secs;
     } runs[] = {
-        {"median", {NULL}, 0},
-        {"trimmed_mean", {"beta=0.2", NULL}, 0},
-        {"krum", {"f=10", NULL}, 0},
-        {"bulyan", {"f=10", NULL}, 0},
+        {"median", {NULL}, 0},       {"trimmed_mean", {"beta=0.2", NULL}, 0},
+        {"krum", {"f=10", NULL}, 0}, {"bulyan", {"f=10", NULL}, 0},
         {"geomed", {NULL}, 0},
     };
     const size_t nruns = sizeof runs / sizeof runs[0];
@@ -271,7 +268,8 @@ int main(void) {
     }
 
     const char *nonp = getenv("BENCH_NO_NUMPY");
-    if (!(nonp && nonp[0] == '1') && system("/usr/bin/python3 -c 'import numpy' 2>/dev/null") == 0) {
+    if (!(nonp && nonp[0] == '1') &&
+        system("/usr/bin/python3 -c 'import numpy' 2>/dev/null") == 0) {
         np_result res[8];
         size_t k = run_numpy("tests/bench/robust_numpy.py", path, n, d, res, 8);
         if (k == 0)

@@ -563,7 +563,8 @@ static void test_spooled_and_in_memory_results_are_bitwise_equal(void **state) {
         vals[i] = lcg_value(&st) + 0.01 * (double)(i % 17);
     upset s;
     upset_make(&s, FC_DTYPE_F32, n, dim, vals);
-    const char *rules[] = {"median", "trimmed_mean", "krum", "multikrum", "bulyan", "geomed", "ida"};
+    const char *rules[] = {"median", "trimmed_mean", "krum", "multikrum",
+                           "bulyan", "geomed",       "ida"};
     const char *kvb[] = {"f=2", NULL};
     const size_t perm[11] = {10, 3, 0, 7, 1, 9, 2, 5, 8, 4, 6};
     double *ref = malloc(dim * sizeof *ref), *D = malloc(dim * sizeof *D);
@@ -582,9 +583,8 @@ static void test_spooled_and_in_memory_results_are_bitwise_equal(void **state) {
             c.memory_budget = budgets[b];
             for (size_t i = 0; i < n; i++)
                 s.u[i].data_stable = b == 2;
-            assert_int_equal(agg_test_round(rules[r], kv, &c, s.u, n, perm, b == 1, D, &rep, NULL,
-                                            &err),
-                             FC_OK);
+            assert_int_equal(
+                agg_test_round(rules[r], kv, &c, s.u, n, perm, b == 1, D, &rep, NULL, &err), FC_OK);
             if (!agg_test_same_bits(D, ref, dim))
                 fail_msg("rule %s differs with budget %zu", rules[r], budgets[b]);
             agg_report_free(&rep);
@@ -625,7 +625,8 @@ static void test_allocation_failures_are_clean(void **state) {
             vals[i * 40 + j] = (double)((i * 7 + j * 3) % 11);
     upset s;
     upset_make(&s, FC_DTYPE_F32, 7, 40, vals);
-    const char *rules[] = {"median", "trimmed_mean", "krum", "multikrum", "bulyan", "geomed", "ida"};
+    const char *rules[] = {"median", "trimmed_mean", "krum", "multikrum",
+                           "bulyan", "geomed",       "ida"};
     double D[40];
     for (size_t r = 0; r < sizeof rules / sizeof rules[0]; r++) {
         int succeeded = 0;

@@ -53,8 +53,7 @@ static void test_rows_go_to_memory_then_file_then_read_back_exactly(void **state
     assert_int_equal(agg_spool_create(&ctx, &s, &err), FC_OK);
     agg_update u = {0};
     const void *datas[5] = {f32, f16, bf16, f64, f32};
-    const fc_dtype dts[5] = {FC_DTYPE_F32, FC_DTYPE_F16, FC_DTYPE_BF16, FC_DTYPE_F64,
-                             FC_DTYPE_F32};
+    const fc_dtype dts[5] = {FC_DTYPE_F32, FC_DTYPE_F16, FC_DTYPE_BF16, FC_DTYPE_F64, FC_DTYPE_F32};
     for (int i = 0; i < 5; i++) {
         u.dtype = dts[i];
         u.data = datas[i];
