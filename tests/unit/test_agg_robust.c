@@ -228,6 +228,46 @@ static void test_median_and_trimmed_across_block_boundaries(void **state) {
     }
 }
 
+static void test_mixed_dtypes_use_exact_f64_comparisons(void **state) {
+    (void)state;
+    /* One f64 row makes the coordinate rules compare in f64; values are multiples of 1/8, exact
+     * in every dtype, so the naive reference applies unchanged. */
+    const size_t n = 9, dim = 300;
+    double *vals = malloc(n * dim * sizeof *vals), *want = malloc(dim * sizeof *want);
+    double *D = malloc(dim * sizeof *D);
+    assert_true(vals && want && D);
+    uint64_t st = 99;
+    for (size_t i = 0; i < n * dim; i++)
+        vals[i] = lcg_value(&st);
+    upset s;
+    upset_make(&s, FC_DTYPE_F32, n, dim, vals);
+    const fc_dtype dts[4] = {FC_DTYPE_F64, FC_DTYPE_F16, FC_DTYPE_BF16, FC_DTYPE_F32};
+    upset t;
+    for (size_t i = 0; i < n; i++) { /* rebuild row i in dtype dts[i % 4] */
+        upset_make(&t, dts[i % 4], 1, dim, vals + i * dim);
+        free(s.data[i]);
+        s.data[i] = t.data[0];
+        s.u[i].data = t.data[0];
+        s.u[i].dtype = dts[i % 4];
+    }
+    agg_report rep;
+    agg_report_init(&rep);
+    fc_error err = {0};
+    assert_int_equal(run("median", NULL, &s, D, &rep, &err), FC_OK);
+    naive_coordwise(vals, n, dim, 0, 1, want);
+    assert_memory_equal(D, want, dim * sizeof *D);
+    agg_report_free(&rep);
+    const char *kv[] = {"trim=3", NULL};
+    assert_int_equal(run("trimmed_mean", kv, &s, D, &rep, &err), FC_OK);
+    naive_coordwise(vals, n, dim, 3, 0, want);
+    expect_vec(D, want, dim, 1e-15);
+    agg_report_free(&rep);
+    upset_free(&s);
+    free(vals);
+    free(want);
+    free(D);
+}
+
 static void test_trimmed_mean_hand_values(void **state) {
     (void)state;
     upset s;
@@ -657,6 +697,7 @@ int main(void) {
         cmocka_unit_test(test_median_ignores_weights_and_rejects_params),
         cmocka_unit_test(test_median_f16_and_bf16_inputs),
         cmocka_unit_test(test_median_and_trimmed_across_block_boundaries),
+        cmocka_unit_test(test_mixed_dtypes_use_exact_f64_comparisons),
         cmocka_unit_test(test_trimmed_mean_hand_values),
         cmocka_unit_test(test_trimmed_mean_beta_floor_pitfall),
         cmocka_unit_test(test_trimmed_mean_needs_one_value_left),
