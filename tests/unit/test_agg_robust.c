@@ -638,6 +638,68 @@ static void test_spooled_and_in_memory_results_are_bitwise_equal(void **state) {
     upset_free(&s);
 }
 
+/* Same updates (ids descending with the index, mixed dtypes and magnitudes) offered in 60
+ * random orders, with and without expect: D and the JSON report are byte-identical. */
+static void test_every_robust_rule_is_independent_of_arrival_order(void **state) {
+    (void)state;
+    enum { N = 11, DIM = 97 };
+    static double vals[N * DIM];
+    uint64_t st = 2024;
+    for (size_t i = 0; i < N * DIM; i++)
+        vals[i] = lcg_value(&st) * ((i % 3) ? 1e3 : 1e-3) + (double)(i % 7) / 7.0;
+    upset s;
+    upset_make(&s, FC_DTYPE_F32, N, DIM, vals);
+    upset t;
+    upset_make(&t, FC_DTYPE_F64, 1, DIM, vals + 2 * DIM);
+    free(s.data[2]);
+    s.data[2] = t.data[0];
+    s.u[2].data = t.data[0];
+    s.u[2].dtype = FC_DTYPE_F64;
+    for (size_t i = 0; i < N; i++) {
+        s.u[i].client_id = 100 - 7 * i;
+        s.u[i].weight = 0.1 * (double)(i + 1);
+    }
+    const char *rules[] = {"median", "trimmed_mean", "krum", "multikrum",
+                           "bulyan", "geomed",       "ida"};
+    const char *kvb[] = {"f=2", NULL};
+    agg_context c = ctx_of(DIM);
+    double ref[DIM], D[DIM];
+    fc_buf jref = FC_BUF_INIT, j = FC_BUF_INIT;
+    for (size_t r = 0; r < sizeof rules / sizeof rules[0]; r++) {
+        const char *const *kv = strcmp(rules[r], "bulyan") == 0 ? kvb : NULL;
+        agg_report rep;
+        agg_report_init(&rep);
+        fc_error err = {0};
+        assert_int_equal(agg_test_round(rules[r], kv, &c, s.u, N, NULL, 0, ref, &rep, NULL, &err),
+                         FC_OK);
+        fc_buf_reset(&jref);
+        assert_int_equal(agg_report_to_json(&rep, &jref), FC_OK);
+        size_t p[N];
+        for (size_t i = 0; i < N; i++)
+            p[i] = i;
+        for (int trial = 0; trial < 60; trial++) {
+            for (size_t i = N - 1; i > 0; i--) { /* Fisher-Yates with the test LCG */
+                st = st * 6364136223846793005ull + 1442695040888963407ull;
+                size_t k = (size_t)((st >> 33) % (i + 1)), tmp = p[i];
+                p[i] = p[k];
+                p[k] = tmp;
+            }
+            assert_int_equal(
+                agg_test_round(rules[r], kv, &c, s.u, N, p, trial & 1, D, &rep, NULL, &err), FC_OK);
+            if (!agg_test_same_bits(ref, D, DIM))
+                fail_msg("rule %s: D depends on the arrival order", rules[r]);
+            fc_buf_reset(&j);
+            assert_int_equal(agg_report_to_json(&rep, &j), FC_OK);
+            assert_int_equal(j.len, jref.len);
+            assert_memory_equal(j.data, jref.data, j.len);
+        }
+        agg_report_free(&rep);
+    }
+    fc_buf_free(&j);
+    fc_buf_free(&jref);
+    upset_free(&s);
+}
+
 static void test_nan_update_is_dropped_before_median(void **state) {
     (void)state;
     upset s;
@@ -713,6 +775,7 @@ int main(void) {
         cmocka_unit_test(test_ida_inverse_distance_weights),
         cmocka_unit_test(test_ida_equal_updates_give_uniform_weights),
         cmocka_unit_test(test_spooled_and_in_memory_results_are_bitwise_equal),
+        cmocka_unit_test(test_every_robust_rule_is_independent_of_arrival_order),
         cmocka_unit_test(test_nan_update_is_dropped_before_median),
         cmocka_unit_test(test_allocation_failures_are_clean),
     };
