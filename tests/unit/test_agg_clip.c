@@ -103,6 +103,32 @@ static void test_centered_clip_two_iterations_match_script(void **state) {
     agg_report_free(&rep);
 }
 
+/* The same inputs as above in f16 ([3,4] = 0x4200,0x4400) and bf16 ([0.5,0] = 0x3f00,0): the
+ * half-precision paths of the norm and clipped-difference kernels give the same results. */
+static void test_clip_rules_read_f16_and_bf16(void **state) {
+    (void)state;
+    static const uint16_t h[2] = {0x4200, 0x4400}, bf[2] = {0x3f00, 0x0000};
+    agg_update ups[2] = {{.client_id = 1, .dtype = FC_DTYPE_F16, .data = h, .weight = 1},
+                         {.client_id = 2, .dtype = FC_DTYPE_BF16, .data = bf, .weight = 1}};
+    agg_context ctx = {.dim = 2};
+    double D[2];
+    agg_report rep;
+    agg_report_init(&rep);
+    const char *cc[] = {"tau=1", "iters=2", NULL};
+    assert_int_equal(
+        agg_test_round("centered_clip", cc, &ctx, ups, 2, NULL, 0, D, &rep, NULL, NULL), FC_OK);
+    assert_true(agg_test_close(D[0], 0.8063120216533546, 1e-14));
+    assert_true(agg_test_close(D[1], 0.6133564399804394, 1e-14));
+    /* norm_bound, max_norm 1, uniform: ([0.6,0.8] + [0.5,0]) / 2 = [0.55, 0.4]. */
+    const char *nb[] = {"max_norm=1", "weighting=uniform", NULL};
+    assert_int_equal(agg_test_round("norm_bound", nb, &ctx, ups, 2, NULL, 0, D, &rep, NULL, NULL),
+                     FC_OK);
+    assert_true(agg_test_close(D[0], 0.55, 1e-15));
+    assert_true(agg_test_close(D[1], 0.4, 1e-15));
+    assert_int_equal(rep.clipped, 1);
+    agg_report_free(&rep);
+}
+
 static void test_centered_clip_state_errors_are_clear(void **state) {
     (void)state;
     static const float a[2] = {3, 4};
@@ -160,6 +186,7 @@ int main(void) {
         cmocka_unit_test(test_norm_bound_requires_max_norm),
         cmocka_unit_test(test_centered_clip_one_iteration_and_persisted_centre),
         cmocka_unit_test(test_centered_clip_two_iterations_match_script),
+        cmocka_unit_test(test_clip_rules_read_f16_and_bf16),
         cmocka_unit_test(test_centered_clip_state_errors_are_clear),
         cmocka_unit_test(test_empty_round_keeps_centered_clip_state),
     };

@@ -38,6 +38,46 @@ static void test_finiteness_is_detected_in_every_dtype(void **state) {
     assert_false(agg_k_all_finite(FC_DTYPE_BF16, b, 9));
 }
 
+/* The kernels run blocks of 8 plus a scalar tail: a non-finite value is found at every position,
+ * in the blocks and in the tail, for every dtype; folds agree with a plain loop at every n. */
+static void test_blocked_kernels_cover_every_position(void **state) {
+    (void)state;
+    enum { N = 21 };
+    for (size_t pos = 0; pos < N; pos++) {
+        float f[N];
+        double d[N];
+        uint16_t h[N], b[N];
+        for (size_t i = 0; i < N; i++) {
+            f[i] = (float)i;
+            d[i] = (double)i;
+            h[i] = 0x3c00;
+            b[i] = 0x3f80;
+        }
+        f[pos] = INFINITY;
+        d[pos] = NAN;
+        h[pos] = 0xfc00;
+        b[pos] = 0x7f81;
+        assert_false(agg_k_all_finite(FC_DTYPE_F32, f, N));
+        assert_false(agg_k_all_finite(FC_DTYPE_F64, d, N));
+        assert_false(agg_k_all_finite(FC_DTYPE_F16, h, N));
+        assert_false(agg_k_all_finite(FC_DTYPE_BF16, b, N));
+        assert_true(agg_k_all_finite(FC_DTYPE_F32, f, pos));
+        assert_true(agg_k_all_finite(FC_DTYPE_F64, d, pos));
+    }
+    for (size_t n = 0; n <= N; n++) {
+        float x[N];
+        double acc[N], want[N];
+        for (size_t i = 0; i < N; i++) {
+            x[i] = (float)i * 0.37f - 3.0f;
+            acc[i] = want[i] = (double)i;
+        }
+        agg_k_fold_f32(acc, x, 1.5, n);
+        for (size_t i = 0; i < n; i++)
+            want[i] += 1.5 * (double)x[i];
+        assert_memory_equal(acc, want, sizeof acc);
+    }
+}
+
 static void test_fold_accumulates_weighted_values_per_dtype(void **state) {
     (void)state;
     static const float f[3] = {1.5f, -2, 0.25f};
@@ -113,6 +153,7 @@ static void test_fold_diff_scale_and_conversions(void **state) {
 int main(void) {
     const struct CMUnitTest tests[] = {
         cmocka_unit_test(test_finiteness_is_detected_in_every_dtype),
+        cmocka_unit_test(test_blocked_kernels_cover_every_position),
         cmocka_unit_test(test_fold_accumulates_weighted_values_per_dtype),
         cmocka_unit_test(test_f16_conversion_is_exact_for_all_finite_values),
         cmocka_unit_test(test_distance_uses_explicit_differences),
