@@ -516,38 +516,70 @@ double agg_k_closest_mean_f64(const double *sorted, const double *orig, size_t s
     size_t m = theta / 2;
     double med = (theta & 1) ? S(m) : 0.5 * (S(m - 1) + S(m));
     /* Every value left of m is <= med and every value from m on is >= med, so the beta closest
-     * values form a window [l, r) grown outwards from m. */
-    size_t l = m, r = m;
-    while (r - l < beta) {
-        int take_left;
-        if (l == 0)
-            take_left = 0;
-        else if (r == theta)
-            take_left = 1;
-        else {
-            double dl = med - S(l - 1), dr = S(r) - med;
-            if (dl != dr)
-                take_left = dl < dr;
-            else if (S(l - 1) == S(r))
-                take_left = 1; /* same value: which copy does not change the mean */
+     * values form a window [l, r) of the sorted column. Keeping the beta smallest keys
+     * (distance, selection position) is the same as dropping the theta-beta largest, so take
+     * whichever walk is shorter: grow the window from m, or shrink it from [0, theta). Copies of
+     * one value are kept earliest-selected first (and dropped latest-selected first). */
+    size_t l, r;
+    if (beta <= theta - beta) {
+        l = r = m;
+        while (r - l < beta) {
+            int take_left;
+            if (l == 0)
+                take_left = 0;
+            else if (r == theta)
+                take_left = 1;
             else {
-                /* Equal distance, different values: the earlier selected wins. Copies of a value
-                 * are taken earliest-selected first, so the candidate of each side is the next
-                 * unused copy in selection order. */
-                double vl = S(l - 1), vr = S(r);
-                size_t used_l = 0, used_r = 0;
-                for (size_t i = l; i < r; i++) {
-                    used_l += S(i) == vl;
-                    used_r += S(i) == vr;
+                double dl = med - S(l - 1), dr = S(r) - med;
+                if (dl != dr)
+                    take_left = dl < dr;
+                else if (S(l - 1) == S(r))
+                    take_left = 1; /* same value: which copy does not change the mean */
+                else {
+                    /* Equal distance, different values: the earlier selected wins. The
+                     * candidate of each side is the next unused copy in selection order. */
+                    double vl = S(l - 1), vr = S(r);
+                    size_t used_l = 0, used_r = 0;
+                    for (size_t i = l; i < r; i++) {
+                        used_l += S(i) == vl;
+                        used_r += S(i) == vr;
+                    }
+                    take_left = nth_position(orig, stride, theta, vl, used_l) <
+                                nth_position(orig, stride, theta, vr, used_r);
                 }
-                take_left = nth_position(orig, stride, theta, vl, used_l) <
-                            nth_position(orig, stride, theta, vr, used_r);
             }
+            if (take_left)
+                l--;
+            else
+                r++;
         }
-        if (take_left)
-            l--;
-        else
-            r++;
+    } else {
+        l = 0;
+        r = theta;
+        while (r - l > beta) {
+            double dl = med - S(l), dr = S(r - 1) - med;
+            int drop_left;
+            if (dl != dr)
+                drop_left = dl > dr;
+            else if (S(l) == S(r - 1))
+                drop_left = 1; /* same value: which copy does not change the mean */
+            else {
+                /* Equal distance, different values: the later selected goes. The candidate of
+                 * each side is the latest-selected copy still kept, i.e. the kept-th copy. */
+                double vl = S(l), vr = S(r - 1);
+                size_t kept_l = 0, kept_r = 0;
+                for (size_t i = l; i < r; i++) {
+                    kept_l += S(i) == vl;
+                    kept_r += S(i) == vr;
+                }
+                drop_left = nth_position(orig, stride, theta, vl, kept_l - 1) >
+                            nth_position(orig, stride, theta, vr, kept_r - 1);
+            }
+            if (drop_left)
+                l++;
+            else
+                r--;
+        }
     }
     double sum = 0.0;
     for (size_t i = l; i < r; i++)

@@ -238,6 +238,58 @@ static void test_closest_mean_ties_and_windows(void **state) {
     assert_true(agg_k_closest_mean_f64(s4, o4, 1, 5, 4, NULL) == 2.5);
 }
 
+typedef struct keyed {
+    double dist;
+    size_t pos;
+} keyed;
+
+static int cmp_keyed(const void *a, const void *b) {
+    const keyed *x = a, *y = b;
+    if (x->dist != y->dist)
+        return x->dist < y->dist ? -1 : 1;
+    return (x->pos > y->pos) - (x->pos < y->pos);
+}
+
+static int cmp_d(const void *a, const void *b) {
+    double x = *(const double *)a, y = *(const double *)b;
+    return (x > y) - (x < y);
+}
+
+/* Against the definition, written naively: sort (|v - med|, position) and average the first
+ * beta. Small integer values make ties in value and in distance common; every beta in 1..theta
+ * exercises both the growing and the shrinking walk. */
+static void test_closest_mean_matches_the_definition(void **state) {
+    (void)state;
+    uint64_t st = 5;
+    for (int trial = 0; trial < 3000; trial++) {
+        double orig[12], sorted[12];
+        keyed k[12];
+        st = st * 6364136223846793005ull + 1442695040888963407ull;
+        size_t theta = 1 + (size_t)((st >> 33) % 12);
+        for (size_t i = 0; i < theta; i++) {
+            st = st * 6364136223846793005ull + 1442695040888963407ull;
+            orig[i] = (double)((int)((st >> 33) % 9) - 4);
+            sorted[i] = orig[i];
+        }
+        qsort(sorted, theta, sizeof *sorted, cmp_d);
+        size_t m = theta / 2;
+        double med = theta % 2 ? sorted[m] : 0.5 * (sorted[m - 1] + sorted[m]);
+        for (size_t i = 0; i < theta; i++)
+            k[i] = (keyed){orig[i] > med ? orig[i] - med : med - orig[i], i};
+        qsort(k, theta, sizeof *k, cmp_keyed);
+        for (size_t beta = 1; beta <= theta; beta++) {
+            double sum = 0;
+            for (size_t i = 0; i < beta; i++)
+                sum += orig[k[i].pos];
+            double got = agg_k_closest_mean_f64(sorted, orig, 1, theta, beta, NULL);
+            /* Same multiset of small integers: the sums are exact in any order. */
+            if (got != sum / (double)beta)
+                fail_msg("theta %zu beta %zu: got %g, want %g", theta, beta, got,
+                         sum / (double)beta);
+        }
+    }
+}
+
 static void test_sum_smallest(void **state) {
     (void)state;
     double v[5] = {9, 1, 4, 1, 16};
@@ -253,6 +305,7 @@ int main(void) {
         cmocka_unit_test(test_sorting_network_sorts_every_size),
         cmocka_unit_test(test_pairwise_distances_use_explicit_differences),
         cmocka_unit_test(test_closest_mean_ties_and_windows),
+        cmocka_unit_test(test_closest_mean_matches_the_definition),
         cmocka_unit_test(test_sum_smallest),
     };
     return cmocka_run_group_tests(tests, NULL, NULL);
