@@ -268,10 +268,13 @@ int main(void) {
     }
 
     const char *nonp = getenv("BENCH_NO_NUMPY");
-    if (!(nonp && nonp[0] == '1') &&
-        system("/usr/bin/python3 -c 'import numpy' 2>/dev/null") == 0) {
+    const char *script = "tests/bench/robust_numpy.py";
+    if (access(script, R_OK) != 0) {
+        printf("numpy: %s not found (run from the repository root)\n", script);
+    } else if (!(nonp && nonp[0] == '1') &&
+               system("/usr/bin/python3 -c 'import numpy' 2>/dev/null") == 0) {
         np_result res[8];
-        size_t k = run_numpy("tests/bench/robust_numpy.py", path, n, d, res, 8);
+        size_t k = run_numpy(script, path, n, d, res, 8);
         if (k == 0)
             printf("numpy: the script failed\n");
         for (size_t i = 0; i < k; i++)
