@@ -6,6 +6,7 @@
 #include "aggregators/kernels.h"
 
 #include <assert.h>
+#include <stdlib.h>
 #include <string.h>
 
 int agg_k_dtype_ok(fc_dtype dt) {
@@ -326,3 +327,265 @@ void agg_k_f64_to_f32(float *restrict dst, const double *restrict src, size_t n)
 
 /* ==== Robust-rule kernels (median, trimmed_mean, krum, bulyan, geomed, ida) ====
  * Added by the aggrobust branch below this line. */
+
+/* ---- robust rules ---- */
+
+void agg_k_to_f32(fc_dtype dt, const void *restrict src, float *restrict dst, size_t n) {
+    switch (dt) {
+    case FC_DTYPE_F32:
+        memcpy(dst, src, n * sizeof(float));
+        break;
+    case FC_DTYPE_BF16: {
+        const uint16_t *h = src;
+        for (size_t i = 0; i < n; i++) {
+            uint32_t bits = (uint32_t)h[i] << 16;
+            memcpy(&dst[i], &bits, sizeof bits);
+        }
+        break;
+    }
+    case FC_DTYPE_F16: {
+        const uint16_t *h = src;
+        for (size_t i = 0; i < n; i++)
+            dst[i] = (float)agg_k_f16_to_f64(h[i]); /* exact: every f16 is an f32 */
+        break;
+    }
+    default:
+        assert(0 && "agg_k_to_f32: f32, f16 or bf16 only");
+    }
+}
+
+/* Batcher's odd-even merge sort for the next power of two P >= n, leaving out every comparator
+ * that touches a position >= n. That is exact: think of positions >= n as +Inf; they never move,
+ * so those comparators never change anything. */
+static size_t sortnet_emit(size_t n, uint32_t *pairs) {
+    size_t P = 1, count = 0;
+    while (P < n)
+        P <<= 1;
+    for (size_t p = 1; p < P; p <<= 1)
+        for (size_t k = p; k >= 1; k >>= 1) {
+            for (size_t j = k % p; j + k < n; j += 2 * k)
+                for (size_t i = 0; i < k && i + j + k < n; i++)
+                    if ((i + j) / (2 * p) == (i + j + k) / (2 * p)) {
+                        if (pairs) {
+                            pairs[2 * count] = (uint32_t)(i + j);
+                            pairs[2 * count + 1] = (uint32_t)(i + j + k);
+                        }
+                        count++;
+                    }
+            if (k == 1)
+                break;
+        }
+    return count;
+}
+
+size_t agg_k_sortnet_count(size_t n) { return sortnet_emit(n, NULL); }
+
+size_t agg_k_sortnet_build(size_t n, size_t lo, size_t hi, uint32_t *pairs, unsigned char *live) {
+    assert(lo < hi && hi <= n && n < ((size_t)1 << 31));
+    size_t total = sortnet_emit(n, pairs);
+    /* Backwards: a comparator matters iff one of its outputs is live; then both inputs are. */
+    memset(live, 0, n);
+    memset(live + lo, 1, hi - lo);
+    size_t kept = 0;
+    for (size_t c = total; c-- > 0;) {
+        uint32_t a = pairs[2 * c], b = pairs[2 * c + 1];
+        if (live[a] || live[b]) {
+            live[a] = live[b] = 1;
+            pairs[2 * c] = a | 0x80000000u; /* mark kept; positions are < 2^31 here */
+            kept++;
+        }
+    }
+    size_t w = 0;
+    for (size_t c = 0; c < total; c++)
+        if (pairs[2 * c] & 0x80000000u) {
+            pairs[2 * w] = pairs[2 * c] & 0x7fffffffu;
+            pairs[2 * w + 1] = pairs[2 * c + 1];
+            w++;
+        }
+    assert(w == kept);
+    return kept;
+}
+
+/* Comparator networks. `x < y ? x : y` on finite values is exactly what minps/maxps compute,
+ * but gcc only emits them when told that no NaN occurs (true: the driver drops non-finite
+ * updates) and that the sign of a zero may follow either operand (it never changes a value);
+ * ivdep says rows a and b of one comparator never overlap (a < b). AVX2 clones are picked at
+ * load time on CPUs that have it. */
+#if defined(__clang__)
+/* clang has no optimize attribute and emits min/max for these loops without it. */
+#define NET_ATTRS __attribute__((target_clones("avx2", "default")))
+#define NET_IVDEP
+#else
+#define NET_ATTRS                                                                                  \
+    __attribute__((target_clones("avx2", "default"),                                               \
+                   optimize("finite-math-only", "no-signed-zeros")))
+#define NET_IVDEP _Pragma("GCC ivdep")
+#endif
+
+NET_ATTRS void agg_k_sortnet_f32(float *blk, const uint32_t *pairs, size_t npairs) {
+    for (size_t k = 0; k < npairs; k++) {
+        float *a = blk + (size_t)pairs[2 * k] * AGG_K_COLS;
+        float *b = blk + (size_t)pairs[2 * k + 1] * AGG_K_COLS;
+        NET_IVDEP
+        for (size_t c = 0; c < AGG_K_COLS; c++) {
+            float x = a[c], y = b[c];
+            a[c] = x < y ? x : y;
+            b[c] = x < y ? y : x;
+        }
+    }
+}
+
+NET_ATTRS void agg_k_sortnet_f64(double *blk, const uint32_t *pairs, size_t npairs) {
+    for (size_t k = 0; k < npairs; k++) {
+        double *a = blk + (size_t)pairs[2 * k] * AGG_K_COLS;
+        double *b = blk + (size_t)pairs[2 * k + 1] * AGG_K_COLS;
+        NET_IVDEP
+        for (size_t c = 0; c < AGG_K_COLS; c++) {
+            double x = a[c], y = b[c];
+            a[c] = x < y ? x : y;
+            b[c] = x < y ? y : x;
+        }
+    }
+}
+
+void agg_k_rowsum_f32(const float *blk, size_t lo, size_t hi, double *out) {
+    for (size_t c = 0; c < AGG_K_COLS; c++)
+        out[c] = 0.0;
+    for (size_t r = lo; r < hi; r++) {
+        const float *row = blk + r * AGG_K_COLS;
+        for (size_t c = 0; c < AGG_K_COLS; c++)
+            out[c] += (double)row[c];
+    }
+}
+
+void agg_k_rowsum_f64(const double *blk, size_t lo, size_t hi, double *out) {
+    for (size_t c = 0; c < AGG_K_COLS; c++)
+        out[c] = 0.0;
+    for (size_t r = lo; r < hi; r++) {
+        const double *row = blk + r * AGG_K_COLS;
+        for (size_t c = 0; c < AGG_K_COLS; c++)
+            out[c] += row[c];
+    }
+}
+
+static inline double sqdist8(const double *restrict a, const double *restrict b, size_t w) {
+    double s[8] = {0, 0, 0, 0, 0, 0, 0, 0};
+    for (size_t c = 0; c < w; c += 8)
+        for (size_t l = 0; l < 8; l++) {
+            double t = a[c + l] - b[c + l];
+            s[l] += t * t;
+        }
+    return ((s[0] + s[1]) + (s[2] + s[3])) + ((s[4] + s[5]) + (s[6] + s[7]));
+}
+
+__attribute__((target_clones("avx2", "default"))) void
+agg_k_pairdist_f64(const double *x, size_t n, size_t stride, size_t w, double *dist) {
+    assert(w % 8 == 0);
+    for (size_t a = 0; a < n; a++)
+        for (size_t b = a + 1; b < n; b++)
+            dist[a * n + b] += sqdist8(x + a * stride, x + b * stride, w);
+}
+
+static int cmp_double(const void *pa, const void *pb) {
+    double a = *(const double *)pa, b = *(const double *)pb;
+    return (a > b) - (a < b);
+}
+
+double agg_k_sum_smallest(double *v, size_t m, size_t k) {
+    assert(k <= m);
+    qsort(v, m, sizeof *v, cmp_double);
+    double s = 0.0;
+    for (size_t i = 0; i < k; i++)
+        s += v[i];
+    return s;
+}
+
+/* Position in selection order of the (skip+1)-th value equal to x. */
+static size_t nth_position(const double *orig, size_t stride, size_t theta, double x, size_t skip) {
+    for (size_t i = 0; i < theta; i++)
+        if (orig[i * stride] == x && skip-- == 0)
+            return i;
+    assert(0 && "value not in column");
+    return theta;
+}
+
+double agg_k_closest_mean_f64(const double *sorted, const double *orig, size_t stride, size_t theta,
+                              size_t beta, size_t *lo_out) {
+    assert(beta >= 1 && beta <= theta);
+#define S(i) sorted[(size_t)(i)*stride]
+    size_t m = theta / 2;
+    double med = (theta & 1) ? S(m) : 0.5 * (S(m - 1) + S(m));
+    /* Every value left of m is <= med and every value from m on is >= med, so the beta closest
+     * values form a window [l, r) of the sorted column. Keeping the beta smallest keys
+     * (distance, selection position) is the same as dropping the theta-beta largest, so take
+     * whichever walk is shorter: grow the window from m, or shrink it from [0, theta). Copies of
+     * one value are kept earliest-selected first (and dropped latest-selected first). */
+    size_t l, r;
+    if (beta <= theta - beta) {
+        l = r = m;
+        while (r - l < beta) {
+            int take_left;
+            if (l == 0)
+                take_left = 0;
+            else if (r == theta)
+                take_left = 1;
+            else {
+                double dl = med - S(l - 1), dr = S(r) - med;
+                if (dl != dr)
+                    take_left = dl < dr;
+                else if (S(l - 1) == S(r))
+                    take_left = 1; /* same value: which copy does not change the mean */
+                else {
+                    /* Equal distance, different values: the earlier selected wins. The
+                     * candidate of each side is the next unused copy in selection order. */
+                    double vl = S(l - 1), vr = S(r);
+                    size_t used_l = 0, used_r = 0;
+                    for (size_t i = l; i < r; i++) {
+                        used_l += S(i) == vl;
+                        used_r += S(i) == vr;
+                    }
+                    take_left = nth_position(orig, stride, theta, vl, used_l) <
+                                nth_position(orig, stride, theta, vr, used_r);
+                }
+            }
+            if (take_left)
+                l--;
+            else
+                r++;
+        }
+    } else {
+        l = 0;
+        r = theta;
+        while (r - l > beta) {
+            double dl = med - S(l), dr = S(r - 1) - med;
+            int drop_left;
+            if (dl != dr)
+                drop_left = dl > dr;
+            else if (S(l) == S(r - 1))
+                drop_left = 1; /* same value: which copy does not change the mean */
+            else {
+                /* Equal distance, different values: the later selected goes. The candidate of
+                 * each side is the latest-selected copy still kept, i.e. the kept-th copy. */
+                double vl = S(l), vr = S(r - 1);
+                size_t kept_l = 0, kept_r = 0;
+                for (size_t i = l; i < r; i++) {
+                    kept_l += S(i) == vl;
+                    kept_r += S(i) == vr;
+                }
+                drop_left = nth_position(orig, stride, theta, vl, kept_l - 1) >
+                            nth_position(orig, stride, theta, vr, kept_r - 1);
+            }
+            if (drop_left)
+                l++;
+            else
+                r--;
+        }
+    }
+    double sum = 0.0;
+    for (size_t i = l; i < r; i++)
+        sum += S(i);
+#undef S
+    if (lo_out)
+        *lo_out = l;
+    return sum / (double)beta;
+}

@@ -11,10 +11,15 @@
 static const agg_rule *const rules[] = {
     &agg_fedavg,
     &agg_fedau,
-    /* aggrobust: median, trimmed_mean, krum, multikrum, bulyan, geomed */
+    &agg_median,
+    &agg_trimmed_mean,
+    &agg_krum,
+    &agg_multikrum,
+    &agg_bulyan,
+    &agg_geomed,
     &agg_centered_clip,
     &agg_norm_bound,
-    /* aggrobust: ida */
+    &agg_ida,
     NULL,
 };
 
