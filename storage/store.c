@@ -185,24 +185,49 @@ void store_sha256_hex(const uint8_t h[32], char out[65]) {
 
 /* ---- open and close ---- */
 
+/* Lets SQLite recover the file as any of its users would on open: roll back a hot journal,
+ * or rebuild a WAL index. The connection never checkpoints on close, so committed WAL pages of
+ * a foreign file stay where they are. */
+static void recover_in_place(const char *path) {
+    sqlite3 *db = NULL;
+    if (sqlite3_open_v2(path, &db, SQLITE_OPEN_READWRITE | SQLITE_OPEN_NOMUTEX, NULL) ==
+        SQLITE_OK) {
+        sqlite3_db_config(db, SQLITE_DBCONFIG_NO_CKPT_ON_CLOSE, 1, NULL);
+        sqlite3_exec(db, "SELECT count(*) FROM sqlite_master", NULL, NULL, NULL);
+    }
+    sqlite3_close(db);
+}
+
 /* Before a read-write open of an existing file, checks it through a read-only connection: a
  * read-write connection that is the last to close a WAL database checkpoints it, which would
  * write into another application's file. */
-static fc_status probe_readonly(store *s, fc_error *err) {
+static fc_status probe_readonly(store *s, int may_recover, fc_error *err) {
     struct stat sb;
     if (stat(s->path, &sb) != 0 || sb.st_size == 0) return FC_OK; /* nothing to protect */
     store probe = {.path = s->path, .readonly = 1};
     int rc = sqlite3_open_v2(s->path, &probe.db, SQLITE_OPEN_READONLY | SQLITE_OPEN_NOMUTEX,
                              NULL);
     fc_status st = FC_OK;
+    int needs_recovery = 0;
     if (rc != SQLITE_OK) {
         st = store_sqlite_error(&probe, rc, err, "opening");
     } else {
         int version, fresh;
         sqlite3_extended_result_codes(probe.db, 1);
         st = store_schema_check(&probe, &version, &fresh, err);
+        int ext = sqlite3_extended_errcode(probe.db);
+        needs_recovery = st != FC_OK &&
+                         (ext == SQLITE_READONLY_ROLLBACK || ext == SQLITE_READONLY_RECOVERY);
     }
     sqlite3_close(probe.db);
+    /* A process killed mid-transaction (for example while creating the database, before WAL
+     * mode was set) leaves a hot journal that only a read-write connection may roll back.
+     * Rolling it back restores the file to its last committed state, which is what any SQLite
+     * user of the file would do, so it is safe even for a foreign file. Then check again. */
+    if (needs_recovery && may_recover) {
+        recover_in_place(s->path);
+        return probe_readonly(s, 0, err);
+    }
     return st;
 }
 
@@ -234,7 +259,7 @@ fc_status store_open(const char *path, const store_options *opt, store **out, fc
         fc_error_set(err, st, "store: out of memory");
         goto fail;
     }
-    if (!opt->readonly && (st = probe_readonly(s, err)) != FC_OK) goto fail;
+    if (!opt->readonly && (st = probe_readonly(s, 1, err)) != FC_OK) goto fail;
     int flags = opt->readonly ? SQLITE_OPEN_READONLY : SQLITE_OPEN_READWRITE;
     if (!opt->readonly && !opt->must_exist) flags |= SQLITE_OPEN_CREATE;
     int rc = sqlite3_open_v2(path, &s->db, flags | SQLITE_OPEN_NOMUTEX, NULL);

@@ -14,6 +14,7 @@
 #include <stdlib.h>
 #include <string.h>
 #include <sys/stat.h>
+#include <sys/wait.h>
 #include <unistd.h>
 
 #include <cmocka.h>
@@ -413,6 +414,57 @@ static void test_other_applications_database_is_refused_untouched(void **state) 
     assert_int_equal(store_open(path, NULL, &s, &err), FC_ERR_FORMAT);
     file_sha256(wal, wal_after);
     assert_memory_equal(wal_before, wal_after, 32);
+}
+
+/* A process that dies inside a rollback-journal transaction leaves a hot journal, which a
+ * read-only connection cannot roll back. The fedcoord case is a daemon killed while it created
+ * its database (before WAL mode is set); found by the SIGKILL crash test. */
+static void leave_hot_journal(const char *path, const char *committed_sql) {
+    fflush(NULL);
+    pid_t pid = fork();
+    assert_true(pid >= 0);
+    if (pid == 0) {
+        sqlite3 *db = NULL;
+        if (sqlite3_open(path, &db) != SQLITE_OK) _exit(2);
+        if (committed_sql && sqlite3_exec(db, committed_sql, NULL, NULL, NULL) != SQLITE_OK)
+            _exit(3);
+        /* A one-page cache forces the uncommitted pages out to the main file. */
+        if (sqlite3_exec(db,
+                         "PRAGMA journal_mode = DELETE; PRAGMA cache_size = 1;"
+                         "BEGIN; PRAGMA application_id = 1178815554;"
+                         "CREATE TABLE junk(x); WITH RECURSIVE n(i) AS (SELECT 1 UNION ALL "
+                         "SELECT i + 1 FROM n WHERE i < 400) "
+                         "INSERT INTO junk SELECT randomblob(2000) FROM n;",
+                         NULL, NULL, NULL) != SQLITE_OK)
+            _exit(4);
+        _exit(0); /* dies mid-transaction: no COMMIT, no close */
+    }
+    int status = 0;
+    assert_int_equal(waitpid(pid, &status, 0), pid);
+    assert_true(WIFEXITED(status));
+    assert_int_equal(WEXITSTATUS(status), 0);
+    char journal[620];
+    snprintf(journal, sizeof journal, "%s-journal", path);
+    assert_int_equal(access(journal, F_OK), 0);
+}
+
+static void test_hot_journal_from_a_killed_creator_is_recovered(void **state) {
+    (void)state;
+    char path[600];
+    new_path(path, sizeof path, "hotjournal");
+    leave_hot_journal(path, NULL);
+    store *s = NULL;
+    fc_error err = {0};
+    if (store_open(path, NULL, &s, &err) != FC_OK) fail_msg("open: %s", err.msg);
+    must_commit(s, 1, 300);
+    assert_int_equal(count_rows(s, "SELECT count(*) FROM sqlite_master WHERE name = 'junk'"), 0);
+    store_close(s);
+    /* The same wreck over another application's committed database is still refused. */
+    new_path(path, sizeof path, "hotjournal-foreign");
+    leave_hot_journal(path, "PRAGMA application_id = 1234; CREATE TABLE notes(x);");
+    assert_int_equal(store_open(path, NULL, &s, &err), FC_ERR_FORMAT);
+    assert_null(s);
+    assert_non_null(strstr(err.msg, "not a fedcoord database"));
 }
 
 /* ---- clients ---- */
@@ -1587,6 +1639,7 @@ int main(void) {
         cmocka_unit_test(test_newer_schema_is_refused_untouched),
         cmocka_unit_test(test_random_bytes_file_is_refused_untouched),
         cmocka_unit_test(test_other_applications_database_is_refused_untouched),
+        cmocka_unit_test(test_hot_journal_from_a_killed_creator_is_recovered),
         cmocka_unit_test(test_clients_add_lookup_revoke_list),
         cmocka_unit_test(test_round_lifecycle_and_failure_with_participants),
         cmocka_unit_test(test_commit_round_writes_model_round_participants_and_state),
