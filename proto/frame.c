@@ -334,6 +334,14 @@ size_t fc_frame_decoder_pending(const fc_frame_decoder *d) {
     return d->prefix_have + d->frame_have;
 }
 
+size_t fc_frame_decoder_trim(fc_frame_decoder *d) {
+    if (d->prefix_have != 0 || !d->buf)
+        return 0;
+    size_t released = d->buf_cap;
+    fc_frame_decoder_free(d);
+    return released;
+}
+
 /* ---- schema-driven scan ---- */
 
 /* Nesting of our schema is Envelope > Task > TensorSpec / map entry (3); leave room for growth

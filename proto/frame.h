@@ -122,6 +122,12 @@ fc_status fc_frame_decoder_finish(const fc_frame_decoder *d, fc_error *err);
  * uses it to enforce a minimum progress rate on half-received frames. */
 size_t fc_frame_decoder_pending(const fc_frame_decoder *d);
 
+/* Frees the frame buffer if no partial frame is held (the buffer otherwise keeps the capacity of
+ * the largest frame received so far, up to max_frame). A server calls it when a connection goes
+ * quiet, so idle connections hold no frame memory. Invalidates the last fc_frame returned from
+ * the buffer. Returns the number of bytes released. */
+size_t fc_frame_decoder_trim(fc_frame_decoder *d);
+
 /* ---- from frame bytes to an Envelope ---- */
 
 /* Unpacks N Envelope bytes. The schema-driven pre-scan checks every varint, length, wire type,

@@ -486,6 +486,23 @@ static void test_decoder_memory_is_one_frame_buffer(void **state) {
         assert_true(d.buf_cap <= 3020);
     }
     assert_int_equal(frames, 20);
+    /* On a frame boundary the buffer can be released; mid-frame it cannot. */
+    size_t largest = 0;
+    for (size_t at = 0; at < s.len; at += 4 + fc_load_u32be(s.data + at))
+        if (fc_load_u32be(s.data + at) > largest)
+            largest = fc_load_u32be(s.data + at);
+    assert_int_equal(d.buf_cap, largest);
+    assert_int_equal(fc_frame_decoder_trim(&d), largest);
+    assert_null(d.buf);
+    assert_int_equal(fc_frame_decoder_trim(&d), 0);
+    size_t used;
+    fc_frame f;
+    assert_int_equal(fc_frame_decoder_feed(&d, s.data, 10, &used, &f, NULL), FC_ERR_AGAIN);
+    assert_int_equal(fc_frame_decoder_trim(&d), 0);
+    assert_non_null(d.buf);
+    assert_int_equal(fc_frame_decoder_feed(&d, s.data + 10, s.len - 10, &used, &f, NULL), FC_OK);
+    assert_int_equal(f.len, fc_load_u32be(s.data));
+    assert_memory_equal(f.data, s.data + 4, f.len);
     fc_frame_decoder_free(&d);
     fc_buf_free(&s);
 }
