@@ -863,15 +863,11 @@ fc_status fc_client_open(const fc_client_config *cfg, fc_client **out) {
     c->fd = -1;
     c->in = fc_malloc(CONN_IN_CAP);
     c->scratch = fc_malloc(FC_STREAM_MAX_CHUNK);
-    *out = c;
     if (!c->in || !c->scratch) {
-        fc_error_set(&c->err, FC_ERR_NOMEM, "out of memory for the client buffers");
-        if (c->err.code == FC_ERR_NOMEM && !c->in && !c->scratch) {
-            client_free(c);
-            *out = NULL;
-        }
+        client_free(c);
         return FC_ERR_NOMEM;
     }
+    *out = c;
     fc_status st = conn_configure(c, cfg);
     if (st != FC_OK)
         return st;

@@ -118,6 +118,12 @@ static fc_status parse_server(fc_client *c, const char *server) {
     return FC_OK;
 }
 
+static fc_status file_error(fc_client *c, const char *field, const char *path) {
+    char what[600];
+    snprintf(what, sizeof what, "config: loading %s %s", field, path);
+    return tls_error(c, FC_ERR_CONFIG, what);
+}
+
 fc_status conn_configure(fc_client *c, const fc_client_config *in) {
     fc_client_config cfg;
     memset(&cfg, 0, sizeof cfg);
@@ -174,12 +180,12 @@ fc_status conn_configure(fc_client *c, const fc_client_config *in) {
         return tls_error(c, FC_ERR_TLS, "requiring TLS 1.3");
     SSL_CTX_set_verify(c->ctx, SSL_VERIFY_PEER, NULL);
     if (SSL_CTX_load_verify_locations(c->ctx, c->ca_file, NULL) != 1)
-        return tls_error(c, FC_ERR_CONFIG, "config: loading ca_file");
+        return file_error(c, "ca_file", c->ca_file);
     if (c->cert_file) {
         if (SSL_CTX_use_certificate_chain_file(c->ctx, c->cert_file) != 1)
-            return tls_error(c, FC_ERR_CONFIG, c->cert_file);
+            return file_error(c, "cert_file", c->cert_file);
         if (SSL_CTX_use_PrivateKey_file(c->ctx, c->key_file, SSL_FILETYPE_PEM) != 1)
-            return tls_error(c, FC_ERR_CONFIG, c->key_file);
+            return file_error(c, "key_file", c->key_file);
         if (SSL_CTX_check_private_key(c->ctx) != 1)
             return tls_error(c, FC_ERR_CONFIG, "client key does not match the certificate");
     }
@@ -424,7 +430,14 @@ static fc_status fill(fc_client *c, uint64_t deadline) {
             ev = POLLOUT;
         else if (e == SSL_ERROR_ZERO_RETURN)
             return lost(c, FC_ERR_CLOSED, "receiving", "the server closed the connection");
-        else {
+        else if (e == SSL_ERROR_SSL && ERR_peek_error() != 0) {
+            /* A TLS alert or record failure, e.g. the server refused our certificate after the
+             * TLS 1.3 handshake: a verdict, not a network accident, so it is not retried. */
+            fc_status st = tls_error(c, FC_ERR_TLS, "TLS error from the server");
+            conn_drop(c);
+            c->lost = 0;
+            return st;
+        } else {
             ERR_clear_error();
             return lost(c, FC_ERR_CLOSED, "receiving from the server",
                         e == SSL_ERROR_SYSCALL && errno ? strerror(errno) : "connection lost");

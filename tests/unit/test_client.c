@@ -67,8 +67,10 @@ typedef struct peer {
     int drop_on_connection;        /* close the Nth connection right after Welcome */
     int close_listener_on_drop;    /* ...and stop listening: the server "never comes back" */
     int drop_upload_after_chunks;  /* ack and close after this many upload chunks (once) */
+    int drop_download_after_chunks; /* close after sending this many model chunks (once) */
     int reject_update;             /* answer UpdateEnd with Error SHAPE_MISMATCH */
     int bye_instead_of_task;       /* send Bye where the Task would go */
+    int require_client_cert;       /* mutual TLS: REQUIRE */
 
     /* loop-thread state */
     uv_loop_t loop;
@@ -84,6 +86,8 @@ typedef struct peer {
 
     /* results, read after peer_stop */
     int connections, hellos, heartbeats, model_requests, byes, evals, update_begins;
+    int download_dropped;
+    uint64_t last_model_offset;
     int second_hello_had_resume_token;
     uint64_t last_resume_offset;
     int is_delta;
@@ -150,6 +154,8 @@ static void send_task(pconn *pc) {
     psend(pc, &m);
 }
 
+static void drop(pconn *pc);
+
 static void send_model(pconn *pc, const Fedcoord__V1__ModelRequest *r) {
     peer *p = pc->p;
     fc_error err = {0};
@@ -166,8 +172,17 @@ static void send_model(pconn *pc, const Fedcoord__V1__ModelRequest *r) {
     int corrupt = p->corrupt_downloads > 0;
     if (corrupt)
         p->corrupt_downloads--;
+    p->last_model_offset = r->offset;
+    int sent = 0;
     fc_chunk_desc d;
     while (fc_stream_split_next(&sp, &d)) {
+        if (p->drop_download_after_chunks && !p->download_dropped &&
+            sent == p->drop_download_after_chunks) {
+            p->download_dropped = 1;
+            drop(pc);
+            return;
+        }
+        sent++;
         uint8_t buf[64];
         assert_true(d.len <= sizeof buf);
         memcpy(buf, d.data, d.len);
@@ -428,6 +443,10 @@ static void peer_start(peer *p) {
     cfg.host = "127.0.0.1";
     cfg.tls.cert_file = pki.server_cert;
     cfg.tls.key_file = pki.server_key;
+    if (p->require_client_cert) {
+        cfg.tls.ca_file = pki.ca_cert;
+        cfg.tls.mtls = NET_MTLS_REQUIRE;
+    }
     net_limits_default(&cfg.limits);
     cfg.limits.close_linger_ms = 200;
     cfg.cb.on_open = cb_open;
@@ -544,6 +563,30 @@ static void test_wrong_host_name_is_refused(void **state) {
     peer_free(&p);
 }
 
+static void test_mutual_tls_presents_the_client_certificate(void **state) {
+    (void)state;
+    peer p;
+    peer_init(&p);
+    p.require_client_cert = 1;
+    peer_start(&p);
+    fc_client_config cfg = client_config(&p);
+    cfg.token = NULL;
+    cfg.client_name = NULL;
+    cfg.cert_file = pki.client_cert;
+    cfg.key_file = pki.client_key;
+    fc_client *c = open_ok(&cfg);
+    fc_client_close(c);
+    /* without a certificate the server's refusal is a TLS error, not retried */
+    cfg.cert_file = cfg.key_file = NULL;
+    c = NULL;
+    assert_int_equal(fc_client_open(&cfg, &c), FC_ERR_TLS);
+    assert_non_null(strstr(fc_client_error(c), "certificate required"));
+    fc_client_close(c);
+    peer_stop(&p);
+    assert_int_equal(p.hellos, 1);
+    peer_free(&p);
+}
+
 static void test_protocol_major_mismatch_is_a_clear_error(void **state) {
     (void)state;
     peer p;
@@ -623,6 +666,62 @@ static void test_task_downloads_model_and_exposes_fields(void **state) {
     peer_stop(&p);
     assert_int_equal(p.model_requests, 1);
     peer_free(&p);
+}
+
+static void test_download_resumes_after_drop(void **state) {
+    (void)state;
+    peer p;
+    peer_init(&p);
+    p.task_on_connection = 1;
+    p.drop_download_after_chunks = 3; /* 24 of 44 bytes arrive, then the connection goes */
+    peer_start(&p);
+    fc_client_config cfg = client_config(&p);
+    fc_client *c = open_ok(&cfg);
+    fc_task *t = next_task_ok(c);
+    fc_tensor_info info;
+    assert_int_equal(fc_task_tensor(t, 0, &info), FC_OK);
+    assert_memory_equal(info.data, MODEL_W, sizeof MODEL_W);
+    assert_int_equal(fc_task_tensor(t, 1, &info), FC_OK);
+    assert_memory_equal(info.data, MODEL_B, sizeof MODEL_B);
+    assert_int_equal(fc_task_tensor(t, 2, &info), FC_OK);
+    assert_memory_equal(info.data, &MODEL_S, 8);
+    fc_task_free(t);
+    fc_client_close(c);
+    peer_stop(&p);
+    assert_int_equal(p.connections, 2);
+    assert_true(p.second_hello_had_resume_token);
+    assert_int_equal(p.model_requests, 2);
+    assert_int_equal(p.last_model_offset, 24);
+    peer_free(&p);
+}
+
+/* Every allocation of fc_client_open fails in turn: each failure is a clean error, never a
+ * crash, and (under ASan) never a leak. No peer runs, so no other thread allocates. */
+static void test_open_survives_every_allocation_failure(void **state) {
+    (void)state;
+    fc_client_config cfg = FC_CLIENT_CONFIG_INIT;
+    cfg.server = "127.0.0.1:1"; /* refused */
+    cfg.ca_file = pki.ca_cert;
+    cfg.token = "t";
+    cfg.client_name = "n";
+    cfg.reconnect_max_attempts = -1;
+    int completed = 0;
+    for (long n = 0; n < 100 && !completed; n++) {
+        fc_client *c = NULL;
+        fc_alloc_fail_after(n);
+        fc_status st = fc_client_open(&cfg, &c);
+        int injected = fc_alloc_failures() != 0;
+        fc_alloc_fail_after(-1);
+        if (st == FC_ERR_NOMEM) {
+            assert_true(injected);
+        } else {
+            assert_int_equal(st, FC_ERR_CLOSED);
+            assert_non_null(c);
+            completed = !injected;
+        }
+        fc_client_close(c);
+    }
+    assert_true(completed);
 }
 
 static void test_corrupted_model_chunk_is_a_hash_error(void **state) {
@@ -954,9 +1053,12 @@ int main(void) {
         cmocka_unit_test(test_open_sends_hello_and_accepts_welcome),
         cmocka_unit_test(test_server_signed_by_another_ca_is_refused),
         cmocka_unit_test(test_wrong_host_name_is_refused),
+        cmocka_unit_test(test_mutual_tls_presents_the_client_certificate),
         cmocka_unit_test(test_protocol_major_mismatch_is_a_clear_error),
         cmocka_unit_test(test_bad_config_names_the_field),
         cmocka_unit_test(test_task_downloads_model_and_exposes_fields),
+        cmocka_unit_test(test_download_resumes_after_drop),
+        cmocka_unit_test(test_open_survives_every_allocation_failure),
         cmocka_unit_test(test_corrupted_model_chunk_is_a_hash_error),
         cmocka_unit_test(test_one_corrupted_download_is_retried_from_zero),
         cmocka_unit_test(test_submit_weights_uploads_the_exact_delta),
