@@ -443,7 +443,10 @@ static fc_status fill(fc_client *c, uint64_t deadline) {
                         e == SSL_ERROR_SYSCALL && errno ? strerror(errno) : "connection lost");
         }
         uint64_t now = conn_now_ms();
-        uint64_t idle_at = c->last_recv_ms + c->io_timeout_ms;
+        /* Silence counts from the later of the last byte received and the start of this wait:
+         * time the caller spent training between calls is not the server's silence. */
+        uint64_t quiet_from = c->last_recv_ms > c->wait_from_ms ? c->last_recv_ms : c->wait_from_ms;
+        uint64_t idle_at = quiet_from + c->io_timeout_ms;
         if (now >= idle_at)
             return lost(c, FC_ERR_TIMEOUT, "receiving", "no data from the server within the I/O timeout");
         if (deadline && now >= deadline)
@@ -469,6 +472,7 @@ fc_status conn_recv(fc_client *c, uint64_t deadline, conn_msg *out) {
     memset(out, 0, sizeof *out);
     if (!c->connected)
         return fc_error_set(&c->err, FC_ERR_CLOSED, "not connected");
+    c->wait_from_ms = conn_now_ms();
     for (;;) {
         if (c->in_pos < c->in_len) {
             size_t used = 0;
@@ -611,8 +615,6 @@ static fc_status hello_welcome(fc_client *c, uint64_t deadline) {
         memcpy(c->resume_token, w->resume_token.data, c->resume_len);
     snprintf(c->session_id, sizeof c->session_id, "%s", w->session_id ? w->session_id : "");
     fc_envelope_free(env);
-    fc_frame_decoder_free(&c->dec); /* re-arm the decoder at the session's frame limit */
-    fc_frame_decoder_init(&c->dec, FC_FRAME_MAX_DEFAULT);
     return FC_OK;
 }
 

@@ -45,6 +45,7 @@ struct fc_client {
     size_t in_pos, in_len;
     fc_buf out;
     uint64_t last_send_ms, last_recv_ms;
+    uint64_t wait_from_ms; /* start of the current conn_recv */
 
     /* session */
     uint8_t resume_token[FC_WIRE_MAX_TOKEN];

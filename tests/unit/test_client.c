@@ -71,6 +71,7 @@ typedef struct peer {
     int reject_update;             /* answer UpdateEnd with Error SHAPE_MISMATCH */
     int bye_instead_of_task;       /* send Bye where the Task would go */
     int require_client_cert;       /* mutual TLS: REQUIRE */
+    int drop_after_model;          /* close right after ModelEnd (server idle timeout) */
 
     /* loop-thread state */
     uv_loop_t loop;
@@ -199,6 +200,8 @@ static void send_model(pconn *pc, const Fedcoord__V1__ModelRequest *r) {
     }
     assert_int_equal(fc_wire_model_end(&m, ++pc->seq, 3, p->model_sha, &err), FC_OK);
     psend(pc, &m);
+    if (p->drop_after_model)
+        drop(pc);
 }
 
 static void drop(pconn *pc) {
@@ -877,6 +880,31 @@ static void test_upload_resumes_from_acked_offset_after_drop(void **state) {
     peer_free(&p);
 }
 
+/* The server closed the session while the trainer was busy (idle timeout): submit notices,
+ * reconnects with the resume token and uploads. */
+static void test_submit_reconnects_when_session_was_closed_during_training(void **state) {
+    (void)state;
+    peer p;
+    peer_init(&p);
+    p.task_on_connection = 1;
+    p.drop_after_model = 1;
+    peer_start(&p);
+    fc_client_config cfg = client_config(&p);
+    fc_client *c = open_ok(&cfg);
+    fc_task *t = next_task_ok(c);
+    const void *tensors[3] = {DW, DB, &DS};
+    fc_status st = fc_client_submit(c, t, FC_SUBMIT_DELTA, tensors, 5, NULL, 0);
+    if (st != FC_OK)
+        fail_msg("submit: %s", fc_client_error(c));
+    fc_task_free(t);
+    fc_client_close(c);
+    peer_stop(&p);
+    check_uploaded_delta(&p);
+    assert_int_equal(p.hellos, 2);
+    assert_true(p.second_hello_had_resume_token);
+    peer_free(&p);
+}
+
 static void test_server_error_frame_surfaces_code_and_text(void **state) {
     (void)state;
     peer p;
@@ -1064,6 +1092,7 @@ int main(void) {
         cmocka_unit_test(test_submit_weights_uploads_the_exact_delta),
         cmocka_unit_test(test_submit_delta_is_uploaded_as_given),
         cmocka_unit_test(test_upload_resumes_from_acked_offset_after_drop),
+        cmocka_unit_test(test_submit_reconnects_when_session_was_closed_during_training),
         cmocka_unit_test(test_server_error_frame_surfaces_code_and_text),
         cmocka_unit_test(test_eval_task_reports_metrics),
         cmocka_unit_test(test_client_sends_heartbeats_while_waiting),

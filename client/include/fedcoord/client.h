@@ -34,8 +34,9 @@
  * connection (peer closed, reset, no data for io_timeout_ms) is repaired inside the call that
  * noticed it: the client reconnects with exponential backoff and jitter, presents the resume
  * token of the last Welcome, and continues:
- *   - fc_client_next_task: keeps waiting (the overall timeout still applies), and resumes a
- *     model download from the bytes it already holds;
+ *   - fc_client_next_task: keeps waiting (timeout_ms bounds the waiting; the reconnect
+ *     attempts themselves are bounded by the reconnect policy), and resumes a model download
+ *     from the bytes it already holds;
  *   - fc_client_submit: resumes the upload from the offset the server acknowledges (0 if the
  *     server kept nothing);
  *   - fc_client_report_eval: sends the EvalResult again (at-least-once);
@@ -47,6 +48,10 @@
  * reconnect attempts are used up the call returns FC_ERR_CLOSED with the last cause in the
  * detail, and the client is left disconnected: the next call starts a fresh attempt series.
  * fc_client_close never reconnects.
+ *
+ * Heartbeats. The SDK has no background thread: it sends heartbeats only while the caller is
+ * inside a call. If local training outlasts the server's idle timeout, the server closes the
+ * session; the next call notices, reconnects with the resume token and carries on as above.
  */
 #ifndef FEDCOORD_CLIENT_H
 #define FEDCOORD_CLIENT_H
