@@ -135,8 +135,9 @@ static void send_task(pconn *pc) {
         assert_int_equal(fc_wire_heartbeat(&m, ++pc->seq, 1, &err), FC_OK);
         psend(pc, &m);
     }
-    fc_tensor_spec specs[3];
-    for (size_t i = 0; i < 3; i++)
+    fc_tensor_spec specs[4];
+    assert_true(p->model.count <= 4);
+    for (size_t i = 0; i < p->model.count; i++)
         specs[i] = p->model.tensors[i].spec;
     fc_wire_kv cfg[] = {{"lr", "0.05"}, {"local_epochs", "3"}, {"mu", "0.5"}, {"bad", "x1"}};
     fc_wire_task_args a;
@@ -147,7 +148,7 @@ static void send_task(pconn *pc) {
     a.config = cfg;
     a.n_config = 4;
     a.tensors = specs;
-    a.n_tensors = 3;
+    a.n_tensors = p->model.count;
     a.model_sha256 = p->model_sha;
     a.model_bytes = p->model_bytes;
     if (fc_wire_task(&m, ++pc->seq, &a, &err) != FC_OK)
@@ -161,10 +162,12 @@ static void send_model(pconn *pc, const Fedcoord__V1__ModelRequest *r) {
     peer *p = pc->p;
     fc_error err = {0};
     fc_wire_msg m;
-    fc_tensor_spec specs[3];
-    for (size_t i = 0; i < 3; i++)
+    fc_tensor_spec specs[4];
+    assert_true(p->model.count <= 4);
+    for (size_t i = 0; i < p->model.count; i++)
         specs[i] = p->model.tensors[i].spec;
-    assert_int_equal(fc_wire_model_begin(&m, ++pc->seq, 3, specs, 3, p->model_bytes, p->model_sha,
+    assert_int_equal(fc_wire_model_begin(&m, ++pc->seq, 3, specs, p->model.count, p->model_bytes,
+                                         p->model_sha,
                                          r->offset, &err),
                      FC_OK);
     psend(pc, &m);
@@ -432,6 +435,21 @@ static void peer_init(peer *p) {
     p->model = m;
     build_model(&p->model, MODEL_W, MODEL_B, MODEL_S);
     fc_error err = {0};
+    assert_int_equal(fc_stream_model_sha256(&p->model, p->model_sha, &err), FC_OK);
+    assert_int_equal(fc_model_nbytes(&p->model, &p->model_bytes), FC_OK);
+}
+
+/* Replaces the served model with h f16[3] = {1, 2, -0.5} (6 bytes, so the next tensor starts
+ * unaligned) and w f32[2] = {3, 4}. f16 bits: 1.0 = 0x3C00, 2.0 = 0x4000, -0.5 = 0xB800. */
+static const uint16_t HALF_H[3] = {0x3C00, 0x4000, 0xB800};
+static const float HALF_W[2] = {3, 4};
+
+static void peer_use_half_model(peer *p) {
+    fc_model_free(&p->model);
+    fc_error err = {0};
+    uint64_t sh[1] = {3}, sw[1] = {2};
+    assert_int_equal(fc_model_add(&p->model, "h", FC_DTYPE_F16, 1, sh, HALF_H, &err), FC_OK);
+    assert_int_equal(fc_model_add(&p->model, "w", FC_DTYPE_F32, 1, sw, HALF_W, &err), FC_OK);
     assert_int_equal(fc_stream_model_sha256(&p->model, p->model_sha, &err), FC_OK);
     assert_int_equal(fc_model_nbytes(&p->model, &p->model_bytes), FC_OK);
 }
@@ -905,6 +923,45 @@ static void test_submit_reconnects_when_session_was_closed_during_training(void 
     peer_free(&p);
 }
 
+/* f16 weights become an f16 delta computed through f32: trained h = {1.5, 2, 0.25}
+ * (0x3E00, 0x4000, 0x3400) minus {1, 2, -0.5} is {0.5, 0, 0.75} = 0x3800, 0x0000, 0x3A00;
+ * trained w = {3.5, 1} gives {0.5, -3}. FedProx works on the unaligned f32 tensor. */
+static void test_f16_delta_and_unaligned_tensor(void **state) {
+    (void)state;
+    peer p;
+    peer_init(&p);
+    peer_use_half_model(&p);
+    p.task_on_connection = 1;
+    peer_start(&p);
+    fc_client_config cfg = client_config(&p);
+    fc_client *c = open_ok(&cfg);
+    fc_task *t = next_task_ok(c);
+    fc_tensor_info info;
+    assert_int_equal(fc_task_tensor(t, 0, &info), FC_OK);
+    assert_int_equal(info.dtype, FC_DTYPE_F16);
+    assert_memory_equal(info.data, HALF_H, 6);
+    float grad[2] = {0, 1}, wcur[2] = {5, 4};
+    assert_int_equal(fc_task_prox_add(t, 1, grad, wcur, 2.0), FC_OK);
+    assert_true(grad[0] == 4.0f); /* 0 + 2 * (5 - 3) */
+    assert_true(grad[1] == 1.0f); /* 1 + 2 * (4 - 4) */
+    const uint16_t h[3] = {0x3E00, 0x4000, 0x3400};
+    const float w[2] = {3.5f, 1.0f};
+    const void *tensors[2] = {h, w};
+    fc_status st = fc_client_submit(c, t, FC_SUBMIT_WEIGHTS, tensors, 3, NULL, 0);
+    if (st != FC_OK)
+        fail_msg("submit: %s", fc_client_error(c));
+    fc_task_free(t);
+    fc_client_close(c);
+    peer_stop(&p);
+    assert_true(p.update_ok);
+    const uint8_t want_h[6] = {0x00, 0x38, 0x00, 0x00, 0x00, 0x3A};
+    const float want_w[2] = {0.5f, -3.0f};
+    assert_int_equal(p.update_len, 14);
+    assert_memory_equal(p.update_data, want_h, 6);
+    assert_memory_equal(p.update_data + 6, want_w, 8);
+    peer_free(&p);
+}
+
 static void test_server_error_frame_surfaces_code_and_text(void **state) {
     (void)state;
     peer p;
@@ -1093,6 +1150,7 @@ int main(void) {
         cmocka_unit_test(test_submit_delta_is_uploaded_as_given),
         cmocka_unit_test(test_upload_resumes_from_acked_offset_after_drop),
         cmocka_unit_test(test_submit_reconnects_when_session_was_closed_during_training),
+        cmocka_unit_test(test_f16_delta_and_unaligned_tensor),
         cmocka_unit_test(test_server_error_frame_surfaces_code_and_text),
         cmocka_unit_test(test_eval_task_reports_metrics),
         cmocka_unit_test(test_client_sends_heartbeats_while_waiting),
