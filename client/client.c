@@ -6,16 +6,16 @@
  * repeated after a reconnect. It never touches sockets or TLS directly (conn.c does) and never
  * aborts on out-of-memory.
  */
+#include <errno.h>
 #include <math.h>
 #include <stdalign.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
-#include <errno.h>
 
+#include "client/conn.h"
 #include "core/alloc.h"
 #include "core/prox.h"
-#include "client/conn.h"
 
 struct fc_task {
     uint64_t round, version, deadline_ms;
@@ -26,8 +26,8 @@ struct fc_task {
     size_t n_specs;
     uint64_t total;
     uint8_t sha[FC_SHA256_BYTES];
-    fc_stage *stage;   /* the downloaded model's bytes */
-    fc_model model;    /* view of stage once complete */
+    fc_stage *stage; /* the downloaded model's bytes */
+    fc_model model;  /* view of stage once complete */
 };
 
 /* ---- small helpers ---- */
@@ -81,8 +81,8 @@ static fc_status handle_other(fc_client *c, fc_envelope *env, const char *waitin
         return st;
     case FEDCOORD__V1__ENVELOPE__BODY_BYE:
         fc_error_set(&c->err, FC_ERR_CLOSED, "the server ended the session while %s: %s",
-                     waiting_for, env->bye->reason && *env->bye->reason ? env->bye->reason
-                                                                      : "(no reason)");
+                     waiting_for,
+                     env->bye->reason && *env->bye->reason ? env->bye->reason : "(no reason)");
         fc_envelope_free(env);
         conn_drop(c);
         c->lost = 0;
@@ -128,7 +128,7 @@ static fc_status task_from_env(fc_client *c, const Fedcoord__V1__Task *w, fc_tas
     t->version = w->model_version;
     t->deadline_ms = w->deadline_unix_ms;
     t->kind = w->kind == FEDCOORD__V1__TASK_KIND__TASK_KIND_EVALUATE ? FC_TASK_TYPE_EVALUATE
-                                                                      : FC_TASK_TYPE_TRAIN;
+                                                                     : FC_TASK_TYPE_TRAIN;
     fc_status st = fc_wire_specs_from_wire(w->tensors, w->n_tensors, &t->specs, &t->total, &c->err);
     if (st != FC_OK) {
         fc_error_prefix(&c->err, "task for round %llu", (unsigned long long)w->round);
@@ -263,8 +263,7 @@ static fc_status download_once(fc_client *c, fc_task *t) {
         }
         if (env->body_case == FEDCOORD__V1__ENVELOPE__BODY_MODEL_END && begun) {
             const Fedcoord__V1__ModelEnd *e = env->model_end;
-            if (e->version != t->version ||
-                memcmp(e->sha256.data, t->sha, FC_SHA256_BYTES) != 0) {
+            if (e->version != t->version || memcmp(e->sha256.data, t->sha, FC_SHA256_BYTES) != 0) {
                 fc_envelope_free(env);
                 task_free_model(t);
                 return fc_error_set(&c->err, FC_ERR_HASH,
@@ -526,7 +525,8 @@ static const uint8_t *chunk_bytes(fc_client *c, const fc_task *t, fc_submit_kind
     case FC_DTYPE_BF16: {
         int bf = t->specs[d->tensor_index].dtype == FC_DTYPE_BF16;
         for (size_t k = 0; k < d->len; k += 2) {
-            uint16_t a = (uint16_t)(w[k] | w[k + 1] << 8), b = (uint16_t)(base[k] | base[k + 1] << 8);
+            uint16_t a = (uint16_t)(w[k] | w[k + 1] << 8),
+                     b = (uint16_t)(base[k] | base[k + 1] << 8);
             float fa = bf ? fc_bf16_to_f32(a) : fc_f16_to_f32(a);
             float fb = bf ? fc_bf16_to_f32(b) : fc_f16_to_f32(b);
             uint16_t r = bf ? fc_f32_to_bf16(fa - fb) : fc_f32_to_f16(fa - fb);
@@ -545,8 +545,8 @@ static fc_status upload_hash(fc_client *c, const fc_task *t, fc_submit_kind kind
                              const void *const *tensors, uint8_t sha[FC_SHA256_BYTES]) {
     fc_stream_splitter sp;
     fc_stream_hash h = {0};
-    fc_status st = fc_stream_split_specs(&sp, t->specs, t->n_specs, FC_STREAM_MAX_CHUNK, 0,
-                                         &c->err);
+    fc_status st =
+        fc_stream_split_specs(&sp, t->specs, t->n_specs, FC_STREAM_MAX_CHUNK, 0, &c->err);
     if (st == FC_OK)
         st = fc_stream_hash_init(&h, &c->err);
     fc_chunk_desc d;
@@ -714,8 +714,8 @@ static fc_status convert_metrics(fc_client *c, const fc_metric *metrics, size_t 
         if (!metrics[i].name || !*metrics[i].name ||
             strlen(metrics[i].name) > FC_WIRE_MAX_SHORT_STRING) {
             fc_free(w);
-            return fc_error_set(&c->err, FC_ERR_INVALID, "metric %zu: name must be 1..%u bytes",
-                                i, FC_WIRE_MAX_SHORT_STRING);
+            return fc_error_set(&c->err, FC_ERR_INVALID, "metric %zu: name must be 1..%u bytes", i,
+                                FC_WIRE_MAX_SHORT_STRING);
         }
         if (!isfinite(metrics[i].value)) {
             fc_free(w);

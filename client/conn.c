@@ -5,24 +5,24 @@
  * the file descriptor. This file never interprets tasks, models or uploads (client.c does), never
  * uses libuv, and never aborts on out-of-memory.
  */
+#include <arpa/inet.h>
 #include <errno.h>
-#include <stddef.h>
 #include <netdb.h>
 #include <netinet/in.h>
 #include <poll.h>
+#include <stddef.h>
 #include <stdio.h>
 #include <string.h>
 #include <sys/socket.h>
 #include <time.h>
 #include <unistd.h>
-#include <arpa/inet.h>
 
 #include <openssl/err.h>
 #include <openssl/rand.h>
 #include <openssl/x509v3.h>
 
-#include "core/alloc.h"
 #include "client/conn.h"
+#include "core/alloc.h"
 
 #define DEFAULT_CONNECT_MS 10000u
 #define DEFAULT_IO_MS 120000u
@@ -91,8 +91,8 @@ static fc_status parse_server(fc_client *c, const char *server) {
     if (server[0] == '[') {
         const char *close = strchr(server, ']');
         if (!close || close[1] != ':')
-            return fc_error_set(&c->err, FC_ERR_CONFIG,
-                                "server \"%s\": expected \"[ipv6]:port\"", server);
+            return fc_error_set(&c->err, FC_ERR_CONFIG, "server \"%s\": expected \"[ipv6]:port\"",
+                                server);
         host = server + 1;
         host_len = (size_t)(close - host);
         colon = close + 1;
@@ -149,23 +149,21 @@ fc_status conn_configure(fc_client *c, const fc_client_config *in) {
         return fc_error_set(&c->err, FC_ERR_CONFIG, "config: client_name longer than %u bytes",
                             FC_WIRE_MAX_SHORT_STRING);
     if (cfg.token && *cfg.token && (!cfg.client_name || !*cfg.client_name))
-        return fc_error_set(&c->err, FC_ERR_CONFIG,
-                            "config: client_name is required with a token");
+        return fc_error_set(&c->err, FC_ERR_CONFIG, "config: client_name is required with a token");
     fc_status st = parse_server(c, cfg.server);
     if (st != FC_OK)
         return st;
     if ((st = dup_opt(c, &c->verify_name, cfg.server_name ? cfg.server_name : c->host)) ||
         (st = dup_opt(c, &c->ca_file, cfg.ca_file)) ||
         (st = dup_opt(c, &c->cert_file, cfg.cert_file)) ||
-        (st = dup_opt(c, &c->key_file, cfg.key_file)) ||
-        (st = dup_opt(c, &c->token, cfg.token)) ||
+        (st = dup_opt(c, &c->key_file, cfg.key_file)) || (st = dup_opt(c, &c->token, cfg.token)) ||
         (st = dup_opt(c, &c->client_name, cfg.client_name)))
         return st;
     c->connect_timeout_ms = cfg.connect_timeout_ms ? cfg.connect_timeout_ms : DEFAULT_CONNECT_MS;
     c->io_timeout_ms = cfg.io_timeout_ms ? cfg.io_timeout_ms : DEFAULT_IO_MS;
-    c->max_attempts = cfg.reconnect_max_attempts == 0   ? DEFAULT_ATTEMPTS
+    c->max_attempts = cfg.reconnect_max_attempts == 0  ? DEFAULT_ATTEMPTS
                       : cfg.reconnect_max_attempts < 0 ? 0
-                                                        : cfg.reconnect_max_attempts;
+                                                       : cfg.reconnect_max_attempts;
     c->backoff_base_ms = cfg.reconnect_base_ms ? cfg.reconnect_base_ms : DEFAULT_BACKOFF_BASE_MS;
     c->backoff_max_ms = cfg.reconnect_max_ms ? cfg.reconnect_max_ms : DEFAULT_BACKOFF_MAX_MS;
     if (c->backoff_max_ms < c->backoff_base_ms)
@@ -225,7 +223,8 @@ static int wait_fd(int fd, short events, uint64_t deadline) {
         int timeout = -1;
         if (deadline) {
             uint64_t now = conn_now_ms();
-            timeout = now >= deadline ? 0 : (int)(deadline - now > 1000000 ? 1000000 : deadline - now);
+            timeout =
+                now >= deadline ? 0 : (int)(deadline - now > 1000000 ? 1000000 : deadline - now);
         }
         struct pollfd p = {fd, events, 0};
         int r = poll(&p, 1, timeout);
@@ -249,8 +248,8 @@ static fc_status tcp_connect(fc_client *c, uint64_t deadline) {
     }
     int last_errno = 0;
     for (struct addrinfo *ai = res; ai; ai = ai->ai_next) {
-        int fd = socket(ai->ai_family, ai->ai_socktype | SOCK_NONBLOCK | SOCK_CLOEXEC,
-                        ai->ai_protocol);
+        int fd =
+            socket(ai->ai_family, ai->ai_socktype | SOCK_NONBLOCK | SOCK_CLOEXEC, ai->ai_protocol);
         if (fd < 0) {
             last_errno = errno;
             continue;
@@ -323,8 +322,10 @@ static fc_status tls_handshake(fc_client *c, uint64_t deadline) {
                  (e == SSL_ERROR_SSL && ERR_peek_error() == 0 &&
                   SSL_get_verify_result(c->ssl) == X509_V_OK)) {
             c->lost = 1; /* the peer went away during the handshake: worth another attempt */
-            fc_error_set(&c->err, FC_ERR_CLOSED, "TLS handshake with %s:%s: connection closed "
-                         "by the server (%s)", c->host, c->port, errno ? strerror(errno) : "EOF");
+            fc_error_set(&c->err, FC_ERR_CLOSED,
+                         "TLS handshake with %s:%s: connection closed "
+                         "by the server (%s)",
+                         c->host, c->port, errno ? strerror(errno) : "EOF");
             ERR_clear_error();
             return FC_ERR_CLOSED;
         } else {
@@ -448,7 +449,8 @@ static fc_status fill(fc_client *c, uint64_t deadline) {
         uint64_t quiet_from = c->last_recv_ms > c->wait_from_ms ? c->last_recv_ms : c->wait_from_ms;
         uint64_t idle_at = quiet_from + c->io_timeout_ms;
         if (now >= idle_at)
-            return lost(c, FC_ERR_TIMEOUT, "receiving", "no data from the server within the I/O timeout");
+            return lost(c, FC_ERR_TIMEOUT, "receiving",
+                        "no data from the server within the I/O timeout");
         if (deadline && now >= deadline)
             return fc_error_set(&c->err, FC_ERR_TIMEOUT, "no message from the server in time");
         uint64_t hb_at = c->heartbeat_ms ? c->last_send_ms + c->heartbeat_ms : 0;
@@ -573,8 +575,8 @@ static fc_status hello_welcome(fc_client *c, uint64_t deadline) {
     if (st == FC_ERR_TIMEOUT && c->connected) {
         c->lost = 1;
         conn_drop(c);
-        return fc_error_set(&c->err, FC_ERR_TIMEOUT, "no Welcome from %s:%s within %u ms",
-                            c->host, c->port, c->connect_timeout_ms);
+        return fc_error_set(&c->err, FC_ERR_TIMEOUT, "no Welcome from %s:%s within %u ms", c->host,
+                            c->port, c->connect_timeout_ms);
     }
     if (st != FC_OK)
         return st;

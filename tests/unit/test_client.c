@@ -19,6 +19,7 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <time.h>
 
 #include <uv.h>
 
@@ -57,21 +58,21 @@ static void build_model(fc_model *m, const float *w, const float *b, double s) {
 
 typedef struct peer {
     /* knobs, set before peer_start */
-    uint32_t welcome_major;        /* 0 = ours */
-    uint32_t heartbeat_ms;         /* Welcome.heartbeat_interval_ms */
-    uint32_t max_chunk;            /* Welcome.max_chunk_bytes, and download chunk size */
-    int task_on_connection;        /* send the Task after the Nth Welcome (0 = never) */
-    int task_kind;                 /* 1 train, 2 evaluate */
-    int heartbeat_before_task;     /* send a Heartbeat frame first */
-    int corrupt_downloads;         /* flip a byte in this many downloads */
-    int drop_on_connection;        /* close the Nth connection right after Welcome */
-    int close_listener_on_drop;    /* ...and stop listening: the server "never comes back" */
-    int drop_upload_after_chunks;  /* ack and close after this many upload chunks (once) */
+    uint32_t welcome_major;         /* 0 = ours */
+    uint32_t heartbeat_ms;          /* Welcome.heartbeat_interval_ms */
+    uint32_t max_chunk;             /* Welcome.max_chunk_bytes, and download chunk size */
+    int task_on_connection;         /* send the Task after the Nth Welcome (0 = never) */
+    int task_kind;                  /* 1 train, 2 evaluate */
+    int heartbeat_before_task;      /* send a Heartbeat frame first */
+    int corrupt_downloads;          /* flip a byte in this many downloads */
+    int drop_on_connection;         /* close the Nth connection right after Welcome */
+    int close_listener_on_drop;     /* ...and stop listening: the server "never comes back" */
+    int drop_upload_after_chunks;   /* ack and close after this many upload chunks (once) */
     int drop_download_after_chunks; /* close after sending this many model chunks (once) */
-    int reject_update;             /* answer UpdateEnd with Error SHAPE_MISMATCH */
-    int bye_instead_of_task;       /* send Bye where the Task would go */
-    int require_client_cert;       /* mutual TLS: REQUIRE */
-    int drop_after_model;          /* close right after ModelEnd (server idle timeout) */
+    int reject_update;              /* answer UpdateEnd with Error SHAPE_MISMATCH */
+    int bye_instead_of_task;        /* send Bye where the Task would go */
+    int require_client_cert;        /* mutual TLS: REQUIRE */
+    int drop_after_model;           /* close right after ModelEnd (server idle timeout) */
 
     /* loop-thread state */
     uv_loop_t loop;
@@ -167,8 +168,7 @@ static void send_model(pconn *pc, const Fedcoord__V1__ModelRequest *r) {
     for (size_t i = 0; i < p->model.count; i++)
         specs[i] = p->model.tensors[i].spec;
     assert_int_equal(fc_wire_model_begin(&m, ++pc->seq, 3, specs, p->model.count, p->model_bytes,
-                                         p->model_sha,
-                                         r->offset, &err),
+                                         p->model_sha, r->offset, &err),
                      FC_OK);
     psend(pc, &m);
     fc_stream_splitter sp;
@@ -195,9 +195,9 @@ static void send_model(pconn *pc, const Fedcoord__V1__ModelRequest *r) {
             corrupt = 0;
         }
         fc_buf out = {0};
-        assert_int_equal(fc_frame_encode_chunk(++pc->seq, d.tensor_index, d.offset, buf, d.len, 0,
-                                               &out, &err),
-                         FC_OK);
+        assert_int_equal(
+            fc_frame_encode_chunk(++pc->seq, d.tensor_index, d.offset, buf, d.len, 0, &out, &err),
+            FC_OK);
         net_write(pc->c, out.data, out.len);
         fc_buf_free(&out);
     }
@@ -288,14 +288,14 @@ static void on_message(pconn *pc, fc_envelope *env) {
         if (!p->up) {
             fc_tensor_spec *specs = NULL;
             uint64_t total = 0;
-            assert_int_equal(fc_wire_specs_from_wire(b->tensors, b->n_tensors, &specs, &total, &err),
-                             FC_OK);
+            assert_int_equal(
+                fc_wire_specs_from_wire(b->tensors, b->n_tensors, &specs, &total, &err), FC_OK);
             fc_stage_config sc;
             memset(&sc, 0, sizeof sc);
             sc.max_total_bytes = 1 << 20;
             sc.max_chunk = p->max_chunk;
-            assert_int_equal(fc_stage_create(specs, b->n_tensors, b->total_bytes, &sc, &p->up, &err),
-                             FC_OK);
+            assert_int_equal(
+                fc_stage_create(specs, b->n_tensors, b->total_bytes, &sc, &p->up, &err), FC_OK);
             fc_wire_specs_free(specs, b->n_tensors);
         } else {
             start = fc_stage_received(p->up);
@@ -1076,8 +1076,16 @@ static void test_gives_up_when_server_never_comes_back(void **state) {
     fc_client_config cfg = client_config(&p);
     fc_client *c = open_ok(&cfg);
     fc_task *t = NULL;
+    struct timespec t0, t1;
+    clock_gettime(CLOCK_MONOTONIC, &t0);
     fc_status st = fc_client_next_task(c, 20000, &t);
+    clock_gettime(CLOCK_MONOTONIC, &t1);
+    double ms = (double)(t1.tv_sec - t0.tv_sec) * 1e3 + (double)(t1.tv_nsec - t0.tv_nsec) / 1e6;
     assert_int_equal(st, FC_ERR_CLOSED);
+    /* 4 attempts with base 10 ms, ceiling 40 ms: the waits are jittered into [5,10], [10,20],
+     * [20,40] ms, so at least 35 ms pass; far less than the 20 s task timeout. */
+    assert_true(ms >= 35.0);
+    assert_true(ms < 5000.0);
     assert_null(t);
     assert_non_null(strstr(fc_client_error(c), "could not reach the server after 4 attempts"));
     fc_client_close(c);

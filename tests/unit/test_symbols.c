@@ -60,10 +60,9 @@ static void test_public_api_is_exported(void **state) {
     (void)state;
     load_symbols();
     static const char *const api[] = {
-        "fc_client_open",      "fc_client_close",         "fc_client_error",
-        "fc_client_next_task", "fc_client_submit",        "fc_client_report_eval",
-        "fc_strerror",         "fc_task_free",            "fc_task_round",
-        "fc_task_tensor",      "fc_task_config_double",   "fc_task_prox_add",
+        "fc_client_open",   "fc_client_close",       "fc_client_error",       "fc_client_next_task",
+        "fc_client_submit", "fc_client_report_eval", "fc_strerror",           "fc_task_free",
+        "fc_task_round",    "fc_task_tensor",        "fc_task_config_double", "fc_task_prox_add",
     };
     for (size_t i = 0; i < sizeof api / sizeof api[0]; i++)
         if (!exported(api[i]))
@@ -74,8 +73,8 @@ static void test_internal_functions_stay_hidden(void **state) {
     (void)state;
     load_symbols();
     static const char *const internal[] = {
-        "fc_frame_encode", "fc_wire_hello",  "fc_stage_create", "fc_model_add",
-        "fc_malloc",       "fc_error_set",   "conn_recv",       "fc_alloc_fail_after",
+        "fc_frame_encode", "fc_wire_hello", "fc_stage_create", "fc_model_add",
+        "fc_malloc",       "fc_error_set",  "conn_recv",       "fc_alloc_fail_after",
     };
     for (size_t i = 0; i < sizeof internal / sizeof internal[0]; i++)
         if (exported(internal[i]))

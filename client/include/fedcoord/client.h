@@ -133,7 +133,7 @@ typedef struct fc_task fc_task;     /* opaque; owned by the caller until fc_task
 typedef struct fc_client_config {
     size_t size;             /* sizeof(fc_client_config) as compiled by the caller */
     const char *server;      /* "host:port", "192.0.2.7:7070" or "[2001:db8::7]:7070" (required) */
-    const char *ca_file;     /* PEM bundle that must have issued the server's certificate (required) */
+    const char *ca_file;     /* PEM bundle that issued the server certificate (required) */
     const char *server_name; /* name to verify in the certificate; NULL = the host of `server` */
     const char *cert_file;   /* optional client certificate (mutual TLS), PEM */
     const char *key_file;    /* its private key, PEM; required with cert_file */
