@@ -149,10 +149,10 @@ $(BUILD)/lib/%.a:
 	ar rcs $@ $^
 
 # The SDK's shared library exports only fc_* symbols (checked by tests/unit/test_symbols.c).
-$(SO_CLIENT): $(CLIENT_OBJ) $(CORE_OBJ)
+$(SO_CLIENT): $(CLIENT_OBJ) $(CORE_OBJ) client/fedclient.map
 	@mkdir -p $(dir $@)
 	$(CC) -shared -fvisibility=hidden -Wl,--version-script=client/fedclient.map \
-	    -Wl,-soname,libfedclient.so.1 $(LDFLAGS_ALL) -o $@ $^ $(PKG_LIBS)
+	    -Wl,-soname,libfedclient.so.1 $(LDFLAGS_ALL) -o $@ $(filter %.o,$^) $(PKG_LIBS)
 
 $(BUILD)/bin/fedcoord: $(BUILD)/obj/server/main.o $(LIBS_ALL)
 	@mkdir -p $(dir $@)
