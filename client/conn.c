@@ -23,6 +23,7 @@
 
 #include "client/conn.h"
 #include "core/alloc.h"
+#include "core/ssl_error.h"
 
 #define DEFAULT_CONNECT_MS 10000u
 #define DEFAULT_IO_MS 120000u
@@ -50,27 +51,9 @@ static uint64_t unix_ms(void) {
     return (uint64_t)ts.tv_sec * 1000u + (uint64_t)ts.tv_nsec / 1000000u;
 }
 
-/* The one OpenSSL error mapping of the SDK: drains this thread's error queue into err. */
+/* OpenSSL errors go through the project's one mapping (core/ssl_error.c). */
 static fc_status tls_error(fc_client *c, fc_status code, const char *what) {
-    char reasons[384] = "";
-    size_t used = 0;
-    unsigned long e;
-    while ((e = ERR_get_error()) != 0) {
-        char one[160];
-        ERR_error_string_n(e, one, sizeof one);
-        int n = snprintf(reasons + used, sizeof reasons - used, "%s%s", used ? "; " : "", one);
-        if (n < 0 || (size_t)n >= sizeof reasons - used)
-            break;
-        used += (size_t)n;
-    }
-    if (c->ssl) {
-        long vr = SSL_get_verify_result(c->ssl);
-        if (vr != X509_V_OK)
-            return fc_error_set(&c->err, code, "%s: server certificate verification failed: %s%s%s",
-                                what, X509_verify_cert_error_string(vr), used ? " (" : "",
-                                used ? reasons : "");
-    }
-    return fc_error_set(&c->err, code, "%s: %s", what, used ? reasons : "no OpenSSL detail");
+    return fc_ssl_error(&c->err, code, c->ssl, what);
 }
 
 /* ---- configuration ---- */

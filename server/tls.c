@@ -12,31 +12,10 @@
 #include <openssl/x509v3.h>
 
 #include "core/alloc.h"
+#include "core/ssl_error.h"
 
 fc_status net_tls_error(fc_error *err, fc_status code, const SSL *ssl, const char *what) {
-    char reasons[FC_ERROR_MSG_MAX];
-    size_t used = 0;
-    reasons[0] = '\0';
-    unsigned long e;
-    while ((e = ERR_get_error()) != 0) {
-        char one[256];
-        ERR_error_string_n(e, one, sizeof one);
-        int n = snprintf(reasons + used, sizeof reasons - used, "%s%s", used ? "; " : "", one);
-        if (n < 0 || (size_t)n >= sizeof reasons - used)
-            used = sizeof reasons - 1;
-        else
-            used += (size_t)n;
-    }
-    const char *verify = NULL;
-    if (ssl) {
-        long vr = SSL_get_verify_result(ssl);
-        if (vr != X509_V_OK)
-            verify = X509_verify_cert_error_string(vr);
-    }
-    if (verify)
-        return fc_error_set(err, code, "%s: %s%s(certificate verify: %s)", what,
-                            used ? reasons : "", used ? " " : "", verify);
-    return fc_error_set(err, code, "%s: %s", what, used ? reasons : "no OpenSSL error detail");
+    return fc_ssl_error(err, code, ssl, what);
 }
 
 fc_status net_tls_ctx_new(const net_tls_config *cfg, SSL_CTX **out, fc_error *err) {
