@@ -351,7 +351,7 @@ static void select_clients(round_sched *r, round_slot *s, size_t k) {
             r->idle[w++] = r->idle[i];
         }
     }
-    assert(c == k);
+    assert(c == k && r->n_busy == 0);
     r->n_idle = w;
     r->n_busy = k;
 }

@@ -4,8 +4,10 @@
 #include <stddef.h>
 #include <stdint.h>
 #include <cmocka.h>
+#include <math.h>
 #include <string.h>
 
+#include "core/alloc.h"
 #include "server/round.h"
 
 #define MAXA 256
@@ -644,6 +646,59 @@ static void test_pause_holds_next_round_until_resume(void **state) {
     round_free(r);
 }
 
+static void test_allocation_failures_are_clean(void **state) {
+    (void)state;
+    round_config c = cfg_basic(2, 2, 0, 2);
+    fc_error err = {0};
+    for (long n = 0; n < 4; n++) { /* 4 allocations: struct, queue, 2 participant arrays */
+        round_sched *r = NULL;
+        fc_alloc_fail_after(n);
+        fc_status st = round_create(&c, &r, &err);
+        fc_alloc_fail_after(-1);
+        assert_int_equal(st, FC_ERR_NOMEM);
+        assert_null(r);
+    }
+    round_sched *r = make(&c);
+    fc_alloc_fail_after(0);
+    fc_status st = round_client_available(r, 0, 1, &err);
+    fc_alloc_fail_after(-1);
+    assert_int_equal(st, FC_ERR_NOMEM);
+    assert_int_equal(round_idle_count(r), 0);
+    avail(r, 0, 1);
+    avail(r, 0, 2);
+    assert_int_equal(round_get_state(r), ROUND_TRAINING);
+    round_free(r);
+}
+
+static void test_non_finite_metric_rejects_the_report(void **state) {
+    (void)state;
+    round_config c = cfg_basic(2, 2, 0, 1);
+    c.eval_every = 1;
+    round_sched *r = make(&c);
+    fc_error err = {0};
+    round_restore_info ri = {.last_round_id = 1, .model_version = 1, .last_eval_version = 0};
+    assert_int_equal(round_restore(r, &ri, &err), FC_OK);
+    avail(r, 0, 1);
+    avail(r, 0, 2);
+    assert_true(find(ROUND_ACT_SEND_TASK, 0)->kind == ROUND_KIND_EVALUATE);
+    round_metric bad[1] = {{"loss", (double)INFINITY}};
+    assert_int_equal(round_eval_received(r, 1, 1, 2, 10, bad, 1, &err), FC_ERR_NON_FINITE);
+    assert_non_null(strstr(err.msg, "metric 'loss' is not finite"));
+    drain(r);
+    round_metric good[1] = {{"loss", 2.0}};
+    assert_int_equal(round_eval_received(r, 2, 2, 2, 10, good, 1, &err), FC_OK);
+    drain(r);
+    const round_metric_result *mr;
+    size_t n;
+    assert_int_equal(round_get_metrics(r, 2, &mr, &n), FC_OK);
+    assert_int_equal(n, 1);
+    assert_true(mr[0].mean == 2.0 && mr[0].examples == 10);
+    const round_participant *p;
+    assert_int_equal(round_get_participants(r, 2, &p, &n), FC_OK);
+    assert_int_equal(p[0].outcome, ROUND_REJECTED);
+    round_free(r);
+}
+
 int main(void) {
     const struct CMUnitTest tests[] = {
         cmocka_unit_test(test_config_validation_names_the_key),
@@ -666,6 +721,8 @@ int main(void) {
         cmocka_unit_test(test_aggregation_failure_fails_round_with_reason),
         cmocka_unit_test(test_commit_failure_fails_round),
         cmocka_unit_test(test_pause_holds_next_round_until_resume),
+        cmocka_unit_test(test_allocation_failures_are_clean),
+        cmocka_unit_test(test_non_finite_metric_rejects_the_report),
     };
     return cmocka_run_group_tests(tests, NULL, NULL);
 }
