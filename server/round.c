@@ -574,10 +574,10 @@ fc_status round_client_available(round_sched *r, uint64_t now_ms, uint64_t clien
         size_t cap = r->cap_idle ? r->cap_idle * 2 : 16;
         if (cap < need)
             cap = need;
-        uint64_t *grown = fc_realloc(r->idle, cap * sizeof *grown);
-        if (!grown || cap > SIZE_MAX / sizeof *grown) {
-            if (grown)
-                r->idle = grown;
+        uint64_t *grown = cap > SIZE_MAX / sizeof *grown
+                              ? NULL
+                              : fc_realloc(r->idle, cap * sizeof *grown);
+        if (!grown) {
             return fc_error_set(err, FC_ERR_NOMEM, "client %" PRIu64 ": no memory for %zu clients",
                                 client_id, need);
         }

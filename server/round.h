@@ -151,7 +151,8 @@ fc_status round_tick(round_sched *r, uint64_t now_ms, fc_error *err);
  * client's answer. */
 fc_status round_update_received(round_sched *r, uint64_t now_ms, uint64_t client_id,
                                 uint64_t round_id, uint64_t num_examples, fc_error *err);
-/* The daemon rejected the client's update (validation); records the reason as its answer. */
+/* The daemon rejected the client's update (validation); records the reason (truncated to
+ * ROUND_REASON_MAX - 1 bytes) as its answer. Same refusals as round_update_received. */
 fc_status round_update_rejected(round_sched *r, uint64_t now_ms, uint64_t client_id,
                                 uint64_t round_id, const char *reason, fc_error *err);
 /* An evaluation report. Same refusals as round_update_received; bad metrics (non-finite,

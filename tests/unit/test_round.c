@@ -699,6 +699,32 @@ static void test_non_finite_metric_rejects_the_report(void **state) {
     round_free(r);
 }
 
+static void test_stop_during_commit_lets_commit_finish(void **state) {
+    (void)state;
+    round_config c = cfg_basic(2, 2, 0, 2);
+    round_sched *r = make(&c);
+    fc_error err = {0};
+    avail(r, 0, 1);
+    avail(r, 0, 2);
+    assert_int_equal(round_update_received(r, 1, 1, 1, 10, &err), FC_OK);
+    drain(r);
+    assert_int_equal(round_update_received(r, 1, 2, 1, 10, &err), FC_OK);
+    drain(r);
+    assert_int_equal(round_aggregation_done(r, 2, 1, FC_OK, NULL, &err), FC_OK);
+    drain(r);
+    assert_int_equal(round_stop(r, 3, "operator stop", &err), FC_OK);
+    drain(r);
+    assert_int_equal(cap.n, 0);
+    assert_int_equal(round_get_state(r), ROUND_AGGREGATING);
+    assert_int_equal(round_commit_done(r, 4, 1, FC_OK, NULL, &err), FC_OK);
+    drain(r);
+    assert_true(saw_transition(ROUND_AGGREGATING, ROUND_COMMITTED));
+    assert_string_equal(transition_to(ROUND_STOPPED)->reason, "operator stop");
+    assert_int_equal(count(ROUND_ACT_SEND_TASK), 0);
+    assert_true(round_model_version(r) == 1);
+    round_free(r);
+}
+
 int main(void) {
     const struct CMUnitTest tests[] = {
         cmocka_unit_test(test_config_validation_names_the_key),
@@ -722,6 +748,7 @@ int main(void) {
         cmocka_unit_test(test_commit_failure_fails_round),
         cmocka_unit_test(test_pause_holds_next_round_until_resume),
         cmocka_unit_test(test_allocation_failures_are_clean),
+        cmocka_unit_test(test_stop_during_commit_lets_commit_finish),
         cmocka_unit_test(test_non_finite_metric_rejects_the_report),
     };
     return cmocka_run_group_tests(tests, NULL, NULL);
