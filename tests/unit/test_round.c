@@ -725,6 +725,27 @@ static void test_stop_during_commit_lets_commit_finish(void **state) {
     round_free(r);
 }
 
+/* The worst event for the action queue: a deadline failure with every selected client pending
+ * that immediately starts the next round with the same number of clients (2k + 5 actions). */
+static void test_worst_case_event_fits_the_action_queue(void **state) {
+    (void)state;
+    round_config c = cfg_basic(100, 50, 50, 50);
+    round_sched *r = make(&c);
+    fc_error err = {0};
+    for (uint64_t id = 1; id <= 100; id++)
+        avail(r, 0, id);
+    assert_int_equal(count(ROUND_ACT_SEND_TASK), 100);
+    assert_int_equal(round_tick(r, 1000, &err), FC_OK);
+    drain(r);
+    assert_int_equal(count(ROUND_ACT_CANCEL_TASK), 100);
+    assert_int_equal(count(ROUND_ACT_SEND_TASK), 100);
+    assert_int_equal(cap.n, 205);
+    assert_true(round_current_id(r) == 2);
+    assert_string_equal(find(ROUND_ACT_RECORD_FAILED, 0)->reason,
+                        "deadline passed with 0 of 50 required updates");
+    round_free(r);
+}
+
 int main(void) {
     const struct CMUnitTest tests[] = {
         cmocka_unit_test(test_config_validation_names_the_key),
@@ -748,6 +769,7 @@ int main(void) {
         cmocka_unit_test(test_commit_failure_fails_round),
         cmocka_unit_test(test_pause_holds_next_round_until_resume),
         cmocka_unit_test(test_allocation_failures_are_clean),
+        cmocka_unit_test(test_worst_case_event_fits_the_action_queue),
         cmocka_unit_test(test_stop_during_commit_lets_commit_finish),
         cmocka_unit_test(test_non_finite_metric_rejects_the_report),
     };
