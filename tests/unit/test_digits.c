@@ -661,6 +661,30 @@ static void test_short_fedavg_run_learns_and_is_deterministic(void **state) {
     ex_split_free(&s);
 }
 
+/* The client step is local training from the global model with stream (seed, 1 + client, round),
+ * returned as local - global. */
+static void test_client_round_returns_trained_minus_global(void **state) {
+    (void)state;
+    const ex_dataset *d = digits();
+    ex_split s = make_split(d, 4, 0.5, 7);
+    float global[EX_SM_PARAMS], local[EX_SM_PARAMS], delta[EX_SM_PARAMS];
+    random_weights(global, 41, 0.1);
+    memcpy(local, global, sizeof local);
+    ex_train_config tc = {2, 0.3, 8, 0.1};
+    ex_rng r;
+    ex_rng_seed(&r, ex_seed_derive(7, 1 + 2, 5));
+    double loss_a, loss_b;
+    assert_int_equal(ex_sm_train(local, d, s.client[2].train, s.client[2].n_train, &tc, global, &r,
+                                 &loss_a, NULL),
+                     FC_OK);
+    assert_int_equal(ex_client_round(d, &s.client[2], &tc, 7, 2, 5, global, delta, &loss_b, NULL),
+                     FC_OK);
+    assert_true(loss_a == loss_b);
+    for (size_t i = 0; i < EX_SM_PARAMS; i++)
+        assert_true(delta[i] == local[i] - global[i]);
+    ex_split_free(&s);
+}
+
 static void test_unknown_rule_lists_known_rules(void **state) {
     (void)state;
     const ex_dataset *d = digits();
@@ -724,6 +748,7 @@ int main(void) {
         cmocka_unit_test(test_model_layout_and_safetensors_round_trip),
         cmocka_unit_test(test_wrong_model_layouts_are_rejected),
         cmocka_unit_test(test_short_fedavg_run_learns_and_is_deterministic),
+        cmocka_unit_test(test_client_round_returns_trained_minus_global),
         cmocka_unit_test(test_unknown_rule_lists_known_rules),
         cmocka_unit_test(test_stateful_rule_runs_across_rounds),
     };

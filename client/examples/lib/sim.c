@@ -31,6 +31,20 @@ void ex_sim_evaluate(const float *w, const ex_dataset *d, const ex_split *s, dou
         *accuracy = total ? (double)correct / (double)total : 0;
 }
 
+fc_status ex_client_round(const ex_dataset *d, const ex_client_split *c, const ex_train_config *tc,
+                          uint64_t seed, uint64_t client, uint64_t round, const float *global,
+                          float *delta, double *train_loss, fc_error *err) {
+    memcpy(delta, global, EX_SM_PARAMS * sizeof *delta);
+    ex_rng rng;
+    ex_rng_seed(&rng, ex_seed_derive(seed, 1 + client, round));
+    fc_status st = ex_sm_train(delta, d, c->train, c->n_train, tc, global, &rng, train_loss, err);
+    if (st != FC_OK)
+        return st;
+    for (size_t i = 0; i < EX_SM_PARAMS; i++)
+        delta[i] = delta[i] - global[i];
+    return FC_OK;
+}
+
 fc_status ex_sim_centralized(const ex_dataset *d, const ex_split *s, const ex_train_config *train,
                              uint64_t seed, float *w, fc_error *err) {
     size_t n = 0;
@@ -87,21 +101,16 @@ fc_status ex_sim_federated(const ex_dataset *d, const ex_split *s, const ex_sim_
         double loss_sum = 0, weight_sum = 0;
         for (size_t j = 0; j < C; j++) {
             const ex_client_split *c = &s->client[j];
-            float *local = deltas + j * EX_SM_PARAMS;
-            memcpy(local, w, EX_SM_PARAMS * sizeof *local);
-            ex_rng rng;
-            ex_rng_seed(&rng, ex_seed_derive(cfg->seed, 1 + j, t));
+            float *delta = deltas + j * EX_SM_PARAMS;
             double loss = 0;
-            st = ex_sm_train(local, d, c->train, c->n_train, &cfg->train, w, &rng, &loss, err);
+            st = ex_client_round(d, c, &cfg->train, cfg->seed, j, t, w, delta, &loss, err);
             if (st != FC_OK) {
                 fc_error_prefix(err, "round %zu, client %zu", t + 1, j);
                 goto done;
             }
             loss_sum += loss * (double)c->n_train;
             weight_sum += (double)c->n_train;
-            for (size_t i = 0; i < EX_SM_PARAMS; i++)
-                local[i] = local[i] - w[i];
-            agg_update u = {.client_id = j, .dtype = FC_DTYPE_F32, .data = local,
+            agg_update u = {.client_id = j, .dtype = FC_DTYPE_F32, .data = delta,
                             .data_stable = 1, .weight = (double)c->n_train};
             if ((st = agg_round_add(round, &u, err)) != FC_OK) {
                 fc_error_prefix(err, "round %zu, client %zu", t + 1, j);

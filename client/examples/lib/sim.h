@@ -48,6 +48,14 @@ typedef struct ex_round_stats {
 
 typedef void (*ex_round_cb)(const ex_round_stats *stats, void *user);
 
+/* One client's local work in round t, exactly as the simulation does it (and as a real demo
+ * client should): local = global, trained on c's train split with the FedProx anchor global and a
+ * generator seeded by ex_seed_derive(seed, 1 + client, round); writes delta = local - global
+ * (EX_SM_PARAMS f32 values) and the last local epoch's mean loss. Errors: those of ex_sm_train. */
+fc_status ex_client_round(const ex_dataset *d, const ex_client_split *c, const ex_train_config *tc,
+                          uint64_t seed, uint64_t client, uint64_t round, const float *global,
+                          float *delta, double *train_loss, fc_error *err);
+
 /* Accuracy and mean loss of w on the union of the clients' test splits. */
 void ex_sim_evaluate(const float *w, const ex_dataset *d, const ex_split *s, double *mean_loss,
                      double *accuracy);
