@@ -101,8 +101,8 @@ SO_CLIENT := $(BUILD)/lib/libfedclient.so
 LIB_EXAMPLES := $(BUILD)/lib/libfcexamples.a
 
 # Link order: higher layers first.
-LIBS_ALL := $(if $(EXLIB_SRC),$(LIB_EXAMPLES)) $(if $(SERVER_SRC),$(LIB_SERVER)) $(if $(STORE_SRC),$(LIB_STORE)) \
-            $(if $(AGG_SRC),$(LIB_AGG)) $(if $(CLIENT_SRC),$(LIB_CLIENT)) $(LIB_CORE)
+LIBS_ALL := $(if $(EXLIB_SRC),$(LIB_EXAMPLES)) $(if $(SERVER_SRC),$(LIB_SERVER)) \
+            $(if $(STORE_SRC),$(LIB_STORE)) $(if $(AGG_SRC),$(LIB_AGG)) $(if $(CLIENT_SRC),$(LIB_CLIENT)) $(LIB_CORE)
 
 BINS := $(if $(wildcard server/main.c),$(BUILD)/bin/fedcoord) \
         $(if $(wildcard server/fedctl.c),$(BUILD)/bin/fedctl) \
