@@ -16,6 +16,8 @@
 #   storage/              -> libfcstore.a
 #   server/*.c            -> libfcserver.a, except the program mains listed in SERVER_MAINS
 #   client/*.c            -> libfedclient.a and libfedclient.so (with core/ and proto/ inside)
+#   client/examples/lib/  -> libfcexamples.a (shared code of the example programs)
+#   client/examples/X.c   -> build/bin/X          (example programs)
 #   tests/unit/test_X.c   -> build/tests/test_X       (cmocka, run by make check)
 #   tests/fuzz/fuzz_X.c   -> build/fuzz/bin/fuzz_X    (libFuzzer, seed corpus tests/fuzz/X/)
 #   tests/bench/bench_X.c -> build/bench/bench_X      (run by make bench)
@@ -74,6 +76,7 @@ SERVER_MAINS := server/main.c server/fedctl.c
 SERVER_SRC := $(filter-out $(SERVER_MAINS),$(wildcard server/*.c))
 CLIENT_SRC := $(wildcard client/*.c)
 EXAMPLE_SRC := $(wildcard client/examples/*.c)
+EXLIB_SRC := $(wildcard client/examples/lib/*.c)
 TEST_SRC := $(wildcard tests/unit/test_*.c)
 FUZZ_SRC := $(wildcard tests/fuzz/fuzz_*.c)
 BENCH_SRC := $(wildcard tests/bench/bench_*.c)
@@ -86,6 +89,7 @@ AGG_OBJ := $(call obj,$(AGG_SRC))
 STORE_OBJ := $(call obj,$(STORE_SRC))
 SERVER_OBJ := $(call obj,$(SERVER_SRC))
 CLIENT_OBJ := $(call obj,$(CLIENT_SRC))
+EXLIB_OBJ := $(call obj,$(EXLIB_SRC))
 TESTLIB_OBJ := $(call obj,$(TESTLIB_SRC))
 
 LIB_CORE := $(BUILD)/lib/libfccore.a
@@ -94,10 +98,11 @@ LIB_STORE := $(BUILD)/lib/libfcstore.a
 LIB_SERVER := $(BUILD)/lib/libfcserver.a
 LIB_CLIENT := $(BUILD)/lib/libfedclient.a
 SO_CLIENT := $(BUILD)/lib/libfedclient.so
+LIB_EXAMPLES := $(BUILD)/lib/libfcexamples.a
 
 # Link order: higher layers first.
-LIBS_ALL := $(if $(SERVER_SRC),$(LIB_SERVER)) $(if $(STORE_SRC),$(LIB_STORE)) \
-            $(if $(AGG_SRC),$(LIB_AGG)) $(if $(CLIENT_SRC),$(LIB_CLIENT)) $(LIB_CORE)
+LIBS_ALL := $(if $(EXLIB_SRC),$(LIB_EXAMPLES)) $(if $(SERVER_SRC),$(LIB_SERVER)) \
+            $(if $(STORE_SRC),$(LIB_STORE)) $(if $(AGG_SRC),$(LIB_AGG)) $(if $(CLIENT_SRC),$(LIB_CLIENT)) $(LIB_CORE)
 
 BINS := $(if $(wildcard server/main.c),$(BUILD)/bin/fedcoord) \
         $(if $(wildcard server/fedctl.c),$(BUILD)/bin/fedctl) \
@@ -106,7 +111,8 @@ TESTS := $(patsubst tests/unit/%.c,$(BUILD)/tests/%,$(TEST_SRC))
 BENCHES := $(patsubst tests/bench/%.c,$(BUILD)/bench/%,$(BENCH_SRC))
 FUZZERS := $(patsubst tests/fuzz/%.c,$(FUZZ_BUILD)/bin/%,$(FUZZ_SRC))
 
-ALL_OBJ := $(CORE_OBJ) $(AGG_OBJ) $(STORE_OBJ) $(SERVER_OBJ) $(CLIENT_OBJ) $(TESTLIB_OBJ)
+ALL_OBJ := $(CORE_OBJ) $(AGG_OBJ) $(STORE_OBJ) $(SERVER_OBJ) $(CLIENT_OBJ) $(EXLIB_OBJ) \
+           $(TESTLIB_OBJ)
 
 .PHONY: all libs tests benches check test test-plain test-asan fuzz fuzz-build bench deps \
         install clean FORCE
@@ -143,6 +149,7 @@ $(LIB_AGG): $(AGG_OBJ)
 $(LIB_STORE): $(STORE_OBJ)
 $(LIB_SERVER): $(SERVER_OBJ)
 $(LIB_CLIENT): $(CLIENT_OBJ) $(CORE_OBJ)
+$(LIB_EXAMPLES): $(EXLIB_OBJ)
 $(BUILD)/lib/%.a:
 	@mkdir -p $(dir $@)
 	@rm -f $@
