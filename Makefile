@@ -155,10 +155,11 @@ $(BUILD)/lib/%.a:
 	@rm -f $@
 	ar rcs $@ $^
 
-# The SDK's shared library exports only fc_* symbols (checked by tests/unit/test_symbols.c).
+# The SDK's shared library exports exactly the functions listed in client/fedclient.map, all
+# fc_* (checked by tests/unit/test_symbols.c).
 $(SO_CLIENT): $(CLIENT_OBJ) $(CORE_OBJ) client/fedclient.map
 	@mkdir -p $(dir $@)
-	$(CC) -shared -fvisibility=hidden -Wl,--version-script=client/fedclient.map \
+	$(CC) -shared -Wl,--version-script=client/fedclient.map \
 	    -Wl,-soname,libfedclient.so.1 $(LDFLAGS_ALL) -o $@ $(filter %.o,$^) $(PKG_LIBS)
 
 $(BUILD)/bin/fedcoord: $(BUILD)/obj/server/main.o $(LIBS_ALL)

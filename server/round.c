@@ -235,7 +235,8 @@ bool round_next_action(round_sched *r, round_action *out) {
     return true;
 }
 
-static void set_reason(char *dst, const char *fmt, va_list ap) {
+__attribute__((format(printf, 2, 0))) static void set_reason(char *dst, const char *fmt,
+                                                            va_list ap) {
     vsnprintf(dst, ROUND_REASON_MAX, fmt, ap);
 }
 
