@@ -83,8 +83,8 @@ static const fc_config_key schema[] = {
      "tensors. Used only while the database holds no model"},
     /* [aggregator] */
     {"aggregator", "rule", FC_CONFIG_STRING, "fedavg", NULL, NULL, NULL, 0,
-     "aggregation rule, one of the registered rules (docs/aggregators.md; `fedctl aggregate "
-     "--help`)"},
+     "aggregation rule, one of the registered rules (docs/aggregators.md); an unknown name "
+     "is an error that lists them"},
     {"aggregator", "params", FC_CONFIG_STRING, "", NULL, NULL, NULL, 0,
      "the rule's parameters as KEY=VALUE pairs separated by commas, e.g. \"tau=5,iters=3\"; "
      "checked against the rule at load"},

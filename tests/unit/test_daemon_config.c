@@ -13,6 +13,7 @@
 
 #include <cmocka.h>
 
+#include "core/alloc.h"
 #include "proto/frame.h"
 #include "server/daemon_config.h"
 #include "tests/lib/testutil.h"
@@ -547,6 +548,36 @@ static void test_main_exit_codes_and_messages(void **state) {
     free(err);
 }
 
+/* Out of memory at every allocation of a load: FC_ERR_NOMEM (or success once enough
+ * allocations succeed), never a crash or a leak (the ASan run checks leaks). */
+static void test_out_of_memory_at_each_allocation_fails_cleanly(void **state) {
+    (void)state;
+    char path[512];
+    write_config(path, sizeof path, "oom.ini",
+                 "[aggregator]\nrule = centered_clip\nparams = tau=2,iters=2\n"
+                 "[optimizer]\nname = adam\nparams = lr=0.5\n");
+    const char *sets[] = {"round.seed=5", NULL};
+    int succeeded = 0;
+    for (long n = 0; n < 10000 && !succeeded; n++) {
+        dcfg *c = NULL;
+        fc_error err = {0};
+        fc_alloc_fail_after(n);
+        fc_status st = load(path, sets, &c, &err);
+        fc_alloc_fail_after(-1);
+        if (st == FC_OK) {
+            assert_int_equal(c->round.seed, 5);
+            assert_int_equal(c->aggregator.params.count, 2);
+            dcfg_free(c);
+            succeeded = 1;
+        } else {
+            if (st != FC_ERR_NOMEM)
+                fail_msg("allocation %ld: %s (%s)", n, fc_status_name(st), fc_error_text(&err));
+            assert_null(c);
+        }
+    }
+    assert_true(succeeded);
+}
+
 static void test_client_names(void **state) {
     (void)state;
     assert_true(dcfg_valid_client_name("a"));
@@ -615,6 +646,7 @@ int main(void) {
         cmocka_unit_test(test_every_registered_rule_and_optimizer_is_accepted),
         cmocka_unit_test(test_check_config_prints_a_config_that_loads_back),
         cmocka_unit_test(test_main_exit_codes_and_messages),
+        cmocka_unit_test(test_out_of_memory_at_each_allocation_fails_cleanly),
         cmocka_unit_test(test_client_names),
         cmocka_unit_test(test_configuration_doc_matches_the_schema),
     };
