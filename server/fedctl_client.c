@@ -28,7 +28,7 @@ static const char usage_text[] =
     "\n"
     "  add      registers client NAME and prints its token on stdout. The token is shown only\n"
     "           once: only its SHA-256 is stored. Creates the database if PATH does not exist.\n"
-    "  revoke   revokes NAME's token; a running daemon closes that client's session.\n"
+    "  revoke   marks NAME's token revoked in the database (the record stays).\n"
     "  list     prints every client: name, created, revoked, rounds participated, and updates\n"
     "           accepted, rejected, timed out and dropped. Never prints tokens or hashes.\n"
     "\n"

@@ -252,6 +252,29 @@ static void test_list_shows_clients_and_counters_never_tokens(void **state) {
     assert_null(fopen(missing, "rb"));
 }
 
+/* If the token cannot be written (stdout is /dev/full), nobody has seen it: the client is
+ * revoked at once and the command fails. */
+static void test_unwritable_stdout_revokes_the_new_client(void **state) {
+    (void)state;
+    char db[512], errp[512];
+    fresh_db(db, sizeof db, "full.db");
+    const char *argv[] = {fedctl, "client", "add", "ivan", "--db", db, NULL};
+    assert_int_equal(fc_test_run(argv, "/dev/full", fc_test_path(errp, sizeof errp, "err.txt"), 60),
+                     1);
+    char *e = tmp_text("err.txt", NULL);
+    assert_non_null(strstr(e, "cannot write the token"));
+    assert_non_null(strstr(e, "'ivan' was revoked"));
+    free(e);
+    store *s = NULL;
+    fc_error err = {0};
+    store_options opt = {.version = STORE_OPTIONS_V1, .readonly = 1, .must_exist = 1};
+    assert_int_equal(store_open(db, &opt, &s, &err), FC_OK);
+    store_client c;
+    assert_int_equal(store_client_by_name(s, "ivan", &c, &err), FC_OK);
+    assert_true(c.revoked_at > 0);
+    store_close(s);
+}
+
 int main(void) {
     const struct CMUnitTest tests[] = {
         cmocka_unit_test(test_add_stores_only_the_sha256_of_the_printed_token),
@@ -259,6 +282,7 @@ int main(void) {
         cmocka_unit_test(test_bad_names_and_missing_db_are_refused),
         cmocka_unit_test(test_revoke_marks_the_client_and_refuses_unknown_or_repeated),
         cmocka_unit_test(test_list_shows_clients_and_counters_never_tokens),
+        cmocka_unit_test(test_unwritable_stdout_revokes_the_new_client),
     };
     return cmocka_run_group_tests(tests, setup, NULL);
 }
