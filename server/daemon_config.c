@@ -590,21 +590,23 @@ void dcfg_free(dcfg *c) {
     fc_free(c);
 }
 
-fc_status dcfg_load(const dcfg_args *args, dcfg **out, fc_error *err) {
+/* The file at path, or text (len bytes) named path when text is not NULL. */
+static fc_status load_from(const char *path, const char *text, size_t len,
+                           const char *const *sets, size_t n_sets, dcfg **out, fc_error *err) {
     *out = NULL;
-    if (!args->config_path)
-        return fc_error_set(err, FC_ERR_CONFIG, "--config FILE is required");
     dcfg *c = fc_calloc(1, sizeof *c);
     if (!c)
         return fc_error_set(err, FC_ERR_NOMEM, "out of memory for the configuration");
-    c->config_path = args->config_path;
+    c->config_path = path;
     fc_status st = fc_config_new(schema, sizeof schema / sizeof schema[0], &c->cfg, err);
     if (st != FC_OK)
         goto fail;
-    for (size_t i = 0; i < args->n_sets; i++)
-        if ((st = fc_config_set(c->cfg, args->sets[i], "--set", err)) != FC_OK)
+    for (size_t i = 0; i < n_sets; i++)
+        if ((st = fc_config_set(c->cfg, sets[i], "--set", err)) != FC_OK)
             goto fail;
-    if ((st = fc_config_load_file(c->cfg, args->config_path, err)) != FC_OK)
+    st = text ? fc_config_load_string(c->cfg, path, text, len, err)
+              : fc_config_load_file(c->cfg, path, err);
+    if (st != FC_OK)
         goto fail;
     if ((st = check_and_fill(c, err)) != FC_OK)
         goto fail;
@@ -613,6 +615,18 @@ fc_status dcfg_load(const dcfg_args *args, dcfg **out, fc_error *err) {
 fail:
     dcfg_free(c);
     return st;
+}
+
+fc_status dcfg_load(const dcfg_args *args, dcfg **out, fc_error *err) {
+    *out = NULL;
+    if (!args->config_path)
+        return fc_error_set(err, FC_ERR_CONFIG, "--config FILE is required");
+    return load_from(args->config_path, NULL, 0, args->sets, args->n_sets, out, err);
+}
+
+fc_status dcfg_load_text(const char *name, const char *text, size_t len, const char *const *sets,
+                         size_t n_sets, dcfg **out, fc_error *err) {
+    return load_from(name, text, len, sets, n_sets, out, err);
 }
 
 fc_status dcfg_dump(const dcfg *c, fc_buf *out) { return fc_config_dump(c->cfg, out); }

@@ -114,6 +114,12 @@ void dcfg_args_free(dcfg_args *a);
 fc_status dcfg_load(const dcfg_args *args, dcfg **out, fc_error *err);
 void dcfg_free(dcfg *c);
 
+/* dcfg_load for configuration text already in memory (len bytes; name is used in messages and
+ * as config_path, and must outlive the dcfg, as must sets). The files the text names are still
+ * checked. Same errors as dcfg_load except FC_ERR_IO. */
+fc_status dcfg_load_text(const char *name, const char *text, size_t len, const char *const *sets,
+                         size_t n_sets, dcfg **out, fc_error *err);
+
 /* The effective configuration as INI text that loads back (fc_config_dump). */
 fc_status dcfg_dump(const dcfg *c, fc_buf *out);
 
