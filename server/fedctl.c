@@ -11,6 +11,7 @@
 
 static const fedctl_command *const commands[] = {
     &fedctl_cmd_aggregate,
+    &fedctl_cmd_client,
     &fedctl_cmd_verify,
     NULL,
 };
