@@ -412,10 +412,14 @@ size_t agg_k_sortnet_build(size_t n, size_t lo, size_t hi, uint32_t *pairs, unsi
  * ivdep says rows a and b of one comparator never overlap (a < b). AVX2 clones are picked at
  * load time on CPUs that have it. */
 #if defined(__clang__)
-/* clang has no optimize attribute and emits min/max for these loops without it. */
-#define NET_ATTRS __attribute__((target_clones("avx2", "default")))
+/* clang has no optimize attribute and emits min/max for these loops without it. clang 14 does
+ * not emit target_clones functions that are only called from other files (undefined symbols at
+ * link time), so clang builds (the fuzzers) get the portable version only. */
+#define NET_ATTRS
+#define CLONE_ATTRS
 #define NET_IVDEP
 #else
+#define CLONE_ATTRS __attribute__((target_clones("avx2", "default")))
 #define NET_ATTRS                                                                                  \
     __attribute__((target_clones("avx2", "default"),                                               \
                    optimize("finite-math-only", "no-signed-zeros")))
@@ -478,7 +482,7 @@ static inline double sqdist8(const double *restrict a, const double *restrict b,
     return ((s[0] + s[1]) + (s[2] + s[3])) + ((s[4] + s[5]) + (s[6] + s[7]));
 }
 
-__attribute__((target_clones("avx2", "default"))) void
+CLONE_ATTRS void
 agg_k_pairdist_f64(const double *x, size_t n, size_t stride, size_t w, double *dist) {
     assert(w % 8 == 0);
     for (size_t a = 0; a < n; a++)
