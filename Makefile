@@ -4,6 +4,7 @@
 #   make test            install missing packages, then run every test suite twice:
 #                        plainly and under AddressSanitizer + UndefinedBehaviorSanitizer
 #   make check           run the test suites once, in the current configuration
+#   make test-clang      run them built with clang (CI does)
 #   make fuzz            build the libFuzzer targets with clang and run each for FUZZ_TIME s
 #   make bench           build and run the benchmarks (BENCH_QUICK=1 for a short run)
 #   make deps            install the Debian packages the project needs, only if missing
@@ -114,7 +115,7 @@ FUZZERS := $(patsubst tests/fuzz/%.c,$(FUZZ_BUILD)/bin/%,$(FUZZ_SRC))
 ALL_OBJ := $(CORE_OBJ) $(AGG_OBJ) $(STORE_OBJ) $(SERVER_OBJ) $(CLIENT_OBJ) $(EXLIB_OBJ) \
            $(TESTLIB_OBJ)
 
-.PHONY: all libs tests benches check test test-plain test-asan fuzz fuzz-build bench deps \
+.PHONY: all libs tests benches check test test-plain test-asan test-clang fuzz fuzz-build bench deps \
         install clean FORCE
 all: libs $(BINS) $(if $(CLIENT_SRC),$(SO_CLIENT))
 libs: $(LIBS_ALL)
@@ -198,6 +199,10 @@ test-asan:
 test: deps
 	@$(MAKE) --no-print-directory test-plain
 	@$(MAKE) --no-print-directory test-asan
+
+# The suites once more, built with clang (CI runs it; clang's warnings differ from gcc's).
+test-clang:
+	@$(MAKE) --no-print-directory check CC=$(CLANG) BUILD=build/clang
 
 # ---- fuzzing (clang + libFuzzer) ----
 # Library code is built with -fsanitize=fuzzer-no-link in its own folder; targets link the
