@@ -144,6 +144,13 @@ static fc_status ticket_acquire(void *ctx, uint64_t nbytes, void **out, fc_error
         t->spilled = 1;
         return FC_OK;
     }
+    int fits_memory = nbytes <= b->memory_limit;
+    int fits_spill = b->spill_dir && nbytes <= b->spill_limit;
+    if (!fits_memory && !fits_spill) /* waiting would never help */
+        return fc_error_set(err, FC_ERR_LIMIT,
+                            "%llu bytes exceed the staging capacity (memory %llu, spill %llu)",
+                            (unsigned long long)nbytes, (unsigned long long)b->memory_limit,
+                            (unsigned long long)(b->spill_dir ? b->spill_limit : 0));
     return fc_error_set(err, FC_ERR_BUSY,
                         "staging budget exhausted: %llu bytes asked, memory %llu/%llu, spill "
                         "%llu/%llu",

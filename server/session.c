@@ -56,6 +56,7 @@ struct sess {
 typedef struct sess_job {
     uv_work_t req;
     sess *s;
+    net_conn *c; /* referenced while the job runs */
     uint64_t gen;
     uint64_t end_seq;
     double max_norm;
@@ -487,7 +488,7 @@ out:
 static void job_after(uv_work_t *req, int status) {
     sess_job *j = req->data;
     sess *s = j->s;
-    net_conn *c = s->c;
+    net_conn *c = j->c;
     if (status != 0 && j->st == FC_OK) {
         j->st = FC_ERR_SYSTEM;
         snprintf(j->msg, sizeof j->msg, "validation was cancelled");
@@ -581,7 +582,8 @@ static void h_update_end(sess *s, const fc_envelope *env) {
     s->stage = NULL; /* the job owns it now */
     s->validating = 1;
     s->refs++;
-    net_conn_ref(s->c);
+    j->c = s->c;
+    net_conn_ref(j->c);
 }
 
 void sess_update_release(sess_update *u) {

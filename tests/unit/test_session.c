@@ -149,6 +149,7 @@ typedef struct opts {
     uint64_t spill_limit;
     size_t high_water;
     uint64_t max_examples;
+    uint64_t min_rate_bps, rate_window_ms;
 } opts;
 
 static void h_start(harness *h, const opts *o) {
@@ -202,6 +203,10 @@ static void h_start(harness *h, const opts *o) {
     lc.limits.close_linger_ms = 500;
     if (o->high_water)
         lc.limits.output_high_water = o->high_water;
+    if (o->min_rate_bps) {
+        lc.limits.min_rate_bps = o->min_rate_bps;
+        lc.limits.rate_window_ms = o->rate_window_ms;
+    }
     sess_net_callbacks(&lc.cb);
     lc.user = h->sv;
     if (net_listener_open(&h->loop, &lc, &h->l, &err) != FC_OK)
@@ -740,7 +745,7 @@ static void test_model_download_resumes_from_an_offset(void **state) {
 
 /* ---- upload ---- */
 
-enum { UP_OK, UP_SHAPE, UP_NAN, UP_HASH, UP_GAP, UP_TOO_MANY, UP_EXAMPLES, UP_DISCONNECT, UP_STALE };
+enum { UP_OK, UP_SHAPE, UP_NAN, UP_HASH, UP_GAP, UP_TOO_MANY, UP_EXAMPLES, UP_DISCONNECT, UP_STALE, UP_END_CLOSE };
 
 #define W_N (64 * 64)
 #define B_N 64
@@ -829,6 +834,8 @@ static int upload_data(job *j, cl *c, int kind) {
     fc_wire_update_end(&m, 0, sha, kind == UP_EXAMPLES ? 5000 : 100, &met, 1, &err);
     cl_send(c, &m);
     uint64_t end_seq = c->seq;
+    if (kind == UP_END_CLOSE)
+        return 1;
     /* read Acks until the answer for UpdateEnd or an Error */
     for (;;) {
         e = cl_recv(c);
@@ -863,7 +870,7 @@ static int c_upload(job *j) {
         cl_free(&c);
         return 0;
     }
-    if (j->iarg != UP_DISCONNECT && j->iarg != UP_OK) {
+    if (j->iarg != UP_DISCONNECT && j->iarg != UP_OK && j->iarg != UP_END_CLOSE) {
         /* the session goes on: a good upload after the rejected one is accepted */
         j->u[7] = (uint64_t)upload(j, &c, UP_OK);
     }
@@ -1057,9 +1064,159 @@ static void test_budget_exhaustion_pauses_reading_until_budget_frees(void **stat
     h_finish(&h);
 }
 
+/* Validation runs on the thread pool. With every pool thread held busy, the client sends a
+ * complete, valid update and disconnects; when the pool frees up, the after-work callback sees
+ * the session is gone (generation changed): nothing reaches the sink, the buffer is released. */
+static atomic_int pool_hold;
+static void blocker_work(uv_work_t *w) {
+    (void)w;
+    while (atomic_load(&pool_hold))
+        usleep(1000);
+}
+static void blocker_after(uv_work_t *w, int st) {
+    (void)st;
+    *(int *)w->data = 1;
+}
+static int pred_memory_free(harness *h, void *arg) {
+    (void)arg;
+    return sess_budget_memory_used(h->budget) == 0;
+}
+
+static void test_session_closed_during_validation_sinks_nothing(void **state) {
+    (void)state;
+    harness h;
+    opts o = {.memory_limit = 1 << 20};
+    h_start(&h, &o);
+    uv_work_t blockers[4];
+    int finished[4] = {0};
+    atomic_store(&pool_hold, 1);
+    for (int i = 0; i < 4; i++) {
+        blockers[i].data = &finished[i];
+        assert_int_equal(uv_queue_work(&h.loop, &blockers[i], blocker_work, blocker_after), 0);
+    }
+    job j = {.fn = c_upload_v, .iarg = UP_END_CLOSE};
+    run_job(&h, &j); /* returns once the connection is closed on the server side */
+    assert_int_equal(sess_budget_memory_used(h.budget), (W_N + B_N) * 4); /* held by the job */
+    atomic_store(&pool_hold, 0);
+    h_run_until(&h, pred_memory_free, NULL);
+    assert_int_equal(h.rx.sinks, 0);
+    assert_int_equal(h.rx.rejects, 0);
+    assert_int_equal(sess_server_accepted(h.sv), 0);
+    h_finish(&h);
+    for (int i = 0; i < 4; i++)
+        assert_int_equal(finished[i], 1);
+}
+
+/* An update larger than memory and spill together is refused at once, not parked forever. */
+static void test_update_larger_than_staging_capacity_is_refused(void **state) {
+    (void)state;
+    harness h;
+    opts o = {.memory_limit = 1024};
+    h_start(&h, &o);
+    job j = {.fn = c_upload_v, .iarg = UP_OK};
+    pthread_t th;
+    j.h = &h;
+    /* the client's UpdateBegin gets an Error; its upload() then stops */
+    assert_int_equal(pthread_create(&th, NULL, job_main, &j), 0);
+    h_run_until(&h, pred_job, &j);
+    pthread_join(th, NULL);
+    h_run_until(&h, pred_no_sessions, NULL);
+    assert_int_equal(j.n, 1);
+    assert_int_equal(j.code[0], 11);
+    assert_false(j.fatal[0]);
+    assert_non_null(strstr(j.msg[0], "16640 bytes exceed the staging capacity (memory 1024, spill 0)"));
+    assert_int_equal(sess_budget_waiting(h.budget), 0);
+    assert_int_equal(h.rx.sinks, 0);
+    assert_int_equal(h.rx.rejects, 1);
+    h_finish(&h);
+}
+
+/* A client that stops inside a frame is dropped by net's progress rule (the session marks
+ * half-received frames with net_set_partial) and told why. */
+static int c_loris(job *j) {
+    cl c;
+    if (!login(j, &c, "alice", "tok-alice"))
+        return 0;
+    uint8_t two[2] = {0, 0};
+    CHECK(j, cl_write(&c, two, 2), "write");
+    if (expect_error(j, &c))
+        j->u[0] = (uint64_t)cl_sees_close(&c);
+    cl_free(&c);
+    return 1;
+}
+static void c_loris_v(job *j) { c_loris(j); }
+
+static void test_half_sent_frame_is_dropped_by_progress_rule(void **state) {
+    (void)state;
+    harness h;
+    opts o = {.memory_limit = 1 << 20, .min_rate_bps = 10000, .rate_window_ms = 100};
+    h_start(&h, &o);
+    job j = {.fn = c_loris_v};
+    run_job(&h, &j);
+    assert_int_equal(j.code[0], 11); /* LIMIT_EXCEEDED from net's FC_ERR_LIMIT */
+    assert_true(j.fatal[0]);
+    assert_int_equal(j.u[0], 1);
+    h_finish(&h);
+}
+
+/* The scheduler pushes a Task into an authenticated session. */
+static int c_task(job *j) {
+    two_sync *t = (two_sync *)j;
+    cl c;
+    if (!login(j, &c, "bob", "tok-bob"))
+        return 0;
+    atomic_store(&t->ready, 1);
+    uv_async_send(&j->h->wake);
+    fc_envelope *e = cl_recv(&c);
+    CHECK(j, e && e->body_case == FEDCOORD__V1__ENVELOPE__BODY_TASK, "no Task");
+    j->u[0] = e->task->round;
+    j->u[1] = e->task->model_version;
+    j->u[2] = e->task->n_tensors;
+    j->u[3] = e->seq;
+    fc_envelope_free(e);
+    cl_free(&c);
+    return 1;
+}
+static void c_task_v(job *j) { c_task(j); }
+
+static void test_send_task_reaches_the_client(void **state) {
+    (void)state;
+    harness h;
+    opts o = {.memory_limit = 1 << 20};
+    h_start(&h, &o);
+    two_sync t;
+    memset(&t, 0, sizeof t);
+    t.j.fn = c_task_v;
+    t.j.h = &h;
+    pthread_t th;
+    assert_int_equal(pthread_create(&th, NULL, job_main, &t.j), 0);
+    h_run_until(&h, pred_ready, &t);
+    assert_null(sess_find(h.sv, 1));
+    sess *s = sess_find(h.sv, 2);
+    assert_non_null(s);
+    assert_int_equal(sess_get_state(s), SESS_READY);
+    uint8_t sha[32] = {1};
+    fc_wire_task_args ta = {.round = ROUND, .kind = FC_TASK_TRAIN, .model_version = BASE,
+                            .tensors = h.round_specs, .n_tensors = 2, .model_sha256 = sha,
+                            .model_bytes = (W_N + B_N) * 4};
+    fc_error err = {0};
+    assert_int_equal(sess_send_task(s, &ta, &err), FC_OK);
+    h_run_until(&h, pred_job, &t.j);
+    pthread_join(th, NULL);
+    h_run_until(&h, pred_no_sessions, NULL);
+    if (t.j.fail[0])
+        fail_msg("client: %s", t.j.fail);
+    assert_int_equal(t.j.u[0], ROUND);
+    assert_int_equal(t.j.u[1], BASE);
+    assert_int_equal(t.j.u[2], 2);
+    assert_int_equal(t.j.u[3], 2); /* Welcome was 1 */
+    h_finish(&h);
+}
+
 static int group_setup(void **state) {
     (void)state;
     signal(SIGPIPE, SIG_IGN);
+    setenv("UV_THREADPOOL_SIZE", "4", 1); /* before the pool starts: the blocker test fills it */
     fc_error err = {0};
     if (tlsgen_create(NULL, &pki, &err) != FC_OK) {
         fprintf(stderr, "tlsgen: %s\n", fc_error_text(&err));
@@ -1090,6 +1247,10 @@ int main(void) {
         cmocka_unit_test(test_disconnect_mid_upload_frees_staging_and_sinks_nothing),
         cmocka_unit_test(test_upload_over_memory_budget_spills_to_file),
         cmocka_unit_test(test_budget_exhaustion_pauses_reading_until_budget_frees),
+        cmocka_unit_test(test_session_closed_during_validation_sinks_nothing),
+        cmocka_unit_test(test_update_larger_than_staging_capacity_is_refused),
+        cmocka_unit_test(test_half_sent_frame_is_dropped_by_progress_rule),
+        cmocka_unit_test(test_send_task_reaches_the_client),
     };
     return cmocka_run_group_tests(tests, group_setup, NULL);
 }
