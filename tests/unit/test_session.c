@@ -834,8 +834,14 @@ static int upload_data(job *j, cl *c, int kind) {
     fc_wire_update_end(&m, 0, sha, kind == UP_EXAMPLES ? 5000 : 100, &met, 1, &err);
     cl_send(c, &m);
     uint64_t end_seq = c->seq;
-    if (kind == UP_END_CLOSE)
+    if (kind == UP_END_CLOSE) {
+        /* close cleanly (close_notify, then drain to EOF) so no TCP reset can discard the
+         * UpdateEnd before the server reads it */
+        SSL_shutdown(c->ssl);
+        while ((e = cl_recv(c)) != NULL)
+            fc_envelope_free(e);
         return 1;
+    }
     /* read Acks until the answer for UpdateEnd or an Error */
     for (;;) {
         e = cl_recv(c);
