@@ -222,7 +222,8 @@ fc_status sess_auth_tokens_add(sess_auth_tokens *t, const char *name, const uint
                                size_t token_len, uint64_t client_id, int allow_cert,
                                fc_error *err) {
     if (!name || !*name || client_id == 0)
-        return fc_error_set(err, FC_ERR_INVALID, "token table: a client needs a name and an id > 0");
+        return fc_error_set(err, FC_ERR_INVALID,
+                            "token table: a client needs a name and an id > 0");
     for (size_t i = 0; i < t->n; i++)
         if (strcmp(t->rows[i].name, name) == 0)
             return fc_error_set(err, FC_ERR_EXISTS, "token table: client '%s' already added", name);

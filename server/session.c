@@ -27,8 +27,8 @@ struct sess {
     sess_server *sv;
     net_conn *c;
     sess_state state;
-    uint64_t gen;  /* bumped when the session closes: thread-pool work compares it */
-    int refs;      /* 1 for the connection, 1 per job on the thread pool */
+    uint64_t gen; /* bumped when the session closes: thread-pool work compares it */
+    int refs;     /* 1 for the connection, 1 per job on the thread pool */
     sess *prev, *next;
     fc_frame_decoder dec;
     uint64_t in_seq, out_seq;
@@ -67,11 +67,16 @@ typedef struct sess_job {
 
 const char *sess_state_name(sess_state st) {
     switch (st) {
-    case SESS_HELLO_WAIT: return "hello_wait";
-    case SESS_READY: return "ready";
-    case SESS_DOWNLOADING: return "downloading";
-    case SESS_UPLOADING: return "uploading";
-    case SESS_CLOSING: return "closing";
+    case SESS_HELLO_WAIT:
+        return "hello_wait";
+    case SESS_READY:
+        return "ready";
+    case SESS_DOWNLOADING:
+        return "downloading";
+    case SESS_UPLOADING:
+        return "uploading";
+    case SESS_CLOSING:
+        return "closing";
     }
     return "unknown";
 }
@@ -79,8 +84,8 @@ const char *sess_state_name(sess_state st) {
 static void set_state(sess *s, sess_state st) {
     if (s->state == st)
         return;
-    FC_LOG(FC_LOG_DEBUG, "session state", FC_LS("session", s->id), FC_LS("from", sess_state_name(s->state)),
-           FC_LS("to", sess_state_name(st)));
+    FC_LOG(FC_LOG_DEBUG, "session state", FC_LS("session", s->id),
+           FC_LS("from", sess_state_name(s->state)), FC_LS("to", sess_state_name(st)));
     s->state = st;
 }
 
@@ -94,7 +99,8 @@ static fc_status send_msg(sess *s, fc_wire_msg *m) {
     if (st == FC_OK)
         st = net_write(s->c, s->out.data, s->out.len);
     if (st != FC_OK)
-        FC_LOG(FC_LOG_WARN, "session send failed", FC_LS("session", s->id), FC_LS("status", fc_status_name(st)));
+        FC_LOG(FC_LOG_WARN, "session send failed", FC_LS("session", s->id),
+               FC_LS("status", fc_status_name(st)));
     return st;
 }
 
@@ -160,8 +166,9 @@ static void begin_close(sess *s, fc_status reason, const char *detail) {
 static void fail(sess *s, fc_status st, uint64_t ref_seq, const char *msg) {
     if (s->state == SESS_CLOSING)
         return;
-    FC_LOG(FC_LOG_INFO, "session error", FC_LS("session", s->id), FC_LS("peer", net_conn_peer(s->c)),
-           FC_LS("code", fc_wire_error_for_status(st)->name), FC_LS("detail", msg));
+    FC_LOG(FC_LOG_INFO, "session error", FC_LS("session", s->id),
+           FC_LS("peer", net_conn_peer(s->c)), FC_LS("code", fc_wire_error_for_status(st)->name),
+           FC_LS("detail", msg));
     send_error(s, st, 1, ref_seq, msg);
     begin_close(s, st, msg);
 }
@@ -180,7 +187,8 @@ void sess_close(sess *s, fc_status reason, const char *detail) {
 
 /* A non-fatal refusal of the upload in progress (or being started): Error, rejection report,
  * staging freed, back to READY. */
-static void reject_upload(sess *s, fc_status st, uint64_t ref_seq, uint64_t round, const char *msg) {
+static void reject_upload(sess *s, fc_status st, uint64_t ref_seq, uint64_t round,
+                          const char *msg) {
     sess_server *sv = s->sv;
     abort_upload(s);
     s->validating = 0;
@@ -188,7 +196,8 @@ static void reject_upload(sess *s, fc_status st, uint64_t ref_seq, uint64_t roun
     send_error(s, st, 0, ref_seq, msg);
     sv->rejected++;
     FC_LOG(FC_LOG_INFO, "update rejected", FC_LS("session", s->id), FC_LU("client", s->client_id),
-           FC_LU("round", round), FC_LS("code", fc_wire_error_for_status(st)->name), FC_LS("reason", msg));
+           FC_LU("round", round), FC_LS("code", fc_wire_error_for_status(st)->name),
+           FC_LS("reason", msg));
     if (sv->cfg.reject)
         sv->cfg.reject(sv->cfg.reject_ctx, s->client_id, round, st, msg);
     if (s->state == SESS_UPLOADING)
@@ -306,21 +315,25 @@ static int same_specs_report(const sess_round_info *ri, const fc_tensor_spec *sp
         char sa[160], sb[160];
         if (strcmp(a->name, b->name) != 0) {
             *st = FC_ERR_SHAPE;
-            snprintf(msg, cap, "update for round %llu has tensor %zu named '%s', round expects '%s'",
+            snprintf(msg, cap,
+                     "update for round %llu has tensor %zu named '%s', round expects '%s'",
                      (unsigned long long)round, i, a->name, b->name);
             return 0;
         }
         if (a->ndim != b->ndim || memcmp(a->shape, b->shape, a->ndim * sizeof a->shape[0]) != 0) {
             *st = FC_ERR_SHAPE;
             snprintf(msg, cap, "update for round %llu has tensor '%s' shape %s, round expects %s",
-                     (unsigned long long)round, a->name, fc_shape_format(a->ndim, a->shape, sa, sizeof sa),
+                     (unsigned long long)round, a->name,
+                     fc_shape_format(a->ndim, a->shape, sa, sizeof sa),
                      fc_shape_format(b->ndim, b->shape, sb, sizeof sb));
             return 0;
         }
         if (a->dtype != b->dtype) {
             *st = FC_ERR_DTYPE;
-            snprintf(msg, cap, "update for round %llu has tensor '%s' of dtype %s, round expects %s",
-                     (unsigned long long)round, a->name, fc_dtype_name(a->dtype), fc_dtype_name(b->dtype));
+            snprintf(msg, cap,
+                     "update for round %llu has tensor '%s' of dtype %s, round expects %s",
+                     (unsigned long long)round, a->name, fc_dtype_name(a->dtype),
+                     fc_dtype_name(b->dtype));
             return 0;
         }
     }
@@ -353,9 +366,11 @@ static int start_upload(sess *s, fc_envelope *env) {
         return 1;
     }
     if (ub->base_version != ri.base_version) {
-        snprintf(msg, sizeof msg, "update for round %llu was trained from version %llu, round "
-                 "expects version %llu", (unsigned long long)ub->round,
-                 (unsigned long long)ub->base_version, (unsigned long long)ri.base_version);
+        snprintf(msg, sizeof msg,
+                 "update for round %llu was trained from version %llu, round "
+                 "expects version %llu",
+                 (unsigned long long)ub->round, (unsigned long long)ub->base_version,
+                 (unsigned long long)ri.base_version);
         reject_upload(s, FC_ERR_REQUIREMENT, env->seq, ub->round, msg);
         return 1;
     }
@@ -441,7 +456,8 @@ static void h_chunk(sess *s, const fc_chunk_view *v) {
         st = fc_stage_add_chunk(s->stage, v->tensor_index, v->offset, v->data, v->data_len, &err);
     if (st != FC_OK) {
         char msg[FC_ERROR_MSG_MAX + 64];
-        snprintf(msg, sizeof msg, "update for round %llu: %s", (unsigned long long)s->up_round, err.msg);
+        snprintf(msg, sizeof msg, "update for round %llu: %s", (unsigned long long)s->up_round,
+                 err.msg);
         reject_upload(s, st, v->seq, s->up_round, msg);
         s->discard_chunks = 1; /* the client's later chunks and UpdateEnd are already on the way */
         return;
@@ -469,7 +485,8 @@ static void job_work(uv_work_t *req) {
         size_t n = (size_t)(t->nbytes / fc_dtype_size(t->spec.dtype));
         if (!agg_k_all_finite(t->spec.dtype, t->data, n)) {
             j->st = FC_ERR_NON_FINITE;
-            snprintf(j->msg, sizeof j->msg, "update for round %llu has a NaN or infinite value in tensor '%s'",
+            snprintf(j->msg, sizeof j->msg,
+                     "update for round %llu has a NaN or infinite value in tensor '%s'",
                      (unsigned long long)j->up.round, t->spec.name);
             goto out;
         }
@@ -478,7 +495,8 @@ static void job_work(uv_work_t *req) {
     }
     if (j->max_norm > 0 && !(sqrt(sq) <= j->max_norm)) {
         j->st = FC_ERR_REQUIREMENT;
-        snprintf(j->msg, sizeof j->msg, "update for round %llu has L2 norm %.6g above the bound %.6g",
+        snprintf(j->msg, sizeof j->msg,
+                 "update for round %llu has L2 norm %.6g above the bound %.6g",
                  (unsigned long long)j->up.round, sqrt(sq), j->max_norm);
     }
 out:
@@ -502,8 +520,8 @@ static void job_after(uv_work_t *req, int status) {
         s->validating = 0;
         set_state(s, SESS_READY);
         sv->accepted++;
-        FC_LOG(FC_LOG_INFO, "update accepted", FC_LS("session", s->id), FC_LU("client", s->client_id),
-               FC_LU("round", j->up.round), FC_LU("bytes", total));
+        FC_LOG(FC_LOG_INFO, "update accepted", FC_LS("session", s->id),
+               FC_LU("client", s->client_id), FC_LU("round", j->up.round), FC_LU("bytes", total));
         sv->cfg.sink(sv->cfg.sink_ctx, &j->up);
         send_ack(s, j->end_seq, total);
     } else {
@@ -531,11 +549,13 @@ static void h_update_end(sess *s, const fc_envelope *env) {
     }
     fc_status st = fc_stage_finish(s->stage, ue->sha256.data, ue->sha256.len, &err);
     if (st != FC_OK) {
-        snprintf(msg, sizeof msg, "update for round %llu: %s", (unsigned long long)s->up_round, err.msg);
+        snprintf(msg, sizeof msg, "update for round %llu: %s", (unsigned long long)s->up_round,
+                 err.msg);
         reject_upload(s, st, env->seq, s->up_round, msg);
         return;
     }
-    if (ue->num_examples == 0 || (sv->cfg.max_num_examples && ue->num_examples > sv->cfg.max_num_examples)) {
+    if (ue->num_examples == 0 ||
+        (sv->cfg.max_num_examples && ue->num_examples > sv->cfg.max_num_examples)) {
         snprintf(msg, sizeof msg, "update for round %llu claims %llu examples, allowed 1..%llu",
                  (unsigned long long)s->up_round, (unsigned long long)ue->num_examples,
                  (unsigned long long)sv->cfg.max_num_examples);
@@ -558,7 +578,8 @@ static void h_update_end(sess *s, const fc_envelope *env) {
         if (j)
             sess_update_release(&j->up);
         fc_free(j);
-        reject_upload(s, FC_ERR_NOMEM, env->seq, s->up_round, "out of memory for the update's metrics");
+        reject_upload(s, FC_ERR_NOMEM, env->seq, s->up_round,
+                      "out of memory for the update's metrics");
         return;
     }
     j->req.data = j;
@@ -576,7 +597,8 @@ static void h_update_end(sess *s, const fc_envelope *env) {
         j->up.stage = NULL;
         sess_update_release(&j->up);
         fc_free(j);
-        reject_upload(s, FC_ERR_SYSTEM, env->seq, s->up_round, "could not queue the update's validation");
+        reject_upload(s, FC_ERR_SYSTEM, env->seq, s->up_round,
+                      "could not queue the update's validation");
         return;
     }
     s->stage = NULL; /* the job owns it now */
@@ -606,7 +628,8 @@ static void h_hello(sess *s, const fc_envelope *env) {
     sess_server *sv = s->sv;
     const Fedcoord__V1__Hello *h = env->hello;
     fc_error err = {0};
-    fc_status st = fc_wire_check_version(FC_WIRE_SERVER, h->protocol_major, h->protocol_minor, &err);
+    fc_status st =
+        fc_wire_check_version(FC_WIRE_SERVER, h->protocol_major, h->protocol_minor, &err);
     if (st != FC_OK) {
         fail(s, st, env->seq, err.msg);
         return;
@@ -671,7 +694,8 @@ static void h_update_begin(sess *s, fc_envelope **envp) {
 }
 
 static void h_eval_result(sess *s, const fc_envelope *env) {
-    send_error(s, FC_ERR_UNSUPPORTED, 0, env->seq, "this server does not collect evaluation results");
+    send_error(s, FC_ERR_UNSUPPORTED, 0, env->seq,
+               "this server does not collect evaluation results");
 }
 
 static void h_error(sess *s, const fc_envelope *env) {
@@ -723,7 +747,8 @@ static const dispatch_row dispatch[] = {
     {FEDCOORD__V1__ENVELOPE__BODY_MODEL_REQUEST, ST(SESS_READY), h_model_request, NULL},
     {FEDCOORD__V1__ENVELOPE__BODY_UPDATE_BEGIN, ST(SESS_READY), NULL, h_update_begin},
     {FEDCOORD__V1__ENVELOPE__BODY_CHUNK, ST(SESS_UPLOADING) | ST(SESS_READY), h_chunk_env, NULL},
-    {FEDCOORD__V1__ENVELOPE__BODY_UPDATE_END, ST(SESS_UPLOADING) | ST(SESS_READY), h_update_end, NULL},
+    {FEDCOORD__V1__ENVELOPE__BODY_UPDATE_END, ST(SESS_UPLOADING) | ST(SESS_READY), h_update_end,
+     NULL},
     {FEDCOORD__V1__ENVELOPE__BODY_EVAL_RESULT, AUTHED, h_eval_result, NULL},
     {FEDCOORD__V1__ENVELOPE__BODY_ACK, AUTHED, h_ack, NULL},
     {FEDCOORD__V1__ENVELOPE__BODY_ERROR, ST(SESS_HELLO_WAIT) | AUTHED, h_error, NULL},
@@ -868,7 +893,8 @@ static void cb_close(net_conn *c, fc_status reason, const char *detail) {
         s->gen++;
         abort_upload(s);
     }
-    FC_LOG(FC_LOG_DEBUG, "session closed", FC_LS("session", s->id), FC_LS("detail", detail ? detail : ""));
+    FC_LOG(FC_LOG_DEBUG, "session closed", FC_LS("session", s->id),
+           FC_LS("detail", detail ? detail : ""));
     sess_server *sv = s->sv;
     if (s->prev)
         s->prev->next = s->next;
@@ -896,7 +922,8 @@ void sess_net_callbacks(net_callbacks *cb) {
 fc_status sess_server_new(const sess_config *cfg, sess_server **out, fc_error *err) {
     *out = NULL;
     if (!cfg->loop || !cfg->budget || !cfg->auth)
-        return fc_error_set(err, FC_ERR_CONFIG, "sessions need a loop, a staging budget and an authenticator");
+        return fc_error_set(err, FC_ERR_CONFIG,
+                            "sessions need a loop, a staging budget and an authenticator");
     if (cfg->round && !cfg->sink)
         return fc_error_set(err, FC_ERR_CONFIG, "sessions that accept updates need a sink");
     sess_server *sv = fc_calloc(1, sizeof *sv);
@@ -910,7 +937,8 @@ fc_status sess_server_new(const sess_config *cfg, sess_server **out, fc_error *e
     if (sv->cfg.max_frame_bytes < FC_WIRE_MIN_FRAME ||
         sv->cfg.max_chunk_bytes + 64 > sv->cfg.max_frame_bytes) {
         fc_free(sv);
-        return fc_error_set(err, FC_ERR_CONFIG, "max_frame_bytes %u must be >= %u and 64 above max_chunk_bytes %u",
+        return fc_error_set(err, FC_ERR_CONFIG,
+                            "max_frame_bytes %u must be >= %u and 64 above max_chunk_bytes %u",
                             cfg->max_frame_bytes, FC_WIRE_MIN_FRAME, sv->cfg.max_chunk_bytes);
     }
     if (!sv->cfg.heartbeat_interval_ms)
@@ -954,5 +982,6 @@ fc_status sess_send_task(sess *s, const fc_wire_task_args *task, fc_error *err) 
     }
     s->out_seq++;
     st = send_msg(s, &m);
-    return st == FC_OK ? FC_OK : fc_error_set(err, st, "session %s: sending the task failed", s->id);
+    return st == FC_OK ? FC_OK
+                       : fc_error_set(err, st, "session %s: sending the task failed", s->id);
 }

@@ -67,8 +67,7 @@ typedef struct sess_auth_tokens sess_auth_tokens;
 fc_status sess_auth_tokens_new(sess_auth_tokens **out, fc_error *err);
 /* Adds a client. The token is hashed at once; only the hash is kept. */
 fc_status sess_auth_tokens_add(sess_auth_tokens *t, const char *name, const uint8_t *token,
-                               size_t token_len, uint64_t client_id, int allow_cert,
-                               fc_error *err);
+                               size_t token_len, uint64_t client_id, int allow_cert, fc_error *err);
 void sess_auth_tokens_free(sess_auth_tokens *t);
 /* The sess_auth_fn for a sess_auth_tokens (ctx = the table). Compares hashes with CRYPTO_memcmp
  * and walks the whole table whatever matches, so timing does not reveal which row matched. */
@@ -139,15 +138,15 @@ typedef void (*sess_reject_fn)(void *ctx, uint64_t client_id, uint64_t round, fc
 
 typedef struct sess_config {
     uv_loop_t *loop;
-    sess_budget *budget;            /* required */
-    sess_auth_fn auth;              /* required */
+    sess_budget *budget; /* required */
+    sess_auth_fn auth;   /* required */
     void *auth_ctx;
-    sess_model_source models;       /* describe/read may be NULL: ModelRequest is UNSUPPORTED */
-    sess_round_fn round;            /* NULL: every UpdateBegin is WRONG_STATE */
+    sess_model_source models; /* describe/read may be NULL: ModelRequest is UNSUPPORTED */
+    sess_round_fn round;      /* NULL: every UpdateBegin is WRONG_STATE */
     void *round_ctx;
-    sess_sink_fn sink;              /* required when round is set */
+    sess_sink_fn sink; /* required when round is set */
     void *sink_ctx;
-    sess_reject_fn reject;          /* may be NULL */
+    sess_reject_fn reject; /* may be NULL */
     void *reject_ctx;
     uint64_t max_num_examples;      /* 0 = no upper bound */
     double max_update_norm;         /* L2 bound over all values; 0 = none */

@@ -159,12 +159,16 @@ static void h_start(harness *h, const opts *o) {
     assert_int_equal(uv_async_init(&h->loop, &h->wake, wake_cb), 0);
     assert_int_equal(uv_timer_init(&h->loop, &h->watchdog), 0);
     h->watchdog.data = h;
-    assert_int_equal(sess_budget_new(&h->loop, o->memory_limit, o->spill_dir, o->spill_limit,
-                                     &h->budget, &err), FC_OK);
+    assert_int_equal(
+        sess_budget_new(&h->loop, o->memory_limit, o->spill_dir, o->spill_limit, &h->budget, &err),
+        FC_OK);
     assert_int_equal(sess_auth_tokens_new(&h->auth, &err), FC_OK);
-    assert_int_equal(sess_auth_tokens_add(h->auth, "alice", (const uint8_t *)"tok-alice", 9, 1, 0, &err), FC_OK);
-    assert_int_equal(sess_auth_tokens_add(h->auth, "bob", (const uint8_t *)"tok-bob", 7, 2, 0, &err), FC_OK);
-    assert_int_equal(sess_auth_tokens_add(h->auth, "client-1", (const uint8_t *)"unused", 6, 3, 1, &err), FC_OK);
+    assert_int_equal(
+        sess_auth_tokens_add(h->auth, "alice", (const uint8_t *)"tok-alice", 9, 1, 0, &err), FC_OK);
+    assert_int_equal(
+        sess_auth_tokens_add(h->auth, "bob", (const uint8_t *)"tok-bob", 7, 2, 0, &err), FC_OK);
+    assert_int_equal(
+        sess_auth_tokens_add(h->auth, "client-1", (const uint8_t *)"unused", 6, 3, 1, &err), FC_OK);
     /* the model */
     fc_model m = FC_MODEL_INIT;
     uint64_t s1[2] = {512, 1024}, s2[1] = {HEAD_N};
@@ -178,14 +182,21 @@ static void h_start(harness *h, const opts *o) {
     assert_int_equal(sess_mem_model_new(7, &m, &h->model, &err), FC_OK);
     fc_model_free(&m);
     /* the round: fc1.weight f32 [64,64], fc1.bias f32 [64] */
-    h->round_specs[0] = (fc_tensor_spec){.name = "fc1.weight", .dtype = FC_DTYPE_F32, .ndim = 2, .shape = {64, 64}};
-    h->round_specs[1] = (fc_tensor_spec){.name = "fc1.bias", .dtype = FC_DTYPE_F32, .ndim = 1, .shape = {64}};
+    h->round_specs[0] =
+        (fc_tensor_spec){.name = "fc1.weight", .dtype = FC_DTYPE_F32, .ndim = 2, .shape = {64, 64}};
+    h->round_specs[1] =
+        (fc_tensor_spec){.name = "fc1.bias", .dtype = FC_DTYPE_F32, .ndim = 1, .shape = {64}};
     sess_config cfg = {
-        .loop = &h->loop, .budget = h->budget,
-        .auth = sess_auth_tokens_check, .auth_ctx = h->auth,
-        .round = round_cb, .round_ctx = h,
-        .sink = sink_cb, .sink_ctx = h,
-        .reject = reject_cb, .reject_ctx = h,
+        .loop = &h->loop,
+        .budget = h->budget,
+        .auth = sess_auth_tokens_check,
+        .auth_ctx = h->auth,
+        .round = round_cb,
+        .round_ctx = h,
+        .sink = sink_cb,
+        .sink_ctx = h,
+        .reject = reject_cb,
+        .reject_ctx = h,
         .max_num_examples = o->max_examples ? o->max_examples : 1000,
         .ack_every_bytes = 4096,
     };
@@ -266,12 +277,12 @@ typedef struct job {
     int n;
 } job;
 
-#define CHECK(j, cond, ...)                                                                      \
-    do {                                                                                         \
-        if (!(cond)) {                                                                           \
-            snprintf((j)->fail, sizeof (j)->fail, __VA_ARGS__);                                 \
-            return 0;                                                                            \
-        }                                                                                        \
+#define CHECK(j, cond, ...)                                                                        \
+    do {                                                                                           \
+        if (!(cond)) {                                                                             \
+            snprintf((j)->fail, sizeof(j)->fail, __VA_ARGS__);                                     \
+            return 0;                                                                              \
+        }                                                                                          \
     } while (0)
 
 static int cl_open(cl *c, int port, int with_cert) {
@@ -306,7 +317,9 @@ static void cl_free(cl *c) {
     ERR_clear_error();
 }
 
-static int cl_write(cl *c, const void *p, size_t n) { return SSL_write(c->ssl, p, (int)n) == (int)n; }
+static int cl_write(cl *c, const void *p, size_t n) {
+    return SSL_write(c->ssl, p, (int)n) == (int)n;
+}
 
 static int cl_read_exact(cl *c, void *buf, size_t len) {
     size_t got = 0;
@@ -344,7 +357,8 @@ static fc_envelope *cl_recv(cl *c) {
     uint8_t pre[4];
     if (!cl_read_exact(c, pre, 4))
         return NULL;
-    uint32_t n = ((uint32_t)pre[0] << 24) | ((uint32_t)pre[1] << 16) | ((uint32_t)pre[2] << 8) | pre[3];
+    uint32_t n =
+        ((uint32_t)pre[0] << 24) | ((uint32_t)pre[1] << 16) | ((uint32_t)pre[2] << 8) | pre[3];
     uint8_t *buf = malloc(n ? n : 1);
     fc_envelope *env = NULL;
     fc_error err = {0};
@@ -381,7 +395,8 @@ static int expect_error(job *j, cl *c) {
     fc_envelope *e = cl_recv(c);
     CHECK(j, e, "connection ended instead of an Error");
     if (e->body_case != FEDCOORD__V1__ENVELOPE__BODY_ERROR) {
-        snprintf(j->fail, sizeof j->fail, "got %s instead of an Error", fc_wire_body_name(e->body_case));
+        snprintf(j->fail, sizeof j->fail, "got %s instead of an Error",
+                 fc_wire_body_name(e->body_case));
         fc_envelope_free(e);
         return 0;
     }
@@ -539,7 +554,10 @@ static int c_wrong_state(job *j) {
     if (j->iarg == 0)
         fc_wire_update_end(&m, 0, sha, 1, NULL, 0, &err);
     else
-        fc_wire_hello(&m, 0, &(fc_wire_hello_args){.client_name = "alice", .token = {(const uint8_t *)"tok-alice", 9}}, &err);
+        fc_wire_hello(&m, 0,
+                      &(fc_wire_hello_args){.client_name = "alice",
+                                            .token = {(const uint8_t *)"tok-alice", 9}},
+                      &err);
     if (j->iarg == 2) { /* a seq gap */
         c.seq++;
         fc_wire_msg_free(&m);
@@ -558,8 +576,8 @@ static void test_wrong_state_second_hello_and_seq_gap_are_protocol_violations(vo
     harness h;
     opts o = {.memory_limit = 1 << 20};
     h_start(&h, &o);
-    const char *want[3] = {"update_end is not allowed in state ready", "hello is not allowed in state ready",
-                           "frame seq 3, expected 2"};
+    const char *want[3] = {"update_end is not allowed in state ready",
+                           "hello is not allowed in state ready", "frame seq 3, expected 2"};
     for (int i = 0; i < 3; i++) {
         job j = {.fn = c_wrong_state_v, .iarg = i};
         run_job(&h, &j);
@@ -690,7 +708,8 @@ static int c_download(job *j) {
             uint8_t h[32];
             unsigned hl = 0;
             EVP_Digest(have, total, h, &hl, EVP_sha256(), NULL);
-            j->u[2] = memcmp(h, e->model_end->sha256.data, 32) == 0 && memcmp(h, begin_sha, 32) == 0;
+            j->u[2] =
+                memcmp(h, e->model_end->sha256.data, 32) == 0 && memcmp(h, begin_sha, 32) == 0;
         }
         fc_envelope_free(e);
         break;
@@ -721,9 +740,9 @@ static void test_model_download_from_zero_streams_whole_model_with_backpressure(
     run_job(&h, &j);
     assert_int_equal(j.u[0], 7);
     assert_int_equal(j.u[1], 0);
-    assert_int_equal(j.u[2], 1);                        /* SHA-256 verified by the client */
+    assert_int_equal(j.u[2], 1); /* SHA-256 verified by the client */
     assert_int_equal(j.u[3], (EMB_N + HEAD_N) * 4ull);
-    assert_int_equal(j.u[4], 2 + 2);                    /* 2 MiB in 1 MiB chunks + 1.2 MB in 2 */
+    assert_int_equal(j.u[4], 2 + 2); /* 2 MiB in 1 MiB chunks + 1.2 MB in 2 */
     assert_int_equal(j.u[5], 1);
     h_finish(&h);
 }
@@ -745,7 +764,18 @@ static void test_model_download_resumes_from_an_offset(void **state) {
 
 /* ---- upload ---- */
 
-enum { UP_OK, UP_SHAPE, UP_NAN, UP_HASH, UP_GAP, UP_TOO_MANY, UP_EXAMPLES, UP_DISCONNECT, UP_STALE, UP_END_CLOSE };
+enum {
+    UP_OK,
+    UP_SHAPE,
+    UP_NAN,
+    UP_HASH,
+    UP_GAP,
+    UP_TOO_MANY,
+    UP_EXAMPLES,
+    UP_DISCONNECT,
+    UP_STALE,
+    UP_END_CLOSE
+};
 
 #define W_N (64 * 64)
 #define B_N 64
@@ -762,11 +792,17 @@ static float up_w[W_N], up_b[B_N];
 static int upload_begin(job *j, cl *c, int kind) {
     fc_error err = {0};
     fc_tensor_spec specs[2] = {
-        {.name = "fc1.weight", .dtype = FC_DTYPE_F32, .ndim = 2, .shape = {64, kind == UP_SHAPE ? 10 : 64}},
+        {.name = "fc1.weight",
+         .dtype = FC_DTYPE_F32,
+         .ndim = 2,
+         .shape = {64, kind == UP_SHAPE ? 10 : 64}},
         {.name = "fc1.bias", .dtype = FC_DTYPE_F32, .ndim = 1, .shape = {64}}};
     uint64_t wbytes = (kind == UP_SHAPE ? 640 : W_N) * 4ull;
-    fc_wire_update_begin_args a = {.round = ROUND, .base_version = kind == UP_STALE ? BASE - 1 : BASE,
-                                   .tensors = specs, .n_tensors = 2, .total_bytes = wbytes + B_N * 4};
+    fc_wire_update_begin_args a = {.round = ROUND,
+                                   .base_version = kind == UP_STALE ? BASE - 1 : BASE,
+                                   .tensors = specs,
+                                   .n_tensors = 2,
+                                   .total_bytes = wbytes + B_N * 4};
     fc_wire_msg m;
     CHECK(j, fc_wire_update_begin(&m, 0, &a, &err) == FC_OK, "build UpdateBegin: %s", err.msg);
     CHECK(j, cl_send(c, &m), "send UpdateBegin");
@@ -809,7 +845,7 @@ static int upload_data(job *j, cl *c, int kind) {
         if (kind == UP_GAP && k == 2)
             continue;
         cl_send_chunk(c, 0, (uint64_t)k * 4096, (uint8_t *)w + k * 4096, 4096);
-            if (kind == UP_DISCONNECT && k == 1) {
+        if (kind == UP_DISCONNECT && k == 1) {
             /* wait for the server's first Ack (4 KiB staged), then vanish */
             e = cl_recv(c);
             j->u[6] = e && e->body_case == FEDCOORD__V1__ENVELOPE__BODY_ACK ? e->ack->offset : 0;
@@ -937,8 +973,9 @@ static void check_rejected(int kind, uint32_t code, fc_status st, const char *ne
 
 static void test_upload_with_wrong_shape_is_refused_at_begin(void **state) {
     (void)state;
-    check_rejected(UP_SHAPE, 42, FC_ERR_SHAPE,
-                   "update for round 12 has tensor 'fc1.weight' shape [64,10], round expects [64,64]");
+    check_rejected(
+        UP_SHAPE, 42, FC_ERR_SHAPE,
+        "update for round 12 has tensor 'fc1.weight' shape [64,10], round expects [64,64]");
 }
 static void test_upload_with_nan_is_rejected_as_non_finite(void **state) {
     (void)state;
@@ -962,7 +999,8 @@ static void test_upload_with_num_examples_out_of_range_is_rejected(void **state)
 }
 static void test_upload_from_stale_base_version_is_rejected(void **state) {
     (void)state;
-    check_rejected(UP_STALE, 46, FC_ERR_REQUIREMENT, "trained from version 2, round expects version 3");
+    check_rejected(UP_STALE, 46, FC_ERR_REQUIREMENT,
+                   "trained from version 2, round expects version 3");
 }
 
 static void test_disconnect_mid_upload_frees_staging_and_sinks_nothing(void **state) {
@@ -972,7 +1010,8 @@ static void test_disconnect_mid_upload_frees_staging_and_sinks_nothing(void **st
     h_start(&h, &o);
     job j = {.fn = c_upload_v, .iarg = UP_DISCONNECT};
     run_job(&h, &j);
-    assert_int_equal(j.u[6], 4096); /* the server had acknowledged staged bytes before the client vanished */
+    assert_int_equal(
+        j.u[6], 4096); /* the server had acknowledged staged bytes before the client vanished */
     assert_int_equal(h.rx.sinks, 0);
     assert_int_equal(h.rx.rejects, 0);
     assert_int_equal(sess_budget_memory_used(h.budget), 0);
@@ -1130,7 +1169,8 @@ static void test_update_larger_than_staging_capacity_is_refused(void **state) {
     assert_int_equal(j.n, 1);
     assert_int_equal(j.code[0], 11);
     assert_false(j.fatal[0]);
-    assert_non_null(strstr(j.msg[0], "16640 bytes exceed the staging capacity (memory 1024, spill 0)"));
+    assert_non_null(
+        strstr(j.msg[0], "16640 bytes exceed the staging capacity (memory 1024, spill 0)"));
     assert_int_equal(sess_budget_waiting(h.budget), 0);
     assert_int_equal(h.rx.sinks, 0);
     assert_int_equal(h.rx.rejects, 1);
@@ -1202,8 +1242,12 @@ static void test_send_task_reaches_the_client(void **state) {
     assert_non_null(s);
     assert_int_equal(sess_get_state(s), SESS_READY);
     uint8_t sha[32] = {1};
-    fc_wire_task_args ta = {.round = ROUND, .kind = FC_TASK_TRAIN, .model_version = BASE,
-                            .tensors = h.round_specs, .n_tensors = 2, .model_sha256 = sha,
+    fc_wire_task_args ta = {.round = ROUND,
+                            .kind = FC_TASK_TRAIN,
+                            .model_version = BASE,
+                            .tensors = h.round_specs,
+                            .n_tensors = 2,
+                            .model_sha256 = sha,
                             .model_bytes = (W_N + B_N) * 4};
     fc_error err = {0};
     assert_int_equal(sess_send_task(s, &ta, &err), FC_OK);
