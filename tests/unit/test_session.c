@@ -1263,6 +1263,52 @@ static void test_send_task_reaches_the_client(void **state) {
     h_finish(&h);
 }
 
+/* The token table on its own: hashes only, name and token must both match, certificates only
+ * for rows that allow them, and no detail ever contains the token. */
+static void test_token_table_checks_name_token_and_certificate(void **state) {
+    (void)state;
+    sess_auth_tokens *t = NULL;
+    fc_error err = {0};
+    char name[64];
+    uint64_t id = 0;
+    assert_int_equal(sess_auth_tokens_new(&t, &err), FC_OK);
+    assert_int_equal(sess_auth_tokens_add(t, "alice", (const uint8_t *)"s3cret", 6, 1, 0, &err),
+                     FC_OK);
+    assert_int_equal(sess_auth_tokens_add(t, "node-7", (const uint8_t *)"x", 1, 7, 1, &err), FC_OK);
+    assert_int_equal(sess_auth_tokens_add(t, "alice", (const uint8_t *)"y", 1, 9, 0, &err),
+                     FC_ERR_EXISTS);
+    assert_int_equal(sess_auth_tokens_check(t, "alice", (const uint8_t *)"s3cret", 6, NULL, &id,
+                                            name, sizeof name, &err),
+                     FC_OK);
+    assert_int_equal(id, 1);
+    assert_string_equal(name, "alice");
+    /* right token, wrong name; right name, wrong token; a prefix of the token */
+    assert_int_equal(sess_auth_tokens_check(t, "node-7", (const uint8_t *)"s3cret", 6, NULL, &id,
+                                            name, sizeof name, &err),
+                     FC_ERR_AUTH);
+    assert_int_equal(id, 0);
+    assert_int_equal(sess_auth_tokens_check(t, "alice", (const uint8_t *)"s3creT", 6, NULL, &id,
+                                            name, sizeof name, &err),
+                     FC_ERR_AUTH);
+    assert_null(strstr(err.msg, "s3cre"));
+    assert_int_equal(sess_auth_tokens_check(t, "alice", (const uint8_t *)"s3cre", 5, NULL, &id,
+                                            name, sizeof name, &err),
+                     FC_ERR_AUTH);
+    /* certificates: allowed for node-7, not for alice, and the name must agree with the CN */
+    assert_int_equal(sess_auth_tokens_check(t, "", NULL, 0, "node-7", &id, name, sizeof name, &err),
+                     FC_OK);
+    assert_int_equal(id, 7);
+    assert_int_equal(sess_auth_tokens_check(t, "", NULL, 0, "alice", &id, name, sizeof name, &err),
+                     FC_ERR_AUTH);
+    assert_int_equal(
+        sess_auth_tokens_check(t, "alice", NULL, 0, "node-7", &id, name, sizeof name, &err),
+        FC_ERR_AUTH);
+    assert_non_null(strstr(err.msg, "differs from its certificate"));
+    assert_int_equal(sess_auth_tokens_check(t, "", NULL, 0, NULL, &id, name, sizeof name, &err),
+                     FC_ERR_AUTH);
+    sess_auth_tokens_free(t);
+}
+
 static int group_setup(void **state) {
     (void)state;
     signal(SIGPIPE, SIG_IGN);
@@ -1277,6 +1323,7 @@ static int group_setup(void **state) {
 
 int main(void) {
     const struct CMUnitTest tests[] = {
+        cmocka_unit_test(test_token_table_checks_name_token_and_certificate),
         cmocka_unit_test(test_hello_with_valid_token_gets_welcome),
         cmocka_unit_test(test_bad_token_is_refused_with_unauthenticated_and_closed),
         cmocka_unit_test(test_protocol_major_mismatch_is_refused_with_the_message),
