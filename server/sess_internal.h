@@ -1,0 +1,26 @@
+/* sess_internal.h: what session.c and sess_services.c share and nothing else may use: the
+ * budget's waiter queue and its staging-buffer factory. */
+#ifndef FC_SERVER_SESS_INTERNAL_H
+#define FC_SERVER_SESS_INTERNAL_H
+
+#include <assert.h>
+#include <stdio.h>
+
+#include "server/session.h"
+
+/* A session waiting for staging budget (embedded in the session). */
+typedef struct sess_waiter {
+    struct sess_waiter *next;
+    int queued;
+    void (*wake)(struct sess_waiter *w);
+} sess_waiter;
+
+void sess_budget_wait(sess_budget *b, sess_waiter *w);
+void sess_budget_unwait(sess_budget *b, sess_waiter *w);
+
+/* Creates a stage whose buffer is counted against b (memory first, then spill). FC_ERR_BUSY when
+ * both pools refuse; the caller then waits (sess_budget_wait). */
+fc_status sess_budget_stage(sess_budget *b, const fc_tensor_spec *specs, size_t n, uint64_t total,
+                            uint64_t max_total, fc_stage **out, fc_error *err);
+
+#endif

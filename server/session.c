@@ -1,0 +1,987 @@
+/* session.c: one protocol session per client connection (see session.h and
+ * docs/daemon-sessions.md). Owns the session state machine, the dispatch table, sequence
+ * numbers, download pacing and upload staging; never blocks, never does work proportional to a
+ * model on the loop (whole-update checks go to the thread pool), never logs a token.
+ */
+#define _POSIX_C_SOURCE 200809L
+#include <math.h>
+#include <string.h>
+
+#include <openssl/rand.h>
+
+#include "aggregators/kernels.h"
+#include "core/alloc.h"
+#include "core/log.h"
+#include "server/sess_internal.h"
+
+#define SESS_NAME_MAX 257
+
+struct sess_server {
+    sess_config cfg;
+    sess *head;
+    size_t count;
+    uint64_t accepted, rejected;
+};
+
+struct sess {
+    sess_server *sv;
+    net_conn *c;
+    sess_state state;
+    uint64_t gen; /* bumped when the session closes: thread-pool work compares it */
+    int refs;     /* 1 for the connection, 1 per job on the thread pool */
+    sess *prev, *next;
+    fc_frame_decoder dec;
+    uint64_t in_seq, out_seq;
+    uint64_t client_id;
+    char name[SESS_NAME_MAX];
+    char id[32];
+    fc_buf out;     /* reused encode buffer */
+    fc_buf pending; /* received bytes held while reading is paused for budget */
+    sess_waiter waiter;
+    int waiting_budget;
+    fc_envelope *wait_begin; /* the UpdateBegin waiting for budget */
+    /* download */
+    sess_model_info dl;
+    fc_stream_splitter sp;
+    int blocked;
+    /* upload */
+    fc_stage *stage;
+    uint64_t up_round, up_base;
+    int up_delta;
+    uint64_t up_last_ack;
+    int validating;
+    int discard_chunks; /* chunks of an aborted upload still in flight are dropped */
+};
+
+typedef struct sess_job {
+    uv_work_t req;
+    sess *s;
+    net_conn *c; /* referenced while the job runs */
+    uint64_t gen;
+    uint64_t end_seq;
+    double max_norm;
+    sess_update up;
+    fc_status st;
+    char msg[FC_ERROR_MSG_MAX];
+} sess_job;
+
+const char *sess_state_name(sess_state st) {
+    switch (st) {
+    case SESS_HELLO_WAIT:
+        return "hello_wait";
+    case SESS_READY:
+        return "ready";
+    case SESS_DOWNLOADING:
+        return "downloading";
+    case SESS_UPLOADING:
+        return "uploading";
+    case SESS_CLOSING:
+        return "closing";
+    }
+    return "unknown";
+}
+
+static void set_state(sess *s, sess_state st) {
+    if (s->state == st)
+        return;
+    FC_LOG(FC_LOG_DEBUG, "session state", FC_LS("session", s->id),
+           FC_LS("from", sess_state_name(s->state)), FC_LS("to", sess_state_name(st)));
+    s->state = st;
+}
+
+/* ---- sending ---- */
+
+static fc_status send_msg(sess *s, fc_wire_msg *m) {
+    fc_error err = {0};
+    fc_buf_reset(&s->out);
+    fc_status st = fc_wire_encode(m, 0, &s->out, &err);
+    fc_wire_msg_free(m);
+    if (st == FC_OK)
+        st = net_write(s->c, s->out.data, s->out.len);
+    if (st != FC_OK)
+        FC_LOG(FC_LOG_WARN, "session send failed", FC_LS("session", s->id),
+               FC_LS("status", fc_status_name(st)));
+    return st;
+}
+
+static void send_error(sess *s, fc_status st, int fatal, uint64_t ref_seq, const char *msg) {
+    fc_wire_msg m;
+    fc_error err = {0};
+    if (fc_wire_error(&m, ++s->out_seq, st, fatal, ref_seq, msg, &err) != FC_OK) {
+        fc_wire_msg_free(&m);
+        return;
+    }
+    send_msg(s, &m);
+}
+
+static void send_ack(sess *s, uint64_t ref_seq, uint64_t offset) {
+    fc_wire_msg m;
+    fc_error err = {0};
+    if (fc_wire_ack(&m, ++s->out_seq, ref_seq, offset, NULL, &err) != FC_OK) {
+        fc_wire_msg_free(&m);
+        return;
+    }
+    send_msg(s, &m);
+}
+
+/* ---- the one close path ---- */
+
+static void session_free(sess *s) {
+    fc_frame_decoder_free(&s->dec);
+    fc_buf_free(&s->out);
+    fc_buf_free(&s->pending);
+    fc_free(s);
+}
+
+static void sess_unref(sess *s) {
+    if (--s->refs == 0)
+        session_free(s);
+}
+
+static void abort_upload(sess *s) {
+    fc_stage_free(s->stage);
+    s->stage = NULL;
+    if (s->wait_begin) {
+        fc_envelope_free(s->wait_begin);
+        s->wait_begin = NULL;
+    }
+    if (s->waiting_budget) {
+        sess_budget_unwait(s->sv->cfg.budget, &s->waiter);
+        s->waiting_budget = 0;
+    }
+}
+
+/* Every error and every orderly end leads here; idempotent. Resources go in on_close. */
+static void begin_close(sess *s, fc_status reason, const char *detail) {
+    if (s->state == SESS_CLOSING)
+        return;
+    set_state(s, SESS_CLOSING);
+    s->gen++;
+    abort_upload(s);
+    if (s->c)
+        net_close(s->c, reason, detail);
+}
+
+/* A fatal protocol error: Error frame, then close. */
+static void fail(sess *s, fc_status st, uint64_t ref_seq, const char *msg) {
+    if (s->state == SESS_CLOSING)
+        return;
+    FC_LOG(FC_LOG_INFO, "session error", FC_LS("session", s->id),
+           FC_LS("peer", net_conn_peer(s->c)), FC_LS("code", fc_wire_error_for_status(st)->name),
+           FC_LS("detail", msg));
+    send_error(s, st, 1, ref_seq, msg);
+    begin_close(s, st, msg);
+}
+
+void sess_close(sess *s, fc_status reason, const char *detail) {
+    if (s->state == SESS_CLOSING)
+        return;
+    fc_wire_msg m;
+    fc_error err = {0};
+    if (fc_wire_bye(&m, ++s->out_seq, detail ? detail : "closing", &err) == FC_OK)
+        send_msg(s, &m);
+    else
+        fc_wire_msg_free(&m);
+    begin_close(s, reason, detail);
+}
+
+/* A non-fatal refusal of the upload in progress (or being started): Error, rejection report,
+ * staging freed, back to READY. */
+static void reject_upload(sess *s, fc_status st, uint64_t ref_seq, uint64_t round,
+                          const char *msg) {
+    sess_server *sv = s->sv;
+    abort_upload(s);
+    s->validating = 0;
+    s->discard_chunks = 0;
+    send_error(s, st, 0, ref_seq, msg);
+    sv->rejected++;
+    FC_LOG(FC_LOG_INFO, "update rejected", FC_LS("session", s->id), FC_LU("client", s->client_id),
+           FC_LU("round", round), FC_LS("code", fc_wire_error_for_status(st)->name),
+           FC_LS("reason", msg));
+    if (sv->cfg.reject)
+        sv->cfg.reject(sv->cfg.reject_ctx, s->client_id, round, st, msg);
+    if (s->state == SESS_UPLOADING)
+        set_state(s, SESS_READY);
+}
+
+/* ---- download ---- */
+
+static void end_download(sess *s) {
+    if (s->state == SESS_DOWNLOADING)
+        set_state(s, SESS_READY);
+}
+
+/* Sends chunks until the output queue crosses its high-water mark or the model is done. Each
+ * step reads and sends one chunk (<= 1 MiB): O(frame) per step. */
+static void pump_download(sess *s) {
+    sess_server *sv = s->sv;
+    size_t max_frame = sv->cfg.max_frame_bytes;
+    while (s->state == SESS_DOWNLOADING && !s->blocked) {
+        fc_chunk_desc d;
+        fc_error err = {0};
+        if (!fc_stream_split_next(&s->sp, &d)) {
+            fc_wire_msg m;
+            end_download(s);
+            if (fc_wire_model_end(&m, ++s->out_seq, s->dl.version, s->dl.sha256, &err) == FC_OK)
+                send_msg(s, &m);
+            else
+                fail(s, FC_ERR_SYSTEM, 0, "could not build ModelEnd");
+            return;
+        }
+        uint8_t hdr[FC_FRAME_CHUNK_HEADER_MAX];
+        size_t hlen = 0;
+        fc_status st = fc_frame_chunk_header(s->out_seq + 1, d.tensor_index, d.offset, d.len,
+                                             max_frame, hdr, &hlen, &err);
+        if (st == FC_OK) {
+            fc_buf_reset(&s->out);
+            st = fc_buf_reserve(&s->out, hlen + d.len);
+        }
+        if (st == FC_OK) {
+            memcpy(s->out.data, hdr, hlen);
+            st = sv->cfg.models.read(sv->cfg.models.ctx, s->dl.version, d.global_offset,
+                                     s->out.data + hlen, d.len, &err);
+            if (st != FC_OK) {
+                fc_error_prefix(&err, "model %llu at byte %llu", (unsigned long long)s->dl.version,
+                                (unsigned long long)d.global_offset);
+                end_download(s);
+                send_error(s, st == FC_ERR_NOT_FOUND ? st : FC_ERR_IO, 0, 0, err.msg);
+                return;
+            }
+        }
+        if (st != FC_OK) {
+            fail(s, FC_ERR_SYSTEM, 0, "could not frame a model chunk");
+            return;
+        }
+        s->out_seq++;
+        s->out.len = hlen + d.len;
+        if (net_write(s->c, s->out.data, s->out.len) != FC_OK)
+            return; /* net is closing the connection; on_close follows */
+    }
+}
+
+static void h_model_request(sess *s, const fc_envelope *env) {
+    sess_server *sv = s->sv;
+    const Fedcoord__V1__ModelRequest *r = env->model_request;
+    fc_error err = {0};
+    if (!sv->cfg.models.describe || !sv->cfg.models.read) {
+        send_error(s, FC_ERR_UNSUPPORTED, 0, env->seq, "this server does not serve models");
+        return;
+    }
+    fc_status st = sv->cfg.models.describe(sv->cfg.models.ctx, r->version, &s->dl, &err);
+    if (st != FC_OK) {
+        send_error(s, st, 0, env->seq, err.msg);
+        return;
+    }
+    if (r->offset > s->dl.total_bytes) {
+        char msg[160];
+        snprintf(msg, sizeof msg, "offset %llu is beyond model %llu's %llu bytes",
+                 (unsigned long long)r->offset, (unsigned long long)s->dl.version,
+                 (unsigned long long)s->dl.total_bytes);
+        send_error(s, FC_ERR_RANGE, 0, env->seq, msg);
+        return;
+    }
+    st = fc_stream_split_specs(&s->sp, s->dl.specs, s->dl.n_specs, sv->cfg.max_chunk_bytes,
+                               r->offset, &err);
+    if (st != FC_OK) {
+        fc_error_prefix(&err, "model %llu", (unsigned long long)s->dl.version);
+        send_error(s, st, 0, env->seq, err.msg);
+        return;
+    }
+    fc_wire_msg m;
+    if (fc_wire_model_begin(&m, ++s->out_seq, s->dl.version, s->dl.specs, s->dl.n_specs,
+                            s->dl.total_bytes, s->dl.sha256, r->offset, &err) != FC_OK) {
+        fc_wire_msg_free(&m);
+        fail(s, FC_ERR_SYSTEM, env->seq, "could not build ModelBegin");
+        return;
+    }
+    if (send_msg(s, &m) != FC_OK)
+        return;
+    set_state(s, SESS_DOWNLOADING);
+    pump_download(s);
+}
+
+/* ---- upload ---- */
+
+static int same_specs_report(const sess_round_info *ri, const fc_tensor_spec *sp, size_t n,
+                             uint64_t round, fc_status *st, char *msg, size_t cap) {
+    if (n != ri->n_specs) {
+        *st = FC_ERR_SHAPE;
+        snprintf(msg, cap, "update for round %llu has %zu tensors, round expects %zu",
+                 (unsigned long long)round, n, ri->n_specs);
+        return 0;
+    }
+    for (size_t i = 0; i < n; i++) {
+        const fc_tensor_spec *a = &sp[i], *b = &ri->specs[i];
+        char sa[160], sb[160];
+        if (strcmp(a->name, b->name) != 0) {
+            *st = FC_ERR_SHAPE;
+            snprintf(msg, cap,
+                     "update for round %llu has tensor %zu named '%s', round expects '%s'",
+                     (unsigned long long)round, i, a->name, b->name);
+            return 0;
+        }
+        if (a->ndim != b->ndim || memcmp(a->shape, b->shape, a->ndim * sizeof a->shape[0]) != 0) {
+            *st = FC_ERR_SHAPE;
+            snprintf(msg, cap, "update for round %llu has tensor '%s' shape %s, round expects %s",
+                     (unsigned long long)round, a->name,
+                     fc_shape_format(a->ndim, a->shape, sa, sizeof sa),
+                     fc_shape_format(b->ndim, b->shape, sb, sizeof sb));
+            return 0;
+        }
+        if (a->dtype != b->dtype) {
+            *st = FC_ERR_DTYPE;
+            snprintf(msg, cap,
+                     "update for round %llu has tensor '%s' of dtype %s, round expects %s",
+                     (unsigned long long)round, a->name, fc_dtype_name(a->dtype),
+                     fc_dtype_name(b->dtype));
+            return 0;
+        }
+    }
+    return 1;
+}
+
+static void budget_wake(sess_waiter *w);
+
+/* Returns 1 if the upload started or was refused, 0 if it waits for budget (env kept). */
+static int start_upload(sess *s, fc_envelope *env) {
+    sess_server *sv = s->sv;
+    const Fedcoord__V1__UpdateBegin *ub = env->update_begin;
+    fc_error err = {0};
+    char msg[FC_ERROR_MSG_MAX];
+    if (!sv->cfg.round) {
+        reject_upload(s, FC_ERR_STATE, env->seq, ub->round, "this server runs no rounds");
+        return 1;
+    }
+    sess_round_info ri;
+    memset(&ri, 0, sizeof ri);
+    fc_status st = sv->cfg.round(sv->cfg.round_ctx, s->client_id, &ri, &err);
+    if (st != FC_OK) {
+        reject_upload(s, st, env->seq, ub->round, err.msg);
+        return 1;
+    }
+    if (ub->round != ri.round) {
+        snprintf(msg, sizeof msg, "update for round %llu, but the current round is %llu",
+                 (unsigned long long)ub->round, (unsigned long long)ri.round);
+        reject_upload(s, FC_ERR_STATE, env->seq, ub->round, msg);
+        return 1;
+    }
+    if (ub->base_version != ri.base_version) {
+        snprintf(msg, sizeof msg,
+                 "update for round %llu was trained from version %llu, round "
+                 "expects version %llu",
+                 (unsigned long long)ub->round, (unsigned long long)ub->base_version,
+                 (unsigned long long)ri.base_version);
+        reject_upload(s, FC_ERR_REQUIREMENT, env->seq, ub->round, msg);
+        return 1;
+    }
+    fc_tensor_spec *specs = NULL;
+    uint64_t total = 0;
+    st = fc_wire_specs_from_wire(ub->tensors, ub->n_tensors, &specs, &total, &err);
+    if (st != FC_OK) {
+        reject_upload(s, st, env->seq, ub->round, err.msg);
+        return 1;
+    }
+    if (!same_specs_report(&ri, specs, ub->n_tensors, ub->round, &st, msg, sizeof msg)) {
+        fc_wire_specs_free(specs, ub->n_tensors);
+        reject_upload(s, st, env->seq, ub->round, msg);
+        return 1;
+    }
+    uint64_t max_total = sv->cfg.max_update_bytes ? sv->cfg.max_update_bytes : (uint64_t)16 << 30;
+    fc_stage *stage = NULL;
+    st = sess_budget_stage(sv->cfg.budget, specs, ub->n_tensors, total, max_total, &stage, &err);
+    fc_wire_specs_free(specs, ub->n_tensors);
+    if (st == FC_ERR_BUSY) {
+        /* Both pools refused: stop reading this connection until a staging buffer is freed. */
+        FC_LOG(FC_LOG_INFO, "upload waits for staging budget", FC_LS("session", s->id),
+               FC_LU("bytes", total));
+        s->wait_begin = env;
+        s->waiter.wake = budget_wake;
+        s->waiting_budget = 1;
+        sess_budget_wait(sv->cfg.budget, &s->waiter);
+        net_pause_reading(s->c);
+        return 0;
+    }
+    if (st != FC_OK) {
+        reject_upload(s, st, env->seq, ub->round, err.msg);
+        return 1;
+    }
+    s->stage = stage;
+    s->up_round = ub->round;
+    s->up_base = ub->base_version;
+    s->up_delta = ub->is_delta;
+    s->up_last_ack = 0;
+    s->validating = 0;
+    s->discard_chunks = 0;
+    set_state(s, SESS_UPLOADING);
+    /* No staged data survives a connection: a resumed upload restarts at 0 (protocol 5.4). */
+    send_ack(s, env->seq, 0);
+    return 1;
+}
+
+static void process_bytes(sess *s, const uint8_t *p, size_t len);
+
+static void budget_wake(sess_waiter *w) {
+    sess *s = (sess *)((char *)w - offsetof(sess, waiter));
+    if (s->state == SESS_CLOSING || !s->wait_begin)
+        return;
+    s->waiting_budget = 0;
+    fc_envelope *env = s->wait_begin;
+    s->wait_begin = NULL;
+    if (!start_upload(s, env))
+        return; /* still waiting */
+    fc_envelope_free(env);
+    if (s->state == SESS_CLOSING)
+        return;
+    fc_buf held = s->pending;
+    s->pending = (fc_buf)FC_BUF_INIT;
+    net_resume_reading(s->c);
+    process_bytes(s, held.data, held.len);
+    fc_buf_free(&held);
+}
+
+static void h_chunk(sess *s, const fc_chunk_view *v) {
+    sess_server *sv = s->sv;
+    fc_error err = {0};
+    if (s->state != SESS_UPLOADING || s->validating || !s->stage) {
+        if (s->discard_chunks && s->state == SESS_READY)
+            return; /* the rest of an upload this side already refused */
+        fail(s, FC_ERR_PROTOCOL, v->seq, "Chunk with no upload in progress");
+        return;
+    }
+    fc_status st = fc_wire_validate_chunk(v, &err);
+    if (st == FC_OK && v->data_len > sv->cfg.max_chunk_bytes)
+        st = fc_error_set(&err, FC_ERR_LIMIT, "chunk of %zu bytes exceeds max_chunk_bytes %u",
+                          v->data_len, sv->cfg.max_chunk_bytes);
+    if (st == FC_OK)
+        st = fc_stage_add_chunk(s->stage, v->tensor_index, v->offset, v->data, v->data_len, &err);
+    if (st != FC_OK) {
+        char msg[FC_ERROR_MSG_MAX + 64];
+        snprintf(msg, sizeof msg, "update for round %llu: %s", (unsigned long long)s->up_round,
+                 err.msg);
+        reject_upload(s, st, v->seq, s->up_round, msg);
+        s->discard_chunks = 1; /* the client's later chunks and UpdateEnd are already on the way */
+        return;
+    }
+    uint64_t got = fc_stage_received(s->stage);
+    uint64_t every = sv->cfg.ack_every_bytes ? sv->cfg.ack_every_bytes : (uint64_t)64 << 20;
+    if (got - s->up_last_ack >= every) {
+        s->up_last_ack = got;
+        send_ack(s, v->seq, got);
+    }
+}
+
+static void job_work(uv_work_t *req) {
+    sess_job *j = req->data;
+    fc_model m = FC_MODEL_INIT;
+    fc_error err = {0};
+    j->st = fc_stage_view_model(j->up.stage, &m, &err);
+    if (j->st != FC_OK) {
+        snprintf(j->msg, sizeof j->msg, "%s", err.msg);
+        return;
+    }
+    double sq = 0;
+    for (size_t i = 0; i < m.count; i++) {
+        const fc_tensor *t = &m.tensors[i];
+        size_t n = (size_t)(t->nbytes / fc_dtype_size(t->spec.dtype));
+        if (!agg_k_all_finite(t->spec.dtype, t->data, n)) {
+            j->st = FC_ERR_NON_FINITE;
+            snprintf(j->msg, sizeof j->msg,
+                     "update for round %llu has a NaN or infinite value in tensor '%s'",
+                     (unsigned long long)j->up.round, t->spec.name);
+            goto out;
+        }
+        if (j->max_norm > 0)
+            sq += agg_k_sqnorm(t->spec.dtype, t->data, n);
+    }
+    if (j->max_norm > 0 && !(sqrt(sq) <= j->max_norm)) {
+        j->st = FC_ERR_REQUIREMENT;
+        snprintf(j->msg, sizeof j->msg,
+                 "update for round %llu has L2 norm %.6g above the bound %.6g",
+                 (unsigned long long)j->up.round, sqrt(sq), j->max_norm);
+    }
+out:
+    fc_model_free(&m);
+}
+
+static void job_after(uv_work_t *req, int status) {
+    sess_job *j = req->data;
+    sess *s = j->s;
+    net_conn *c = j->c;
+    if (status != 0 && j->st == FC_OK) {
+        j->st = FC_ERR_SYSTEM;
+        snprintf(j->msg, sizeof j->msg, "validation was cancelled");
+    }
+    if (s->gen != j->gen || s->state == SESS_CLOSING) {
+        /* The session closed meanwhile: the update dies with it. */
+        sess_update_release(&j->up);
+    } else if (j->st == FC_OK) {
+        sess_server *sv = s->sv;
+        uint64_t total = fc_stage_total(j->up.stage);
+        s->validating = 0;
+        set_state(s, SESS_READY);
+        sv->accepted++;
+        FC_LOG(FC_LOG_INFO, "update accepted", FC_LS("session", s->id),
+               FC_LU("client", s->client_id), FC_LU("round", j->up.round), FC_LU("bytes", total));
+        sv->cfg.sink(sv->cfg.sink_ctx, &j->up);
+        send_ack(s, j->end_seq, total);
+    } else {
+        sess_update_release(&j->up);
+        reject_upload(s, j->st, j->end_seq, j->up.round, j->msg);
+    }
+    fc_free(j);
+    if (c)
+        net_conn_unref(c);
+    sess_unref(s);
+}
+
+static void h_update_end(sess *s, const fc_envelope *env) {
+    sess_server *sv = s->sv;
+    const Fedcoord__V1__UpdateEnd *ue = env->update_end;
+    fc_error err = {0};
+    char msg[FC_ERROR_MSG_MAX + 64];
+    if (s->state == SESS_READY && s->discard_chunks) {
+        s->discard_chunks = 0; /* the end of an upload refused at a chunk: already answered */
+        return;
+    }
+    if (s->validating || !s->stage) {
+        fail(s, FC_ERR_PROTOCOL, env->seq, "UpdateEnd while the update is already being validated");
+        return;
+    }
+    fc_status st = fc_stage_finish(s->stage, ue->sha256.data, ue->sha256.len, &err);
+    if (st != FC_OK) {
+        snprintf(msg, sizeof msg, "update for round %llu: %s", (unsigned long long)s->up_round,
+                 err.msg);
+        reject_upload(s, st, env->seq, s->up_round, msg);
+        return;
+    }
+    if (ue->num_examples == 0 ||
+        (sv->cfg.max_num_examples && ue->num_examples > sv->cfg.max_num_examples)) {
+        snprintf(msg, sizeof msg, "update for round %llu claims %llu examples, allowed 1..%llu",
+                 (unsigned long long)s->up_round, (unsigned long long)ue->num_examples,
+                 (unsigned long long)sv->cfg.max_num_examples);
+        reject_upload(s, FC_ERR_REQUIREMENT, env->seq, s->up_round, msg);
+        return;
+    }
+    sess_job *j = fc_calloc(1, sizeof *j);
+    if (j && ue->n_metrics) {
+        j->up.metric_names = fc_calloc(ue->n_metrics, sizeof *j->up.metric_names);
+        j->up.metric_values = fc_calloc(ue->n_metrics, sizeof *j->up.metric_values);
+        if (j->up.metric_names && j->up.metric_values)
+            for (size_t i = 0; i < ue->n_metrics; i++) {
+                if (!(j->up.metric_names[i] = fc_strdup(ue->metrics[i]->key)))
+                    break;
+                j->up.metric_values[i] = ue->metrics[i]->value;
+                j->up.n_metrics = i + 1;
+            }
+    }
+    if (!j || (ue->n_metrics && j->up.n_metrics != ue->n_metrics)) {
+        if (j)
+            sess_update_release(&j->up);
+        fc_free(j);
+        reject_upload(s, FC_ERR_NOMEM, env->seq, s->up_round,
+                      "out of memory for the update's metrics");
+        return;
+    }
+    j->req.data = j;
+    j->s = s;
+    j->gen = s->gen;
+    j->end_seq = env->seq;
+    j->max_norm = sv->cfg.max_update_norm;
+    j->up.client_id = s->client_id;
+    j->up.round = s->up_round;
+    j->up.base_version = s->up_base;
+    j->up.num_examples = ue->num_examples;
+    j->up.is_delta = s->up_delta;
+    j->up.stage = s->stage;
+    if (uv_queue_work(sv->cfg.loop, &j->req, job_work, job_after) != 0) {
+        j->up.stage = NULL;
+        sess_update_release(&j->up);
+        fc_free(j);
+        reject_upload(s, FC_ERR_SYSTEM, env->seq, s->up_round,
+                      "could not queue the update's validation");
+        return;
+    }
+    s->stage = NULL; /* the job owns it now */
+    s->validating = 1;
+    s->refs++;
+    j->c = s->c;
+    net_conn_ref(j->c);
+}
+
+void sess_update_release(sess_update *u) {
+    if (!u)
+        return;
+    fc_stage_free(u->stage);
+    u->stage = NULL;
+    for (size_t i = 0; i < u->n_metrics; i++)
+        fc_free(u->metric_names[i]);
+    fc_free(u->metric_names);
+    fc_free(u->metric_values);
+    u->metric_names = NULL;
+    u->metric_values = NULL;
+    u->n_metrics = 0;
+}
+
+/* ---- handshake and small messages ---- */
+
+static void h_hello(sess *s, const fc_envelope *env) {
+    sess_server *sv = s->sv;
+    const Fedcoord__V1__Hello *h = env->hello;
+    fc_error err = {0};
+    fc_status st =
+        fc_wire_check_version(FC_WIRE_SERVER, h->protocol_major, h->protocol_minor, &err);
+    if (st != FC_OK) {
+        fail(s, st, env->seq, err.msg);
+        return;
+    }
+    uint64_t id = 0;
+    char name[SESS_NAME_MAX] = "";
+    st = sv->cfg.auth(sv->cfg.auth_ctx, h->client_name ? h->client_name : "", h->token.data,
+                      h->token.len, net_conn_identity(s->c), &id, name, sizeof name, &err);
+    if (st == FC_OK && id == 0)
+        st = fc_error_set(&err, FC_ERR_AUTH, "authenticator returned no client");
+    if (st != FC_OK) {
+        fail(s, st == FC_ERR_AUTH ? FC_ERR_AUTH : FC_ERR_SYSTEM, env->seq,
+             st == FC_ERR_AUTH ? err.msg : "authentication failed internally");
+        return;
+    }
+    s->client_id = id;
+    snprintf(s->name, sizeof s->name, "%s", name);
+    /* A client has one session: a reconnect replaces the older one. */
+    for (sess *o = sv->head; o; o = o->next)
+        if (o != s && o->client_id == id && o->state != SESS_CLOSING) {
+            char why[160 + SESS_NAME_MAX];
+            snprintf(why, sizeof why, "replaced by a new session of client '%s' from %s", name,
+                     net_conn_peer(s->c));
+            FC_LOG(FC_LOG_INFO, "session replaced", FC_LS("old", o->id), FC_LS("new", s->id));
+            sess_close(o, FC_ERR_EXISTS, why);
+        }
+    uint8_t token[16];
+    if (RAND_bytes(token, sizeof token) != 1) {
+        fail(s, FC_ERR_SYSTEM, env->seq, "no randomness for a resume token");
+        return;
+    }
+    fc_wire_welcome_args a = {
+        .session_id = s->id,
+        .resume_token = {token, sizeof token},
+        .heartbeat_interval_ms = sv->cfg.heartbeat_interval_ms,
+        .max_frame_bytes = sv->cfg.max_frame_bytes,
+        .max_chunk_bytes = sv->cfg.max_chunk_bytes,
+        .software = sv->cfg.software,
+    };
+    fc_wire_msg m;
+    if (fc_wire_welcome(&m, ++s->out_seq, &a, &err) != FC_OK) {
+        fc_wire_msg_free(&m);
+        fail(s, FC_ERR_SYSTEM, env->seq, "could not build Welcome");
+        return;
+    }
+    if (send_msg(s, &m) != FC_OK)
+        return;
+    FC_LOG(FC_LOG_INFO, "session authenticated", FC_LS("session", s->id), FC_LS("client", s->name),
+           FC_LU("client_id", id), FC_LS("peer", net_conn_peer(s->c)));
+    set_state(s, SESS_READY);
+}
+
+static void h_heartbeat(sess *s, const fc_envelope *env) {
+    (void)s, (void)env; /* any frame resets net's idle timer; nothing to answer */
+}
+
+static void h_ack(sess *s, const fc_envelope *env) { (void)s, (void)env; }
+
+static void h_update_begin(sess *s, fc_envelope **envp) {
+    if (!start_upload(s, *envp))
+        *envp = NULL; /* kept until budget frees */
+}
+
+static void h_eval_result(sess *s, const fc_envelope *env) {
+    send_error(s, FC_ERR_UNSUPPORTED, 0, env->seq,
+               "this server does not collect evaluation results");
+}
+
+static void h_error(sess *s, const fc_envelope *env) {
+    const Fedcoord__V1__Error *e = env->error;
+    FC_LOG(FC_LOG_INFO, "client sent an error", FC_LS("session", s->id), FC_LU("code", e->code),
+           FC_LS("message", e->message ? e->message : ""));
+    if (e->fatal) {
+        begin_close(s, FC_ERR_CLOSED, "client sent a fatal error");
+        return;
+    }
+    if (s->state == SESS_DOWNLOADING)
+        end_download(s); /* the client gave up the download */
+    else if (s->state == SESS_UPLOADING && !s->validating) {
+        abort_upload(s);
+        set_state(s, SESS_READY);
+    }
+}
+
+static void h_bye(sess *s, const fc_envelope *env) {
+    (void)env;
+    begin_close(s, FC_OK, "client said bye");
+}
+
+/* ---- dispatch ---- */
+
+#define ST(x) (1u << (x))
+#define AUTHED (ST(SESS_READY) | ST(SESS_DOWNLOADING) | ST(SESS_UPLOADING))
+
+typedef struct dispatch_row {
+    Fedcoord__V1__Envelope__BodyCase body;
+    unsigned states;
+    void (*handler)(sess *s, const fc_envelope *env);
+    void (*owning)(sess *s, fc_envelope **envp); /* handlers that may keep the envelope */
+} dispatch_row;
+
+static void h_chunk_env(sess *s, const fc_envelope *env) {
+    fc_chunk_view v;
+    fc_error err = {0};
+    if (fc_wire_chunk_view(env, &v, &err) != FC_OK) {
+        fail(s, FC_ERR_PROTOCOL, env->seq, err.msg);
+        return;
+    }
+    h_chunk(s, &v);
+}
+
+static const dispatch_row dispatch[] = {
+    {FEDCOORD__V1__ENVELOPE__BODY_HELLO, ST(SESS_HELLO_WAIT), h_hello, NULL},
+    {FEDCOORD__V1__ENVELOPE__BODY_HEARTBEAT, AUTHED, h_heartbeat, NULL},
+    {FEDCOORD__V1__ENVELOPE__BODY_MODEL_REQUEST, ST(SESS_READY), h_model_request, NULL},
+    {FEDCOORD__V1__ENVELOPE__BODY_UPDATE_BEGIN, ST(SESS_READY), NULL, h_update_begin},
+    {FEDCOORD__V1__ENVELOPE__BODY_CHUNK, ST(SESS_UPLOADING) | ST(SESS_READY), h_chunk_env, NULL},
+    {FEDCOORD__V1__ENVELOPE__BODY_UPDATE_END, ST(SESS_UPLOADING) | ST(SESS_READY), h_update_end,
+     NULL},
+    {FEDCOORD__V1__ENVELOPE__BODY_EVAL_RESULT, AUTHED, h_eval_result, NULL},
+    {FEDCOORD__V1__ENVELOPE__BODY_ACK, AUTHED, h_ack, NULL},
+    {FEDCOORD__V1__ENVELOPE__BODY_ERROR, ST(SESS_HELLO_WAIT) | AUTHED, h_error, NULL},
+    {FEDCOORD__V1__ENVELOPE__BODY_BYE, ST(SESS_HELLO_WAIT) | AUTHED, h_bye, NULL},
+};
+
+static int check_seq(sess *s, uint64_t seq) {
+    if (seq == s->in_seq + 1) {
+        s->in_seq = seq;
+        return 1;
+    }
+    char msg[128];
+    snprintf(msg, sizeof msg, "frame seq %llu, expected %llu", (unsigned long long)seq,
+             (unsigned long long)(s->in_seq + 1));
+    fail(s, FC_ERR_PROTOCOL, seq, msg);
+    return 0;
+}
+
+static void handle_frame(sess *s, const uint8_t *data, size_t len) {
+    fc_chunk_view v;
+    fc_error err = {0};
+    if (s->state == SESS_UPLOADING || s->state == SESS_READY) {
+        if (fc_frame_peek_chunk(data, len, &v)) { /* zero-copy path: data stays in place */
+            if (check_seq(s, v.seq))
+                h_chunk(s, &v);
+            return;
+        }
+    }
+    fc_envelope *env = NULL;
+    fc_status st = fc_wire_decode(data, len, &env, &err);
+    if (st != FC_OK) {
+        fail(s, st, 0, err.msg);
+        return;
+    }
+    if (!check_seq(s, env->seq)) {
+        fc_envelope_free(env);
+        return;
+    }
+    const dispatch_row *row = NULL;
+    for (size_t i = 0; i < sizeof dispatch / sizeof dispatch[0]; i++)
+        if (dispatch[i].body == env->body_case)
+            row = &dispatch[i];
+    char msg[160];
+    if (!row) {
+        snprintf(msg, sizeof msg, "%s is a server-to-client message",
+                 fc_wire_body_name(env->body_case));
+        fail(s, FC_ERR_PROTOCOL, env->seq, msg);
+    } else if (!(row->states & ST(s->state)) ||
+               ((row->body == FEDCOORD__V1__ENVELOPE__BODY_CHUNK ||
+                 row->body == FEDCOORD__V1__ENVELOPE__BODY_UPDATE_END) &&
+                s->state == SESS_READY && !s->discard_chunks)) {
+        snprintf(msg, sizeof msg, "%s is not allowed in state %s%s",
+                 fc_wire_body_name(env->body_case), sess_state_name(s->state),
+                 s->state == SESS_HELLO_WAIT ? ": the first frame must be Hello" : "");
+        fail(s, FC_ERR_PROTOCOL, env->seq, msg);
+    } else if (row->owning) {
+        row->owning(s, &env);
+    } else {
+        row->handler(s, env);
+    }
+    fc_envelope_free(env);
+}
+
+static void process_bytes(sess *s, const uint8_t *p, size_t len) {
+    while (len > 0 && s->state != SESS_CLOSING) {
+        if (s->waiting_budget) { /* hold the rest until the upload can start */
+            if (fc_buf_append(&s->pending, p, len) != FC_OK)
+                fail(s, FC_ERR_NOMEM, 0, "out of memory holding received bytes");
+            return;
+        }
+        size_t used = 0;
+        fc_frame f;
+        fc_error err = {0};
+        fc_status st = fc_frame_decoder_feed(&s->dec, p, len, &used, &f, &err);
+        p += used, len -= used;
+        if (st == FC_ERR_AGAIN)
+            break;
+        if (st != FC_OK) {
+            fail(s, st, 0, err.msg);
+            return;
+        }
+        handle_frame(s, f.data, f.len);
+    }
+    if (s->state != SESS_CLOSING && s->c)
+        net_set_partial(s->c, fc_frame_decoder_pending(&s->dec) > 0);
+}
+
+/* ---- net callbacks ---- */
+
+static void cb_open(net_conn *c) {
+    sess_server *sv = net_listener_user(net_conn_listener(c));
+    sess *s = fc_calloc(1, sizeof *s);
+    if (!s) {
+        net_close(c, FC_ERR_NOMEM, "out of memory for a session");
+        return;
+    }
+    s->sv = sv;
+    s->c = c;
+    s->refs = 1;
+    s->state = SESS_HELLO_WAIT;
+    snprintf(s->id, sizeof s->id, "s%llu", (unsigned long long)net_conn_id(c));
+    fc_frame_decoder_init(&s->dec, sv->cfg.max_frame_bytes);
+    s->next = sv->head;
+    if (sv->head)
+        sv->head->prev = s;
+    sv->head = s;
+    sv->count++;
+    net_conn_set_user(c, s);
+}
+
+static void cb_data(net_conn *c, const uint8_t *data, size_t len) {
+    sess *s = net_conn_user(c);
+    if (!s || s->state == SESS_CLOSING)
+        return;
+    process_bytes(s, data, len);
+}
+
+static void cb_limit(net_conn *c, fc_status st, const char *detail) {
+    sess *s = net_conn_user(c);
+    if (!s || s->state == SESS_CLOSING)
+        return;
+    send_error(s, st, 1, 0, detail);
+    begin_close(s, st, detail);
+}
+
+static void cb_backpressure(net_conn *c, int blocked) {
+    sess *s = net_conn_user(c);
+    if (!s)
+        return;
+    s->blocked = blocked;
+    if (!blocked && s->state == SESS_DOWNLOADING)
+        pump_download(s);
+}
+
+static void cb_close(net_conn *c, fc_status reason, const char *detail) {
+    sess *s = net_conn_user(c);
+    if (!s)
+        return;
+    (void)reason;
+    if (s->state != SESS_CLOSING) { /* closed by net (peer gone, limit): same cleanup */
+        set_state(s, SESS_CLOSING);
+        s->gen++;
+        abort_upload(s);
+    }
+    FC_LOG(FC_LOG_DEBUG, "session closed", FC_LS("session", s->id),
+           FC_LS("detail", detail ? detail : ""));
+    sess_server *sv = s->sv;
+    if (s->prev)
+        s->prev->next = s->next;
+    else
+        sv->head = s->next;
+    if (s->next)
+        s->next->prev = s->prev;
+    sv->count--;
+    s->c = NULL;
+    net_conn_set_user(c, NULL);
+    sess_unref(s);
+}
+
+void sess_net_callbacks(net_callbacks *cb) {
+    memset(cb, 0, sizeof *cb);
+    cb->on_open = cb_open;
+    cb->on_data = cb_data;
+    cb->on_limit = cb_limit;
+    cb->on_backpressure = cb_backpressure;
+    cb->on_close = cb_close;
+}
+
+/* ---- server ---- */
+
+fc_status sess_server_new(const sess_config *cfg, sess_server **out, fc_error *err) {
+    *out = NULL;
+    if (!cfg->loop || !cfg->budget || !cfg->auth)
+        return fc_error_set(err, FC_ERR_CONFIG,
+                            "sessions need a loop, a staging budget and an authenticator");
+    if (cfg->round && !cfg->sink)
+        return fc_error_set(err, FC_ERR_CONFIG, "sessions that accept updates need a sink");
+    sess_server *sv = fc_calloc(1, sizeof *sv);
+    if (!sv)
+        return fc_error_set(err, FC_ERR_NOMEM, "session server");
+    sv->cfg = *cfg;
+    if (!sv->cfg.max_frame_bytes)
+        sv->cfg.max_frame_bytes = (uint32_t)FC_FRAME_MAX_DEFAULT;
+    if (!sv->cfg.max_chunk_bytes || sv->cfg.max_chunk_bytes > FC_CHUNK_MAX_DATA)
+        sv->cfg.max_chunk_bytes = (uint32_t)FC_CHUNK_MAX_DATA;
+    if (sv->cfg.max_frame_bytes < FC_WIRE_MIN_FRAME ||
+        sv->cfg.max_chunk_bytes + 64 > sv->cfg.max_frame_bytes) {
+        fc_free(sv);
+        return fc_error_set(err, FC_ERR_CONFIG,
+                            "max_frame_bytes %u must be >= %u and 64 above max_chunk_bytes %u",
+                            cfg->max_frame_bytes, FC_WIRE_MIN_FRAME, sv->cfg.max_chunk_bytes);
+    }
+    if (!sv->cfg.heartbeat_interval_ms)
+        sv->cfg.heartbeat_interval_ms = 30000;
+    if (!sv->cfg.software)
+        sv->cfg.software = "fedcoordd";
+    *out = sv;
+    return FC_OK;
+}
+
+void sess_server_free(sess_server *sv) {
+    if (!sv)
+        return;
+    assert(sv->count == 0);
+    fc_free(sv);
+}
+
+size_t sess_server_count(const sess_server *sv) { return sv->count; }
+uint64_t sess_server_accepted(const sess_server *sv) { return sv->accepted; }
+uint64_t sess_server_rejected(const sess_server *sv) { return sv->rejected; }
+
+sess *sess_find(sess_server *sv, uint64_t client_id) {
+    for (sess *s = sv->head; s; s = s->next)
+        if (s->client_id == client_id && s->state != SESS_CLOSING && s->state != SESS_HELLO_WAIT)
+            return s;
+    return NULL;
+}
+
+sess_state sess_get_state(const sess *s) { return s->state; }
+uint64_t sess_client_id(const sess *s) { return s->client_id; }
+
+fc_status sess_send_task(sess *s, const fc_wire_task_args *task, fc_error *err) {
+    if (s->state == SESS_CLOSING || s->state == SESS_HELLO_WAIT || !s->c)
+        return fc_error_set(err, FC_ERR_STATE, "session %s is %s: no task can be sent", s->id,
+                            sess_state_name(s->state));
+    fc_wire_msg m;
+    fc_status st = fc_wire_task(&m, s->out_seq + 1, task, err);
+    if (st != FC_OK) {
+        fc_wire_msg_free(&m);
+        return st;
+    }
+    s->out_seq++;
+    st = send_msg(s, &m);
+    return st == FC_OK ? FC_OK
+                       : fc_error_set(err, st, "session %s: sending the task failed", s->id);
+}

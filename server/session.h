@@ -1,0 +1,190 @@
+/* session.h: the per-connection protocol layer of the daemon (docs/daemon-sessions.md).
+ *
+ * A session sits on one net_conn: it cuts received plaintext into frames, checks sequence numbers
+ * and the state in which each message is allowed (a dispatch table), runs the handshake
+ * (version, authentication, mTLS identity, replacement of an older session of the same client),
+ * streams model downloads as the output queue drains, stages update uploads into memory counted
+ * against a shared budget (or a spill file), validates completed updates on the thread pool and
+ * hands accepted ones to a sink. It owns no socket (net does), no database (the injected callbacks
+ * reach storage) and no round logic (the scheduler decides; the session only asks what the
+ * current round expects). It never blocks the loop, never logs a token, and never lets a partial
+ * or unvalidated update reach the sink. Everything runs on the loop thread except the validation
+ * work function, which touches only the data handed to it.
+ */
+#ifndef FC_SERVER_SESSION_H
+#define FC_SERVER_SESSION_H
+
+#include <stddef.h>
+#include <stdint.h>
+#include <uv.h>
+
+#include "core/status.h"
+#include "core/tensor.h"
+#include "proto/stream.h"
+#include "proto/wire.h"
+#include "server/net.h"
+
+typedef enum sess_state {
+    SESS_HELLO_WAIT = 0, /* connection open, waiting for Hello */
+    SESS_READY,          /* authenticated, nothing in transfer */
+    SESS_DOWNLOADING,    /* a model download is being sent */
+    SESS_UPLOADING,      /* an update is being received or validated */
+    SESS_CLOSING,        /* close started; every received frame is ignored */
+} sess_state;
+
+const char *sess_state_name(sess_state st);
+
+/* ---- staging budget, shared by every session of a server ---- */
+
+/* Staging memory in bytes (heap) up to memory_limit; above it, staging buffers go to spill files
+ * under spill_dir (up to spill_limit bytes; spill_dir NULL = no spilling). When both refuse, the
+ * session that asked pauses reading its connection and retries when a buffer is released. */
+typedef struct sess_budget sess_budget;
+
+fc_status sess_budget_new(uv_loop_t *loop, uint64_t memory_limit, const char *spill_dir,
+                          uint64_t spill_limit, sess_budget **out, fc_error *err);
+/* Bytes currently held in memory and in spill files. */
+uint64_t sess_budget_memory_used(const sess_budget *b);
+uint64_t sess_budget_spill_used(const sess_budget *b);
+/* Sessions waiting for budget. */
+size_t sess_budget_waiting(const sess_budget *b);
+/* Closes the budget's handle; call after every session is gone, then run the loop once. */
+void sess_budget_free(sess_budget *b);
+
+/* ---- injected services ---- */
+
+/* Authenticates a Hello. name/token come from the Hello (token never logged), identity is the
+ * verified client-certificate CN (NULL without one). Returns FC_OK with *client_id (> 0) and the
+ * client's display name copied into name_out (size name_cap), or FC_ERR_AUTH with a detail that
+ * names no secret. */
+typedef fc_status (*sess_auth_fn)(void *ctx, const char *name, const uint8_t *token,
+                                  size_t token_len, const char *identity, uint64_t *client_id,
+                                  char *name_out, size_t name_cap, fc_error *err);
+
+/* An in-memory authenticator: (name, SHA-256(token), id) rows; a certificate identity equal to a
+ * row's name authenticates as that row when the row allows certificates. */
+typedef struct sess_auth_tokens sess_auth_tokens;
+fc_status sess_auth_tokens_new(sess_auth_tokens **out, fc_error *err);
+/* Adds a client. The token is hashed at once; only the hash is kept. */
+fc_status sess_auth_tokens_add(sess_auth_tokens *t, const char *name, const uint8_t *token,
+                               size_t token_len, uint64_t client_id, int allow_cert, fc_error *err);
+void sess_auth_tokens_free(sess_auth_tokens *t);
+/* The sess_auth_fn for a sess_auth_tokens (ctx = the table). Compares hashes with CRYPTO_memcmp
+ * and walks the whole table whatever matches, so timing does not reveal which row matched. */
+fc_status sess_auth_tokens_check(void *ctx, const char *name, const uint8_t *token,
+                                 size_t token_len, const char *identity, uint64_t *client_id,
+                                 char *name_out, size_t name_cap, fc_error *err);
+
+/* A model version as a download source presents it. specs/sha256 are borrowed from the source
+ * and must stay valid until the download ends (the source keeps versions it announced). */
+typedef struct sess_model_info {
+    uint64_t version;
+    const fc_tensor_spec *specs;
+    size_t n_specs;
+    uint64_t total_bytes;
+    uint8_t sha256[FC_SHA256_BYTES];
+} sess_model_info;
+
+typedef struct sess_model_source {
+    /* Describes version (0 = latest). FC_ERR_NOT_FOUND if not retained. */
+    fc_status (*describe)(void *ctx, uint64_t version, sess_model_info *out, fc_error *err);
+    /* Copies len bytes (<= 1 MiB) of version's data stream from offset into buf. */
+    fc_status (*read)(void *ctx, uint64_t version, uint64_t offset, void *buf, size_t len,
+                      fc_error *err);
+    void *ctx;
+} sess_model_source;
+
+/* In-memory model source holding one version (tests, small deployments). The model's tensors are
+ * copied into one contiguous stream; m may be freed afterwards. */
+typedef struct sess_mem_model sess_mem_model;
+fc_status sess_mem_model_new(uint64_t version, const fc_model *m, sess_mem_model **out,
+                             fc_error *err);
+void sess_mem_model_free(sess_mem_model *mm);
+/* Fills src with callbacks reading mm. */
+void sess_mem_model_source(sess_mem_model *mm, sess_model_source *src);
+
+/* What the current round expects from a client. FC_ERR_STATE (with a detail) when the client may
+ * not upload now (no round open, not selected). specs are borrowed until the callback is called
+ * again or the round changes; the session copies what it keeps. */
+typedef struct sess_round_info {
+    uint64_t round;
+    uint64_t base_version;
+    const fc_tensor_spec *specs;
+    size_t n_specs;
+} sess_round_info;
+typedef fc_status (*sess_round_fn)(void *ctx, uint64_t client_id, sess_round_info *out,
+                                   fc_error *err);
+
+/* A completed, validated update. The sink takes ownership of stage (fc_stage_free it, which
+ * returns its bytes to the budget) and of metrics (fc_free each name and the array). */
+typedef struct sess_update {
+    uint64_t client_id;
+    uint64_t round;
+    uint64_t base_version;
+    uint64_t num_examples;
+    int is_delta;
+    fc_stage *stage;
+    size_t n_metrics;
+    char **metric_names;
+    double *metric_values;
+} sess_update;
+typedef void (*sess_sink_fn)(void *ctx, sess_update *u);
+/* Frees what a sess_update owns (for sinks that drop one). */
+void sess_update_release(sess_update *u);
+
+/* A rejected update: client, round, the status sent and its message. */
+typedef void (*sess_reject_fn)(void *ctx, uint64_t client_id, uint64_t round, fc_status st,
+                               const char *reason);
+
+typedef struct sess_config {
+    uv_loop_t *loop;
+    sess_budget *budget; /* required */
+    sess_auth_fn auth;   /* required */
+    void *auth_ctx;
+    sess_model_source models; /* describe/read may be NULL: ModelRequest is UNSUPPORTED */
+    sess_round_fn round;      /* NULL: every UpdateBegin is WRONG_STATE */
+    void *round_ctx;
+    sess_sink_fn sink; /* required when round is set */
+    void *sink_ctx;
+    sess_reject_fn reject; /* may be NULL */
+    void *reject_ctx;
+    uint64_t max_num_examples;      /* 0 = no upper bound */
+    double max_update_norm;         /* L2 bound over all values; 0 = none */
+    uint64_t max_update_bytes;      /* largest UpdateBegin.total_bytes; 0 = 16 GiB */
+    uint64_t ack_every_bytes;       /* Ack while uploading every this many bytes; 0 = 64 MiB */
+    uint32_t heartbeat_interval_ms; /* announced in Welcome; 0 = 30000 */
+    uint32_t max_frame_bytes;       /* 0 = FC_FRAME_MAX_DEFAULT */
+    uint32_t max_chunk_bytes;       /* 0 = FC_CHUNK_MAX_DATA (and at most that) */
+    const char *software;           /* Welcome.software; NULL = "fedcoordd" */
+} sess_config;
+
+/* A session server: the sessions of one listener. Register it as the listener's user pointer
+ * and sess_net_callbacks() as its callbacks. The config is copied (strings and contexts are
+ * borrowed). */
+typedef struct sess_server sess_server;
+typedef struct sess sess;
+
+fc_status sess_server_new(const sess_config *cfg, sess_server **out, fc_error *err);
+/* Frees the server; every session must be closed (its listener closed) first. */
+void sess_server_free(sess_server *sv);
+/* The net callbacks that drive the sessions of a listener whose user pointer is sv. */
+void sess_net_callbacks(net_callbacks *cb);
+
+/* Live sessions, and the authenticated one of a client (NULL if none). */
+size_t sess_server_count(const sess_server *sv);
+sess *sess_find(sess_server *sv, uint64_t client_id);
+/* Accepted updates and rejections so far (for status pages and tests). */
+uint64_t sess_server_accepted(const sess_server *sv);
+uint64_t sess_server_rejected(const sess_server *sv);
+
+sess_state sess_get_state(const sess *s);
+uint64_t sess_client_id(const sess *s);
+
+/* Pushes a Task to an authenticated session. FC_ERR_STATE if the session is not authenticated
+ * or closing; builder errors as fc_wire_task. */
+fc_status sess_send_task(sess *s, const fc_wire_task_args *task, fc_error *err);
+
+/* Sends Bye(reason) and closes the session. */
+void sess_close(sess *s, fc_status reason, const char *detail);
+
+#endif
