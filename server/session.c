@@ -421,7 +421,7 @@ static int start_upload(sess *s, fc_envelope *env) {
 static void process_bytes(sess *s, const uint8_t *p, size_t len);
 
 static void budget_wake(sess_waiter *w) {
-    sess *s = (sess *)((char *)w - offsetof(sess, waiter));
+    sess *s = (sess *)(void *)((char *)w - offsetof(sess, waiter)); /* container_of */
     if (s->state == SESS_CLOSING || !s->wait_begin)
         return;
     s->waiting_budget = 0;
