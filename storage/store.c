@@ -308,11 +308,8 @@ static fc_status check_name(const char *name, const char *what, fc_error *err) {
     return FC_OK;
 }
 
-fc_status store_client_add(store *s, const char *name, const uint8_t token_sha256[32],
-                           int64_t now, int64_t *id_out, fc_error *err) {
-    fc_status st = check_name(name, "client name", err);
-    if (st != FC_OK) return st;
-    if (!token_sha256) return fc_error_set(err, FC_ERR_INVALID, "store: no token hash");
+static fc_status client_insert(store *s, const char *name, const uint8_t token_sha256[32],
+                               int64_t now, int64_t *id_out, fc_error *err) {
     sqlite3_stmt *q;
     STORE_STMT(q, s, SQ_CLIENT_ADD, err);
     sqlite3_bind_text(q, 1, name, -1, SQLITE_STATIC);
@@ -328,6 +325,21 @@ fc_status store_client_add(store *s, const char *name, const uint8_t token_sha25
     }
     if (id_out) *id_out = sqlite3_last_insert_rowid(s->db);
     return FC_OK;
+}
+
+/* A credential change and its audit event commit together, or not at all. */
+fc_status store_client_add(store *s, const char *name, const uint8_t token_sha256[32],
+                           int64_t now, int64_t *id_out, fc_error *err) {
+    fc_status st = check_name(name, "client name", err);
+    if (st != FC_OK) return st;
+    if (!token_sha256) return fc_error_set(err, FC_ERR_INVALID, "store: no token hash");
+    if ((st = store_begin_write(s, err)) != FC_OK) return st;
+    if ((st = client_insert(s, name, token_sha256, now, id_out, err)) != FC_OK ||
+        (st = store_event_append(s, now, "client.added", 0, name, NULL, err)) != FC_OK) {
+        store_rollback_tx(s);
+        return st;
+    }
+    return store_commit_tx(s, err);
 }
 
 static void read_client(sqlite3_stmt *q, store_client *c) {
@@ -349,18 +361,30 @@ static void read_client(sqlite3_stmt *q, store_client *c) {
 }
 
 fc_status store_client_revoke(store *s, const char *name, int64_t now, fc_error *err) {
-    store_client c;
-    fc_status st = store_client_by_name(s, name, &c, err);
+    fc_status st = store_begin_write(s, err);
     if (st != FC_OK) return st;
-    if (c.revoked_at)
-        return fc_error_set(err, FC_ERR_STATE, "client '%s' is already revoked", name);
+    store_client c;
+    if ((st = store_client_by_name(s, name, &c, err)) != FC_OK) goto fail;
+    if (c.revoked_at) {
+        st = fc_error_set(err, FC_ERR_STATE, "client '%s' is already revoked", name);
+        goto fail;
+    }
     sqlite3_stmt *q;
-    STORE_STMT(q, s, SQ_CLIENT_REVOKE, err);
+    if ((st = store_stmt(s, SQ_CLIENT_REVOKE, &q, err)) != FC_OK) goto fail;
     sqlite3_bind_text(q, 1, name, -1, SQLITE_STATIC);
     sqlite3_bind_int64(q, 2, now ? now : 1); /* 0 means "active" to readers */
     int rc = sqlite3_step(q);
     sqlite3_reset(q);
-    return rc == SQLITE_DONE ? FC_OK : store_sqlite_error(s, rc, err, "revoking a client");
+    if (rc != SQLITE_DONE) {
+        st = store_sqlite_error(s, rc, err, "revoking a client");
+        goto fail;
+    }
+    if ((st = store_event_append(s, now, "client.revoked", 0, name, NULL, err)) != FC_OK)
+        goto fail;
+    return store_commit_tx(s, err);
+fail:
+    store_rollback_tx(s);
+    return st;
 }
 
 static fc_status client_lookup(store *s, store_stmt_id id, const void *key, int keylen,

@@ -1173,6 +1173,45 @@ static void test_events_are_append_only_and_listed_in_order(void **state) {
     store_close(s);
 }
 
+static void test_client_changes_are_audited_in_the_same_transaction(void **state) {
+    (void)state;
+    char path[600];
+    new_path(path, sizeof path, "audit");
+    store *s = open_small(path, 0);
+    fc_error err = {0};
+    uint8_t h1[32], h2[32], h3[32];
+    memset(h1, 1, sizeof h1);
+    memset(h2, 2, sizeof h2);
+    memset(h3, 3, sizeof h3);
+    assert_int_equal(store_client_add(s, "alice", h1, 10, NULL, &err), FC_OK);
+    assert_int_equal(store_client_revoke(s, "alice", 20, &err), FC_OK);
+    assert_int_equal(store_client_add(s, "erin", h3, 25, NULL, &err), FC_OK);
+    /* Refused changes leave no event behind. */
+    assert_int_equal(store_client_add(s, "alice", h2, 30, NULL, &err), FC_ERR_EXISTS);
+    assert_int_equal(store_client_revoke(s, "alice", 40, &err), FC_ERR_STATE);
+    assert_int_equal(store_client_revoke(s, "bob", 50, &err), FC_ERR_NOT_FOUND);
+    event_list l = {0};
+    assert_int_equal(store_event_list(s, 0, 0, collect_event, &l, &err), FC_OK);
+    assert_int_equal(l.n, 3);
+    assert_string_equal(l.kinds[0], "client.added");
+    assert_string_equal(l.kinds[1], "client.revoked");
+    assert_string_equal(l.kinds[2], "client.added");
+    assert_int_equal(count_rows(s, "SELECT count(*) FROM events WHERE client = 'alice'"), 2);
+    /* When the audit insert fails, the credential change is rolled back with it. */
+    assert_int_equal(sqlite3_exec(s->db,
+                                  "CREATE TEMP TRIGGER no_events BEFORE INSERT ON events "
+                                  "BEGIN SELECT RAISE(ABORT, 'audit log unavailable'); END",
+                                  NULL, NULL, NULL),
+                     SQLITE_OK);
+    assert_int_not_equal(store_client_add(s, "carol", h2, 60, NULL, &err), FC_OK);
+    store_client c;
+    assert_int_equal(store_client_by_name(s, "carol", &c, &err), FC_ERR_NOT_FOUND);
+    assert_int_not_equal(store_client_revoke(s, "erin", 70, &err), FC_OK);
+    assert_int_equal(store_client_by_name(s, "erin", &c, &err), FC_OK);
+    assert_int_equal(c.revoked_at, 0);
+    store_close(s);
+}
+
 /* ---- recovery ---- */
 
 static void test_recover_fails_interrupted_rounds_and_returns_latest_state(void **state) {
@@ -1653,6 +1692,7 @@ int main(void) {
         cmocka_unit_test(test_verify_detects_tampered_rows),
         cmocka_unit_test(test_verify_print_reports_ok_and_first_broken_link),
         cmocka_unit_test(test_events_are_append_only_and_listed_in_order),
+        cmocka_unit_test(test_client_changes_are_audited_in_the_same_transaction),
         cmocka_unit_test(test_recover_fails_interrupted_rounds_and_returns_latest_state),
         cmocka_unit_test(test_writer_thread_runs_jobs_in_order_while_readers_read),
         cmocka_unit_test(test_pruning_cannot_tear_a_read_in_progress),
