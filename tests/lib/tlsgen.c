@@ -3,6 +3,7 @@
  * Owns only the files it writes in the folder it is given; never reads or writes elsewhere.
  */
 #include "tests/lib/tlsgen.h"
+#include "tests/lib/testutil.h"
 
 #include <errno.h>
 #include <fcntl.h>
@@ -175,25 +176,10 @@ static fc_status set_path(char *dst, const char *dir, const char *file, fc_error
     return FC_OK;
 }
 
-const char *tlsgen_tmpdir(void) {
-    static char made[64];
-    const char *env = getenv("FC_TEST_TMPDIR");
-    if (env && env[0])
-        return env;
-    if (!made[0]) {
-        snprintf(made, sizeof made, "/tmp/fc-test.XXXXXX");
-        if (!mkdtemp(made)) {
-            made[0] = '\0';
-            return NULL;
-        }
-    }
-    return made;
-}
-
 fc_status tlsgen_create(const char *dir, tlsgen_pki *out, fc_error *err) {
     memset(out, 0, sizeof *out);
-    if (!dir && !(dir = tlsgen_tmpdir()))
-        return fc_error_set(err, FC_ERR_IO, "tlsgen: no temporary folder: %s", strerror(errno));
+    if (!dir)
+        dir = fc_test_tmpdir();
     if (strlen(dir) >= TLSGEN_PATH_MAX - 32)
         return fc_error_set(err, FC_ERR_IO, "tlsgen: folder name %s is too long", dir);
     snprintf(out->dir, sizeof out->dir, "%s", dir);

@@ -12,7 +12,7 @@
  *     server: cert_file = pki.server_cert, key_file = pki.server_key, ca_file = pki.ca_cert
  *     client: trust pki.ca_cert; present pki.client_cert / pki.client_key (CN "client-1")
  *
- * tlsgen_create generates, in DIR (NULL: $FC_TEST_TMPDIR, else a new mkdtemp under /tmp):
+ * tlsgen_create generates, in DIR (NULL: fc_test_tmpdir(), tests/lib/testutil.h):
  *   ca.pem / ca.key                CA "fedcoord test CA" (CA:TRUE, keyCertSign)
  *   server.pem / server.key        CN "localhost", SAN DNS:localhost, IP:127.0.0.1, IP:::1,
  *                                  serverAuth, signed by the CA, valid -1 day .. +30 days
@@ -50,9 +50,5 @@ fc_status tlsgen_create(const char *dir, tlsgen_pki *out, fc_error *err);
 fc_status tlsgen_issue_client(const char *ca_cert, const char *ca_key, const char *cn,
                               long not_before_s, long not_after_s, const char *cert_path,
                               const char *key_path, fc_error *err);
-
-/* The folder tests should write into: $FC_TEST_TMPDIR if set, else a folder created once per
- * process with mkdtemp("/tmp/fc-test.XXXXXX"). NULL if neither is possible. */
-const char *tlsgen_tmpdir(void);
 
 #endif

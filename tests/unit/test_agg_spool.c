@@ -14,11 +14,7 @@
 #include "aggregators/spool.h"
 #include "core/alloc.h"
 #include "core/tensor.h"
-
-static const char *tmpdir(void) {
-    const char *d = getenv("FC_TEST_TMPDIR");
-    return d && d[0] ? d : "/tmp";
-}
+#include "tests/lib/testutil.h"
 
 static size_t count_entries(const char *dir) {
     DIR *d = opendir(dir);
@@ -46,7 +42,7 @@ static void test_rows_go_to_memory_then_file_then_read_back_exactly(void **state
     }
     agg_context ctx = {0};
     ctx.dim = DIM;
-    ctx.spool_dir = tmpdir();
+    ctx.spool_dir = fc_test_tmpdir();
     ctx.memory_budget = 2 * DIM * sizeof(float); /* two f32 rows in memory, then the file */
     agg_spool *s = NULL;
     fc_error err = {0};
@@ -64,7 +60,7 @@ static void test_rows_go_to_memory_then_file_then_read_back_exactly(void **state
     assert_int_equal(agg_spool_mem_bytes(s), 2 * DIM * sizeof(float));
     /* bf16 (as f32) and f64 went to the file, 64-byte aligned. */
     assert_true(agg_spool_file_bytes(s) >= DIM * sizeof(float) + DIM * sizeof(double));
-    assert_int_equal(count_entries(tmpdir()), 0); /* unlinked at creation */
+    assert_int_equal(count_entries(fc_test_tmpdir()), 0); /* unlinked at creation */
     assert_true(agg_spool_has_f64(s));
     assert_int_equal(agg_spool_seal(s, &err), FC_OK);
     assert_int_equal(agg_spool_append(s, &u, &err), FC_ERR_STATE);
@@ -106,7 +102,7 @@ static void test_f32_blocks_without_f64_rows(void **state) {
     }
     agg_context ctx = {0};
     ctx.dim = DIM;
-    ctx.spool_dir = tmpdir();
+    ctx.spool_dir = fc_test_tmpdir();
     ctx.memory_budget = 1; /* everything to the file */
     agg_spool *s = NULL;
     fc_error err = {0};

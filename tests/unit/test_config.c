@@ -15,6 +15,7 @@
 
 #include "core/alloc.h"
 #include "core/config.h"
+#include "tests/lib/testutil.h"
 
 static const char *const rules[] = {"fedavg", "krum", "median", NULL};
 
@@ -43,18 +44,11 @@ static const fc_config_key schema[] = {
 };
 #define NKEYS (sizeof schema / sizeof schema[0])
 
-static char tmpdir[512];
+static const char *tmpdir;
 
 static int setup_tmpdir(void **state) {
     (void)state;
-    const char *env = getenv("FC_TEST_TMPDIR");
-    if (env && *env) {
-        snprintf(tmpdir, sizeof tmpdir, "%s", env);
-    } else {
-        snprintf(tmpdir, sizeof tmpdir, "/tmp/fc-test-config.XXXXXX");
-        if (!mkdtemp(tmpdir))
-            return -1;
-    }
+    tmpdir = fc_test_tmpdir();
     return 0;
 }
 

@@ -35,6 +35,7 @@
 #include "proto/stream.h"
 #include "proto/wire.h"
 #include "server/session.h"
+#include "tests/lib/testutil.h"
 #include "tests/lib/tlsgen.h"
 
 static tlsgen_pki pki;
@@ -1021,7 +1022,7 @@ static void test_disconnect_mid_upload_frees_staging_and_sinks_nothing(void **st
 static void test_upload_over_memory_budget_spills_to_file(void **state) {
     (void)state;
     harness h;
-    opts o = {.memory_limit = 1024, .spill_dir = tlsgen_tmpdir(), .spill_limit = 1 << 20};
+    opts o = {.memory_limit = 1024, .spill_dir = fc_test_tmpdir(), .spill_limit = 1 << 20};
     h_start(&h, &o);
     job j = {.fn = c_upload_v, .iarg = UP_OK};
     run_job(&h, &j);

@@ -24,29 +24,15 @@
 #include "core/alloc.h"
 #include "storage/store.h"
 #include "storage/store_internal.h"
+#include "tests/lib/testutil.h"
 
 /* ---- helpers ---- */
 
-static char g_dir[512];
 static int g_seq;
-
-static const char *tmpdir(void) {
-    if (!g_dir[0]) {
-        const char *d = getenv("FC_TEST_TMPDIR");
-        if (d && *d) {
-            snprintf(g_dir, sizeof g_dir, "%s", d);
-        } else {
-            char tmpl[] = "/tmp/fc-test-store.XXXXXX";
-            assert_non_null(mkdtemp(tmpl));
-            snprintf(g_dir, sizeof g_dir, "%s", tmpl);
-        }
-    }
-    return g_dir;
-}
 
 /* A fresh database path for each call. */
 static void new_path(char *out, size_t n, const char *tag) {
-    snprintf(out, n, "%s/%s-%d-%d.db", tmpdir(), tag, (int)getpid(), ++g_seq);
+    snprintf(out, n, "%s/%s-%d-%d.db", fc_test_tmpdir(), tag, (int)getpid(), ++g_seq);
     unlink(out);
 }
 
