@@ -9,6 +9,7 @@
  * which only queues and wakes the loop.
  */
 #include <errno.h>
+#include <malloc.h>
 #include <inttypes.h>
 #include <openssl/crypto.h>
 #include <openssl/evp.h>
@@ -452,6 +453,8 @@ static void free_all(fcd *d) {
         store_writer_stop(d->writer); /* runs what is queued, then closes */
     on_wake(&d->wake);
     store_close(d->ro);
+    store_close(d->wro);
+    fc_free(d->w_cache);
     while (d->models) {
         dmodel *m = d->models;
         d->models = m->next;
@@ -466,6 +469,7 @@ static void free_all(fcd *d) {
     fc_free(d->spill_dir);
     fc_free(d->db_path);
     pthread_mutex_destroy(&d->done_mu);
+    pthread_mutex_destroy(&d->wro_mu);
 }
 
 int daemon_run(dcfg *cfg) {
@@ -476,6 +480,11 @@ int daemon_run(dcfg *cfg) {
     d->exit_code = 0;
     d->started_ms = daemon_now_ms();
     signal(SIGPIPE, SIG_IGN);
+    /* Model-sized buffers (staging, accumulators, w) come and go every round, on several
+     * threads. A fixed mmap threshold keeps glibc from raising it after the first free, so
+     * each such buffer is its own mapping and its pages go back to the system when freed:
+     * resident memory then follows the live buffers instead of the peak of every arena. */
+    mallopt(M_MMAP_THRESHOLD, 1 << 20);
     fc_log_set_level(cfg->server.log_level);
     fc_log_set_json(cfg->server.log_format == DCFG_LOG_JSON);
     uv_loop_t loop;
@@ -485,6 +494,7 @@ int daemon_run(dcfg *cfg) {
     }
     d->loop = &loop;
     pthread_mutex_init(&d->done_mu, NULL);
+    pthread_mutex_init(&d->wro_mu, NULL);
     uv_async_init(&loop, &d->wake, on_wake);
     d->wake.data = d;
     uv_timer_init(&loop, &d->tick);

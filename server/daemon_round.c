@@ -57,7 +57,8 @@ struct dround {
     uint64_t base_version;
     const dmodel *base;
     int64_t started_unix;
-    uint64_t started_mono, closed_mono;
+    uint64_t started_mono;
+    uint64_t closed_us; /* when the round closed (the last answer arrived), uv_hrtime in us */
     agg_round *agg;
     int expected;
     dpart *parts; /* one per selected client, in selection order */
@@ -72,7 +73,6 @@ struct dround {
     fc_buf rule_state, opt_state;
     float *w;
     uint8_t w_sha[32];
-    store *wro; /* read connection of the pool jobs (one job at a time) */
     dmetric metrics[ROUND_MAX_METRICS];
     size_t n_metrics;
     dround *next;
@@ -106,7 +106,6 @@ static void dround_destroy(dround *rd) {
     fc_buf_free(&rd->rule_state);
     fc_buf_free(&rd->opt_state);
     fc_free(rd->w);
-    store_close(rd->wro);
     fc_free(rd);
 }
 
@@ -163,11 +162,20 @@ static fc_status subtract_base(void *ud, const void *data, size_t len, uint64_t 
     return FC_OK;
 }
 
-static fc_status worker_store(dround *rd, fc_error *err) {
-    if (rd->wro)
-        return FC_OK;
-    store_options o = {.version = STORE_OPTIONS_V1, .readonly = 1, .must_exist = 1};
-    return store_open(store_worker_path(rd->d), &o, &rd->wro, err);
+/* Reads version bytes through the pool's shared read connection (opened on first use). */
+static fc_status worker_read(dround *rd, int64_t version, store_sink_fn sink, void *ud,
+                             fc_error *err) {
+    fcd *d = rd->d;
+    pthread_mutex_lock(&d->wro_mu);
+    fc_status st = FC_OK;
+    if (!d->wro) {
+        store_options o = {.version = STORE_OPTIONS_V1, .readonly = 1, .must_exist = 1};
+        st = store_open(store_worker_path(d), &o, &d->wro, err);
+    }
+    if (st == FC_OK)
+        st = store_model_read(d->wro, version, 0, sink, ud, err);
+    pthread_mutex_unlock(&d->wro_mu);
+    return st;
 }
 
 static void job_add(fold_job *j) {
@@ -180,9 +188,8 @@ static void job_add(fold_job *j) {
     fc_model_free(&m);
     if (!j->up.is_delta) {
         sub_sink s = {flat, rd->base->bytes};
-        if ((j->st = worker_store(rd, &j->err)) != FC_OK ||
-            (j->st = store_model_read(rd->wro, (int64_t)rd->base_version, 0, subtract_base, &s,
-                                      &j->err)) != FC_OK)
+        if ((j->st = worker_read(rd, (int64_t)rd->base_version, subtract_base, &s, &j->err)) !=
+            FC_OK)
             return;
     }
     const dclient *cl = daemon_client(rd->d, j->up.client_id);
@@ -219,8 +226,13 @@ static void job_finish(fold_job *j) {
     if (j->st == FC_OK && !(rd->w = fc_mallocarray(rd->base->numel ? rd->base->numel : 1, 4)))
         j->st = fc_error_set(&j->err, FC_ERR_NOMEM, "out of memory for the model (%" PRIu64
                              " floats)", rd->base->numel);
-    if (j->st == FC_OK && (j->st = worker_store(rd, &j->err)) == FC_OK)
-        j->st = dmodel_read_f32(rd->wro, rd->base, rd->w, &j->err);
+    if (j->st == FC_OK) {
+        if (d->w_cache && d->w_cache_version == rd->base_version)
+            memcpy(rd->w, d->w_cache, rd->base->bytes);
+        else
+            j->st = worker_read(rd, (int64_t)rd->base_version, dmodel_f32_sink(),
+                                &(dmodel_f32){(uint8_t *)rd->w, rd->base->bytes}, &j->err);
+    }
     if (j->st == FC_OK)
         j->st = d->opt->step(d->opt_state, rd->w, D, &j->err);
     /* The accumulator (which holds D) goes now: w_t+1 and the state are all the commit needs. */
@@ -527,6 +539,13 @@ static void commit_done(fcd *d, dwjob *j, fc_status st, const fc_error *err) {
                 memcpy(d->opt_blob, rd->opt_state.data, rd->opt_state.len);
                 d->opt_blob_len = rd->opt_state.len;
             }
+            fc_free(d->w_cache);
+            d->w_cache = NULL;
+            if (rd->base->bytes <= DAEMON_CACHE_BYTES) {
+                d->w_cache = rd->w; /* w_{t+1} is the next round's w_t */
+                d->w_cache_version = (uint64_t)cj->c.version;
+                rd->w = NULL;
+            }
         }
         FC_LOG(FC_LOG_INFO, "round committed", FC_LU("round", rd->id),
                FC_LS("kind", round_kind_name(rd->kind)),
@@ -534,7 +553,7 @@ static void commit_done(fcd *d, dwjob *j, fc_status st, const fc_error *err) {
                                                               : rd->base_version),
                FC_LU("participants", cj->parts.n), FC_LU("commit_us", took_us),
                FC_LU("close_to_commit_us",
-                     (daemon_now_ms() - rd->closed_mono) * 1000),
+                     uv_hrtime() / 1000 - rd->closed_us),
                FC_LS("metrics", cj->metrics_json ? cj->metrics_json : "{}"));
     } else if (rd->kind == ROUND_KIND_TRAIN && d->opt_state) {
         /* The optimizer stepped for a version that was not stored: go back. */
@@ -750,7 +769,7 @@ static void handle(fcd *d, const round_action *a, int *agg_done_eval) {
             d->cur->begin_pending = 1; /* recorded once its tasks are out (see pump) */
         }
         if (a->to == ROUND_AGGREGATING && d->cur)
-            d->cur->closed_mono = daemon_now_ms();
+            d->cur->closed_us = uv_hrtime() / 1000;
         if (a->to == ROUND_STOPPED) {
             for (size_t i = 0; i < d->n_clients; i++)
                 if (d->clients[i].connected)

@@ -516,6 +516,25 @@ out:
     fc_model_free(&m);
 }
 
+/* Validation ran off the loop; the round may have closed meanwhile (deadline, stop). Asks the
+ * round callback again so that a late update gets an error instead of an Ack. 0 with j->st and
+ * j->msg set when the update is no longer wanted. */
+static int still_expected(sess *s, sess_job *j) {
+    sess_server *sv = s->sv;
+    sess_round_info ri;
+    fc_error err = {0};
+    memset(&ri, 0, sizeof ri);
+    fc_status st = sv->cfg.round(sv->cfg.round_ctx, s->client_id, &ri, &err);
+    if (st == FC_OK && ri.round == j->up.round)
+        return 1;
+    j->st = st != FC_OK ? st : FC_ERR_STATE;
+    int n = snprintf(j->msg, sizeof j->msg, "round %llu closed while the update was validated",
+                     (unsigned long long)j->up.round);
+    if (st != FC_OK && n > 0 && (size_t)n < sizeof j->msg - 2)
+        snprintf(j->msg + n, sizeof j->msg - (size_t)n, ": %.400s", err.msg);
+    return 0;
+}
+
 static void job_after(uv_work_t *req, int status) {
     sess_job *j = req->data;
     sess *s = j->s;
@@ -527,6 +546,9 @@ static void job_after(uv_work_t *req, int status) {
     if (s->gen != j->gen || s->state == SESS_CLOSING) {
         /* The session closed meanwhile: the update dies with it. */
         sess_update_release(&j->up);
+    } else if (j->st == FC_OK && !still_expected(s, j)) {
+        sess_update_release(&j->up);
+        reject_upload(s, j->st, j->end_seq, j->up.round, j->msg);
     } else if (j->st == FC_OK) {
         sess_server *sv = s->sv;
         uint64_t total = fc_stage_total(j->up.stage);
