@@ -195,6 +195,22 @@ static void on_presence(void *ctx, uint64_t client_id, const char *name, int up)
     dround_presence(d, client_id, up);
 }
 
+/* A client answered the proposal task with an error (it has no initial model): ask another. */
+static void on_peer_error(void *ctx, uint64_t client_id, fc_status st, int fatal,
+                          uint64_t ref_seq, const char *message) {
+    fcd *d = ctx;
+    (void)ref_seq;
+    FC_LOG(FC_LOG_INFO, "client reported an error", FC_LU("client", client_id),
+           FC_LS("code", fc_status_name(st)), FC_LI("fatal", fatal), FC_LS("message", message));
+    if (client_id != d->proposer || d->models)
+        return;
+    dclient *c = client_note(d, client_id, "", 1);
+    if (c)
+        c->no_proposal = 1;
+    d->proposer = 0;
+    dround_pump(d);
+}
+
 /* ---- deferred work and housekeeping ---- */
 
 static void on_deferred(uv_timer_t *t) {
@@ -415,6 +431,10 @@ static fc_status open_network(fcd *d, fc_error *err) {
         .reject_ctx = d,
         .presence = on_presence,
         .presence_ctx = d,
+        .eval = dround_eval,
+        .eval_ctx = d,
+        .peer_error = on_peer_error,
+        .peer_error_ctx = d,
         .max_num_examples = (uint64_t)cfg->limits.max_num_examples,
         .max_update_norm = cfg->limits.norm_bound,
         .max_update_bytes = cfg->limits.max_update_bytes,

@@ -751,7 +751,7 @@ static void record_failed(fcd *d, const round_action *a) {
     daemon_submit(d, j);
 }
 
-static void handle(fcd *d, const round_action *a, int *agg_done_eval) {
+static void handle(fcd *d, const round_action *a, int *agg_failed) {
     switch (a->type) {
     case ROUND_ACT_TRANSITION:
         FC_LOG(a->to == ROUND_FAILED ? FC_LOG_WARN : FC_LOG_INFO, "round state",
@@ -789,13 +789,9 @@ static void handle(fcd *d, const round_action *a, int *agg_done_eval) {
     }
     case ROUND_ACT_DISARM_TIMER: uv_timer_stop(&d->deadline); break;
     case ROUND_ACT_START_AGGREGATION: {
-        dround *rd = d->cur;
+        dround *rd = d->cur; /* training rounds only: evaluation rounds go straight to COMMIT */
         if (!rd || rd->id != a->round_id) {
-            *agg_done_eval = -1;
-            break;
-        }
-        if (rd->kind == ROUND_KIND_EVALUATE) {
-            *agg_done_eval = 1;
+            *agg_failed = 1;
             break;
         }
         for (size_t i = 0; i < rd->n_parts; i++)
@@ -803,7 +799,7 @@ static void handle(fcd *d, const round_action *a, int *agg_done_eval) {
                 queue_drop(rd, rd->parts[i].client_id, "did not deliver");
         fold_job *j = fc_calloc(1, sizeof *j);
         if (!j) {
-            *agg_done_eval = -1;
+            *agg_failed = 1;
             break;
         }
         j->kind = FOLD_FINISH;
@@ -861,9 +857,9 @@ void dround_pump(fcd *d) {
         return;
     for (int guard = 0; guard < 1000; guard++) {
         round_action a;
-        int agg_done = 0;
+        int agg_failed = 0;
         while (round_next_action(d->sched, &a))
-            handle(d, &a, &agg_done);
+            handle(d, &a, &agg_failed);
         if (d->cur && d->cur->begin_pending) {
             if (!d->cur->expected)
                 expect_selected(d->cur);
@@ -871,10 +867,9 @@ void dround_pump(fcd *d) {
         }
         fc_error err = {0};
         uint64_t now = daemon_now_ms();
-        if (agg_done) {
-            round_aggregation_done(d->sched, now, round_current_id(d->sched),
-                                   agg_done > 0 ? FC_OK : FC_ERR_NOMEM,
-                                   agg_done > 0 ? NULL : "the round's state is gone", &err);
+        if (agg_failed) {
+            round_aggregation_done(d->sched, now, round_current_id(d->sched), FC_ERR_NOMEM,
+                                   "out of memory starting the aggregation", &err);
             continue;
         }
         if (d->n_deferred_gone) {
@@ -893,7 +888,7 @@ static void maybe_ask_proposal(fcd *d) {
     if (d->models || d->proposer || d->proposal_committing || d->stopping)
         return;
     for (size_t i = 0; i < d->n_clients; i++) {
-        if (!d->clients[i].connected)
+        if (!d->clients[i].connected || d->clients[i].no_proposal)
             continue;
         sess *s = sess_find(d->sv, d->clients[i].id);
         if (!s)
@@ -1118,6 +1113,8 @@ fc_status dround_init(fcd *d, const store_recovery *rec, fc_error *err) {
     round_restore_info ri = {
         .last_round_id = (uint64_t)rec->last_round,
         .model_version = (uint64_t)rec->latest_version,
+        /* version 1 is the initial model; each committed training round adds one */
+        .trained_rounds = rec->latest_version > 1 ? (uint64_t)rec->latest_version - 1 : 0,
     };
     /* The newest version already evaluated, from the recent round records. */
     int64_t after = rec->last_round > 200 ? rec->last_round - 200 : 0;
