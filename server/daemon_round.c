@@ -6,7 +6,7 @@
  * Aggregation of one round runs as a queue of jobs on the libuv thread pool, one at a time, so
  * the round driver (aggregators/round.c) is never used from two threads: ADD folds one validated
  * update, DROP tells the driver a client will not deliver, FINISH runs the rule's finish, reads
- * w_t, steps the optimizer and hashes w_{t+1}. The commit then goes to the store's writer thread
+ * w_t and steps the optimizer (the store hashes w_{t+1} as it writes it). The commit then goes to the store's writer thread
  * as one transaction; only after it is durable is the new version current and announced.
  * Nothing partial reaches the aggregate: the session layer hands over only complete, validated
  * updates, and a round that fails is discarded with its driver.
@@ -72,7 +72,6 @@ struct dround {
     char *report_json;
     fc_buf rule_state, opt_state;
     float *w;
-    uint8_t w_sha[32];
     dmetric metrics[ROUND_MAX_METRICS];
     size_t n_metrics;
     dround *next;
@@ -240,13 +239,6 @@ static void job_finish(fold_job *j) {
     rd->agg = NULL;
     if (j->st == FC_OK)
         j->st = d->opt->save_state(d->opt_state, &rd->opt_state, &j->err);
-    if (j->st == FC_OK) {
-        fc_stream_hash h = {0};
-        if ((j->st = fc_stream_hash_init(&h, &j->err)) == FC_OK &&
-            (j->st = fc_stream_hash_update(&h, rd->w, rd->base->bytes, &j->err)) == FC_OK)
-            j->st = fc_stream_hash_final(&h, rd->w_sha, &j->err);
-        fc_stream_hash_free(&h);
-    }
     rd->finished = j->st == FC_OK;
 }
 
@@ -609,7 +601,6 @@ static void start_commit(fcd *d, dround *rd) {
             .parent_version = (int64_t)rd->base_version,
             .tensor_specs_json = rd->base->specs_json,
             .model_size = rd->base->bytes,
-            .expected_sha256 = rd->w_sha,
             .source = w_source,
             .source_ud = cj,
             .started_at = rd->started_unix,
