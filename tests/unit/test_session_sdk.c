@@ -178,8 +178,8 @@ static fc_status eval_cb(void *ctx, uint64_t client_id, uint64_t round, uint64_t
     return FC_OK;
 }
 
-static void peer_error_cb(void *ctx, uint64_t client_id, fc_status st, int fatal,
-                          uint64_t ref_seq, const char *message) {
+static void peer_error_cb(void *ctx, uint64_t client_id, fc_status st, int fatal, uint64_t ref_seq,
+                          const char *message) {
     harness *h = ctx;
     (void)client_id;
     h->peer_errors++;
@@ -675,8 +675,8 @@ static int c_raw_evals(job *j) {
         }
         fc_wire_msg m;
         fc_error err = {0};
-        CHECK(j, fc_wire_eval_result(&m, 0, EVAL_ROUND, MODEL_VERSION, examples, ms, n, &err) ==
-                     FC_OK,
+        CHECK(j,
+              fc_wire_eval_result(&m, 0, EVAL_ROUND, MODEL_VERSION, examples, ms, n, &err) == FC_OK,
               "build EvalResult %d: %s", k, err.msg);
         if (k == 3)
             m.body.eval_result.metrics[0]->value = NAN; /* what a broken peer could send */
@@ -773,8 +773,7 @@ static void test_silent_client_receives_heartbeats_at_the_announced_interval(voi
     job_end(&h, &j, th);
     assert_int_equal(j.u[7], 100); /* Welcome announced the interval */
     if (j.u[0] < 2)
-        fail_msg("%llu heartbeats within 600 ms at a 100 ms interval",
-                 (unsigned long long)j.u[0]);
+        fail_msg("%llu heartbeats within 600 ms at a 100 ms interval", (unsigned long long)j.u[0]);
     assert_true(j.u[0] <= 12); /* not a flood: at most one per tick (25 ms) could ever come */
     assert_int_equal(j.u[1], 0);
     assert_true(sess_server_heartbeats(h.sv) >= j.u[0]);
@@ -1004,9 +1003,12 @@ static int c_raw_proposal(job *j) {
     for (int delta = 1; delta >= 0; delta--) {
         fc_wire_msg m;
         fc_error err = {0};
-        fc_wire_update_begin_args a = {
-            .round = 0, .base_version = 0, .tensors = sp, .n_tensors = 1, .total_bytes = 16,
-            .is_delta = delta};
+        fc_wire_update_begin_args a = {.round = 0,
+                                       .base_version = 0,
+                                       .tensors = sp,
+                                       .n_tensors = 1,
+                                       .total_bytes = 16,
+                                       .is_delta = delta};
         CHECK(j, fc_wire_update_begin(&m, 0, &a, &err) == FC_OK && cl_send(&c, &m),
               "send UpdateBegin");
         j->u[j->nr] = c.seq;
@@ -1077,11 +1079,13 @@ static int c_raw_wrong_layout(job *j) {
     fc_tensor_spec sp[1] = {{.name = "emb", .dtype = FC_DTYPE_F32, .ndim = 1, .shape = {4}}};
     fc_wire_msg m;
     fc_error err = {0};
-    fc_wire_update_begin_args a = {
-        .round = 3, .base_version = MODEL_VERSION, .tensors = sp, .n_tensors = 1,
-        .total_bytes = 16, .is_delta = 1};
-    CHECK(j, fc_wire_update_begin(&m, 0, &a, &err) == FC_OK && cl_send(&c, &m),
-          "send UpdateBegin");
+    fc_wire_update_begin_args a = {.round = 3,
+                                   .base_version = MODEL_VERSION,
+                                   .tensors = sp,
+                                   .n_tensors = 1,
+                                   .total_bytes = 16,
+                                   .is_delta = 1};
+    CHECK(j, fc_wire_update_begin(&m, 0, &a, &err) == FC_OK && cl_send(&c, &m), "send UpdateBegin");
     if (!record_answer(j, &c))
         return 0;
     fc_wire_bye(&m, 0, "done", &err);
