@@ -192,6 +192,7 @@ static void on_presence(void *ctx, uint64_t client_id, const char *name, int up)
     dclient *c = client_note(d, client_id, name, 1);
     if (c)
         c->connected = up;
+    DMETRIC(d, metrics_gauge_add, connected_clients, up ? 1.0 : -1.0);
     dround_presence(d, client_id, up);
 }
 
@@ -282,6 +283,8 @@ static void tail_events(fcd *d) {
 static void on_tick(uv_timer_t *t) {
     fcd *d = t->data;
     tail_events(d);
+    DMETRIC(d, metrics_gauge_set, staging_bytes,
+            (double)(sess_budget_memory_used(d->budget) + sess_budget_spill_used(d->budget)));
 }
 
 /* ---- shutdown ---- */
@@ -305,12 +308,13 @@ static void begin_shutdown(fcd *d, const char *why) {
         net_close_all(d->listener, FC_ERR_CLOSED, "server shutting down");
         net_listener_close(d->listener, on_listener_closed, d);
     }
+    daemon_http_stop(d);
     uv_timer_start(&d->deferred, finish_when_quiet, 10, 10);
 }
 
 static void finish_when_quiet(uv_timer_t *t) {
     fcd *d = t->data;
-    if (!dround_quiet(d) || !d->listener_closed)
+    if (!dround_quiet(d) || !d->listener_closed || !d->http_closed)
         return;
     uv_timer_stop(&d->deferred);
     uv_close((uv_handle_t *)&d->tick, NULL);
@@ -464,6 +468,7 @@ static fc_status open_network(fcd *d, fc_error *err) {
 
 static void free_all(fcd *d) {
     dround_free_all(d);
+    daemon_http_free(d);
     if (d->sv)
         sess_server_free(d->sv);
     if (d->budget)
@@ -528,6 +533,8 @@ int daemon_run(dcfg *cfg) {
     fc_status st = start(d, &err);
     if (st == FC_OK)
         st = open_network(d, &err);
+    if (st == FC_OK)
+        st = daemon_http_start(d, &err);
     if (st != FC_OK) {
         FC_LOG(FC_LOG_ERROR, "start failed", FC_LS("error", err.msg));
         fprintf(stderr, "fedcoord: %s\n", err.msg);
@@ -537,11 +544,15 @@ int daemon_run(dcfg *cfg) {
             net_listener_close(d->listener, on_listener_closed, d);
         else
             d->listener_closed = 1;
+        daemon_http_stop(d);
         finish_when_quiet(&d->deferred);
     } else {
         uv_signal_start(&d->sig_term, on_signal, SIGTERM);
         uv_signal_start(&d->sig_int, on_signal, SIGINT);
         uv_timer_start(&d->tick, on_tick, 1000, 1000);
+        dround_refresh_registered(d);
+        if (d->models)
+            DMETRIC(d, metrics_gauge_set, model_version, (double)d->models->version);
         if (d->models)
             dround_model_ready(d);
     }

@@ -20,6 +20,7 @@
 #include "core/status.h"
 #include "core/tensor.h"
 #include "server/daemon_config.h"
+#include "server/metrics.h"
 #include "server/net.h"
 #include "server/round.h"
 #include "server/session.h"
@@ -121,6 +122,14 @@ struct fcd {
     dround *zombies; /* rounds abandoned while a pool job still uses them */
     uint64_t deferred_gone[64];
     size_t n_deferred_gone;
+    /* operator HTTP API (daemon_http.c); metrics is NULL when [http] enabled = false */
+    metrics_registry *metrics_reg;
+    metrics_fedcoord *metrics;
+    struct api *api;
+    struct http_server *http;
+    int http_closed;
+    char *admin_token;
+    uint64_t registered_count; /* clients in the table, not revoked (last count) */
     int stopping;  /* SIGTERM/SIGINT received */
     int exit_code;
     uint64_t started_ms;
@@ -137,6 +146,18 @@ const dclient *daemon_client(const fcd *d, uint64_t id);
 /* Ends a session with Bye after the current callback (sessions may not be closed from inside
  * their own presence callback). */
 void daemon_bye_later(fcd *d, uint64_t client_id);
+
+/* ---- daemon_http.c ---- */
+fc_status daemon_http_start(fcd *d, fc_error *err);
+void daemon_http_stop(fcd *d);   /* sets http_closed once the listener is gone */
+void daemon_http_free(fcd *d);
+
+/* Metrics updates; no-ops when the HTTP API is off. */
+#define DMETRIC(d, fn, series, v)                                                                 \
+    do {                                                                                          \
+        if ((d)->metrics)                                                                         \
+            fn((d)->metrics->series, (v));                                                        \
+    } while (0)
 
 /* ---- daemon_model.c ---- */
 char *dmodel_specs_json(const fc_tensor_spec *specs, size_t n);
@@ -162,7 +183,8 @@ fc_status dround_init(fcd *d, const store_recovery *rec, fc_error *err);
 void dround_free_all(fcd *d);
 void dround_pump(fcd *d);
 void dround_presence(fcd *d, uint64_t client_id, int up);
-void dround_tick(fcd *d);
+/* Counts registered clients again (status, fedau's N). */
+void dround_refresh_registered(fcd *d);
 fc_status dround_round_info(void *ctx, uint64_t client_id, sess_round_info *out, fc_error *err);
 void dround_sink(void *ctx, sess_update *u);
 void dround_reject(void *ctx, uint64_t client_id, uint64_t round, fc_status st,

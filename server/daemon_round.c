@@ -281,8 +281,10 @@ static void job_after(uv_work_t *w, int status) {
         return;
     }
     if (kind == FOLD_FINISH) {
-        if (st == FC_OK)
+        if (st == FC_OK) {
             FC_LOG(FC_LOG_INFO, "aggregated", FC_LU("round", rd->id), FC_LU("us", took));
+            DMETRIC(d, metrics_histogram_observe, aggregation_time, (double)took / 1e6);
+        }
         fc_error e = {0};
         round_aggregation_done(d->sched, daemon_now_ms(), rd->id, st,
                                st == FC_OK ? NULL : err.msg, &e);
@@ -539,6 +541,12 @@ static void commit_done(fcd *d, dwjob *j, fc_status st, const fc_error *err) {
                 rd->w = NULL;
             }
         }
+        DMETRIC(d, metrics_counter_add, rounds_committed, 1);
+        DMETRIC(d, metrics_histogram_observe, commit_latency, (double)took_us / 1e6);
+        DMETRIC(d, metrics_histogram_observe, round_duration,
+                (double)(daemon_now_ms() - rd->started_mono) / 1e3);
+        if (rd->kind == ROUND_KIND_TRAIN)
+            DMETRIC(d, metrics_gauge_set, model_version, (double)cj->c.version);
         FC_LOG(FC_LOG_INFO, "round committed", FC_LU("round", rd->id),
                FC_LS("kind", round_kind_name(rd->kind)),
                FC_LU("version", rd->kind == ROUND_KIND_TRAIN ? (uint64_t)cj->c.version
@@ -626,6 +634,8 @@ static void start_commit(fcd *d, dround *rd) {
 /* ---- carrying out actions ---- */
 
 static uint64_t count_registered(fcd *d);
+
+void dround_refresh_registered(fcd *d) { (void)count_registered(d); }
 
 static dround *new_round(fcd *d, const round_action *a) {
     dround *rd = fc_calloc(1, sizeof *rd);
@@ -749,7 +759,14 @@ static void handle(fcd *d, const round_action *a, int *agg_failed) {
                FC_LU("round", a->round_id), FC_LS("kind", round_kind_name(a->kind)),
                FC_LS("from", round_state_name(a->from)), FC_LS("to", round_state_name(a->to)),
                FC_LS("reason", a->reason));
+        if (a->to == ROUND_FAILED) {
+            DMETRIC(d, metrics_counter_add, rounds_failed, 1);
+            if (d->cur && d->cur->id == a->round_id)
+                DMETRIC(d, metrics_histogram_observe, round_duration,
+                        (double)(daemon_now_ms() - d->cur->started_mono) / 1e3);
+        }
         if (a->to == ROUND_TRAINING && a->from != ROUND_TRAINING) {
+            DMETRIC(d, metrics_gauge_set, current_round, (double)a->round_id);
             abandon(d, d->cur);
             d->cur = new_round(d, a);
             if (!d->cur) {
@@ -999,6 +1016,8 @@ void dround_sink(void *ctx, sess_update *u) {
     }
     p->offered = 1;
     p->bytes = fc_stage_total(u->stage);
+    DMETRIC(d, metrics_counter_add, updates_accepted, 1);
+    DMETRIC(d, metrics_counter_add, bytes_received, (double)p->bytes);
     fc_free(p->metrics_json);
     p->metrics_json = metrics_json_of((const char *const *)u->metric_names, u->metric_values,
                                       u->n_metrics);
@@ -1015,7 +1034,9 @@ void dround_reject(void *ctx, uint64_t client_id, uint64_t round, fc_status st,
     fcd *d = ctx;
     fc_error err = {0};
     char why[ROUND_REASON_MAX];
-    snprintf(why, sizeof why, "%s: %s", fc_status_name(st), reason ? reason : "");
+    snprintf(why, sizeof why, "%s: %s", fc_wire_error_for_status(st)->name, reason ? reason : "");
+    if (d->metrics)
+        metrics_fedcoord_reject(d->metrics, fc_wire_error_for_status(st)->name);
     if (round_update_rejected(d->sched, daemon_now_ms(), client_id, round, why, &err) == FC_OK &&
         d->cur && d->cur->id == round)
         queue_drop(d->cur, client_id, "rejected");
@@ -1053,12 +1074,6 @@ fc_status dround_eval(void *ctx, uint64_t client_id, uint64_t round, uint64_t mo
     return st;
 }
 
-void dround_tick(fcd *d) {
-    fc_error err = {0};
-    round_tick(d->sched, daemon_now_ms(), &err);
-    dround_pump(d);
-}
-
 /* ---- registration count (fedau's N) ---- */
 
 typedef struct reg_scan {
@@ -1087,6 +1102,7 @@ static uint64_t count_registered(fcd *d) {
                 r.n++;
         }
     d->registration_scans++;
+    d->registered_count = r.n;
     return r.n;
 }
 
