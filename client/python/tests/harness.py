@@ -172,6 +172,7 @@ class Daemon:
                 self.proc.kill()
                 self.proc.wait()
         self._pump.join(5)
+        self.proc.stderr.close()
         self._log.close()
         rc, self.proc = self.proc.returncode, None
         return rc
