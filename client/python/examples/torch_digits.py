@@ -181,7 +181,7 @@ def train(model, task, X, y, lr, epochs, batch, mu, rng):
             with torch.no_grad():
                 for name, p in params:
                     if mu > 0:  # in place on the gradient's own memory (no copy)
-                        task.prox_add(name, p.grad.numpy(), p.detach().numpy(), mu)
+                        task.prox_add(name, p.grad, p, mu)
                     p -= lr * p.grad
             total += loss.item()
             batches += 1
@@ -264,9 +264,8 @@ def main(argv=None):
                 t0 = time.monotonic()
                 train_loss = train(model, task, X[tr], y[tr], task.lr(a.lr),
                                    task.epochs(a.epochs), a.batch, task.mu(0.0), rng)
-                weights = {n: p.detach().numpy() for n, p in named_params(model)}
-                try:
-                    client.submit(task, weights=weights, num_examples=len(tr),
+                try:  # the state_dict's f32 tensors are read in place, not copied
+                    client.submit(task, weights=model.state_dict(), num_examples=len(tr),
                                   metrics={"train_loss": train_loss})
                 except fedclient.FedclientError as e:  # a rejected update is not fatal
                     print("round %d: update rejected: %s" % (task.round, e), flush=True)

@@ -101,6 +101,9 @@ class FedclientError(Exception):
         self.detail = detail
         super().__init__("%s: %s" % (self.name, detail))
 
+    def __reduce__(self):  # picklable (multiprocessing) with its fields
+        return (self.__class__, (int(self.status), self.detail))
+
 
 class FedclientTimeout(FedclientError, TimeoutError):
     """next_task() saw no task within its timeout (ERR_TIMEOUT); the session stays up."""
@@ -159,6 +162,21 @@ def float32_to_bf16(values):
     out = rounded.astype("<u2")
     out[nan] = ((u[nan] >> 16) | 0x0040).astype("<u2")  # keep sign and payload top, force quiet
     return out
+
+
+def _as_array(x):
+    """x as an ndarray without a copy where possible: ndarrays as they are, torch tensors (and
+    anything else with .detach() and .numpy()) through x.detach().numpy() when on the CPU
+    (this shares memory), anything else through np.asarray."""
+    if isinstance(x, np.ndarray):
+        return x
+    if hasattr(x, "detach") and hasattr(x, "numpy"):
+        t = x.detach()
+        device = getattr(t, "device", None)
+        if device is not None and getattr(device, "type", "cpu") != "cpu":
+            t = t.cpu()
+        return t.numpy()
+    return np.asarray(x)
 
 
 Tensor = collections.namedtuple("Tensor", ["name", "array"])
@@ -358,12 +376,16 @@ class Task:
         """FedProx: grad += mu * (weights - w_t) in place, where w_t is this task's model
         (fc_task_prox_add). tensor is an index or name of an f32 tensor; grad must be a
         writable, C-contiguous float32 array with the tensor's element count (a torch
-        parameter's .grad.numpy() is); weights is converted to float32 once if it must be.
+        parameter's .grad is, or its .grad.numpy()); weights (an array or a torch tensor) is
+        converted to float32 once if it must be.
         mu defaults to the server's coefficient (self.mu(0.0)). Returns grad."""
         i = self._index(tensor)
         name = self._tensors[i].name
         numel = self._tensors[i].array.size
         g = grad
+        if not isinstance(g, np.ndarray) and hasattr(g, "numpy") and \
+                getattr(getattr(g, "device", None), "type", "cpu") == "cpu":
+            g = g.detach().numpy()  # a CPU torch tensor: its own memory
         if not isinstance(g, np.ndarray) or g.dtype != np.dtype("<f4") or \
                 not g.flags.c_contiguous or not g.flags.writeable:
             raise TypeError("fedclient: prox_add(%s): grad must be a writable C-contiguous "
@@ -371,7 +393,7 @@ class Task:
         if g.size != numel:
             raise ValueError("fedclient: prox_add(%s): grad has %d elements, tensor has %d"
                              % (name, g.size, numel))
-        w = np.ascontiguousarray(weights, dtype="<f4")
+        w = np.ascontiguousarray(_as_array(weights), dtype="<f4")
         if w.size != numel:
             raise ValueError("fedclient: prox_add(%s): weights have %d elements, tensor has %d"
                              % (name, w.size, numel))
@@ -426,7 +448,7 @@ def _submit_arrays(task, tensors, what):
     arrays, pointers = [], (ctypes.c_void_p * max(1, len(spec)))()
     for i, t in enumerate(spec):
         target = t.array.dtype
-        a = np.asarray(by_name[t.name])
+        a = _as_array(by_name[t.name])
         if a.shape != t.array.shape:
             raise ValueError("fedclient: %s: tensor '%s' has shape %s, the task's model has %s"
                              % (what, t.name, list(a.shape), list(t.array.shape)))
@@ -612,8 +634,8 @@ class Client:
         Pass exactly one of weights= (the trained weights w_i; the SDK uploads w_i - w_t) or
         delta= (an update computed by the caller, uploaded as is). Either is a mapping
         name -> array, a sequence of arrays in the task's order, or a sequence of
-        (name, array) pairs; arrays (or anything np.asarray accepts, e.g. CPU torch tensors)
-        must have the tensors' shapes. An array that already has the tensor's dtype and C order
+        (name, array) pairs, e.g. a torch model's state_dict(); arrays (torch tensors, or
+        anything np.asarray accepts) must have the tensors' shapes. An array that already has the tensor's dtype and C order
         is read in place; any other is converted once. num_examples > 0; metrics is a mapping
         name -> finite number (or a sequence of pairs). Raises FedclientError, e.g. ERR_SHAPE,
         ERR_NON_FINITE or ERR_REQUIREMENT for a rejected update, ERR_STATE for a closed round."""

@@ -5,6 +5,7 @@ import ctypes
 import ctypes.util
 import json
 import os
+import pickle
 import re
 import shutil
 import socket
@@ -153,6 +154,18 @@ class OpenErrorTest(unittest.TestCase):
                              io_timeout_ms=1 << 32)
         with self.assertRaises(TypeError):
             fedclient.Client("127.0.0.1:1", self.tls["ca"], client_name=3, token="t")
+
+
+class ErrorTypeTest(unittest.TestCase):
+    def test_error_keeps_status_name_and_detail_through_pickle(self):
+        e = fedclient.FedclientError(14, "update has tensor 'w' shape [3,2]")
+        self.assertEqual((e.status, e.name), (fedclient.Status.ERR_SHAPE, "ERR_SHAPE"))
+        self.assertEqual(str(e), "ERR_SHAPE: update has tensor 'w' shape [3,2]")
+        back = pickle.loads(pickle.dumps(e))
+        self.assertEqual((type(back), back.status, back.detail), (type(e), e.status, e.detail))
+        t = pickle.loads(pickle.dumps(fedclient.FedclientTimeout(22, "no task")))
+        self.assertIsInstance(t, TimeoutError)
+        self.assertEqual(fedclient.FedclientError(99, "x").name, "UNKNOWN(99)")
 
 
 class Bf16Test(unittest.TestCase):

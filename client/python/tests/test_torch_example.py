@@ -14,6 +14,7 @@ import unittest
 import numpy as np
 
 import harness
+import fedclient
 
 EXAMPLE = os.path.join(harness.REPO, "client", "python", "examples", "torch_digits.py")
 HAVE_TORCH = importlib.util.find_spec("torch") is not None
@@ -43,7 +44,7 @@ class TorchExampleTest(unittest.TestCase):
         rounds = 5
         d = harness.Daemon("torch", initial, ["t0", "t1"],
                            round={"min_clients": 2, "clients_per_round": 2, "min_updates": 2,
-                                  "max_rounds": rounds})
+                                  "max_rounds": rounds, "mu": 0.01})  # FedProx path too
         with d:
             procs = []
             for i in range(2):
@@ -77,6 +78,18 @@ class TorchExampleTest(unittest.TestCase):
         self.assertGreater(acc, 0.85, "final accuracy %.4f; outputs:\n%s" % (acc, "\n".join(outs)))
         rows = d.query("SELECT count(*) FROM rounds WHERE state = 'COMMITTED'")
         self.assertEqual(rows[0][0], rounds)
+
+
+@unittest.skipUnless(HAVE_TORCH, SKIP_REASON)
+class TorchInteropTest(unittest.TestCase):
+    def test_cpu_torch_tensors_are_shared_not_copied(self):
+        import torch
+        p = torch.nn.Parameter(torch.arange(6, dtype=torch.float32).reshape(2, 3))
+        a = fedclient._as_array(p)  # requires_grad: detached, same memory
+        self.assertEqual(a.ctypes.data, p.data_ptr())
+        self.assertEqual(a.dtype, np.float32)
+        t = torch.zeros(4, dtype=torch.float64)
+        self.assertEqual(fedclient._as_array(t).ctypes.data, t.data_ptr())
 
 
 class TorchExampleDataTest(unittest.TestCase):
