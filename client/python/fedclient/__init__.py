@@ -250,38 +250,45 @@ class Task:
     def closed(self):
         return self._memory is None
 
-    def _ptr(self):
+    def _call(self, fn, *args):
+        """fn(task pointer, *args) with the task's memory held for the whole call."""
+        memory = self._hold()
+        return fn(memory.ptr, *args)
+
+    def _hold(self):
+        """The task's memory, for a caller to keep referenced across an SDK call so that a
+        close() from another thread cannot free the task under it."""
         if self._memory is None:
             raise ValueError("fedclient: the task is closed")
-        return self._memory.ptr
+        return self._memory
 
     # -- fields --
     @property
     def round(self):
-        return int(self._lib.fc_task_round(self._ptr()))
+        return int(self._call(self._lib.fc_task_round))
 
     @property
     def kind(self):
-        return TaskKind(self._lib.fc_task_get_kind(self._ptr()))
+        return TaskKind(self._call(self._lib.fc_task_get_kind))
 
     @property
     def model_version(self):
-        return int(self._lib.fc_task_model_version(self._ptr()))
+        return int(self._call(self._lib.fc_task_model_version))
 
     @property
     def deadline_ms(self):
         """Deadline in Unix milliseconds, 0 = none."""
-        return int(self._lib.fc_task_deadline_ms(self._ptr()))
+        return int(self._call(self._lib.fc_task_deadline_ms))
 
     def config(self, key):
         """The raw config value for key, or None if absent."""
-        raw = self._lib.fc_task_config(self._ptr(), _to_c_string(key, "key"))
+        raw = self._call(self._lib.fc_task_config, _to_c_string(key, "key"))
         return None if raw is None else raw.decode("utf-8", "replace")
 
     def _typed(self, fn, ctype, key, default, what):
         out = ctype()
         ckey = _to_c_string(key, "key")
-        st = fn(self._ptr(), ckey, default if default is not None else 0, ctypes.byref(out))
+        st = self._call(fn, ckey, default if default is not None else 0, ctypes.byref(out))
         if st == Status.OK:
             return out.value
         if st == Status.ERR_NOT_FOUND:
@@ -304,21 +311,22 @@ class Task:
 
     def lr(self, default=0.01):
         """fc_task_lr: "lr", or default when absent or malformed."""
-        return float(self._lib.fc_task_lr(self._ptr(), float(default)))
+        return float(self._call(self._lib.fc_task_lr, float(default)))
 
     def epochs(self, default=1):
         """fc_task_epochs: "local_epochs", else "epochs", else default."""
-        return int(self._lib.fc_task_epochs(self._ptr(), int(default)))
+        return int(self._call(self._lib.fc_task_epochs, int(default)))
 
     def mu(self, default=0.0):
         """fc_task_mu: the FedProx coefficient "mu", or default."""
-        return float(self._lib.fc_task_mu(self._ptr(), float(default)))
+        return float(self._call(self._lib.fc_task_mu, float(default)))
 
     # -- tensors --
     def _load_tensors(self):
         if self._tensors is not None:
             return
-        ptr = self._ptr()
+        memory = self._hold()
+        ptr = memory.ptr
         n = self._lib.fc_task_tensor_count(ptr)
         tensors, dtypes = [], []
         info = _native.TensorInfo()
@@ -327,7 +335,7 @@ class Task:
             if st != Status.OK:
                 raise FedclientError(st, "fc_task_tensor(%d) of %d failed" % (i, n))
             name = info.name.decode("utf-8", "replace")
-            tensors.append(Tensor(name, _task_view(self._memory, info)))
+            tensors.append(Tensor(name, _task_view(memory, info)))
             dtypes.append(DType(info.dtype))
         self._tensors, self._dtypes = tensors, dtypes
 
@@ -362,7 +370,7 @@ class Task:
     def _index(self, tensor):
         self._load_tensors()
         if isinstance(tensor, str):
-            i = self._lib.fc_task_find_tensor(self._ptr(), _to_c_string(tensor, "tensor"))
+            i = self._call(self._lib.fc_task_find_tensor, _to_c_string(tensor, "tensor"))
             if i < 0:
                 raise KeyError("fedclient: the task has no tensor '%s'" % tensor)
             return int(i)
@@ -399,7 +407,8 @@ class Task:
                              % (name, w.size, numel))
         if mu is None:
             mu = self.mu(0.0)
-        st = self._lib.fc_task_prox_add(self._ptr(), i, g.ctypes.data, w.ctypes.data,
+        memory = self._hold()
+        st = self._lib.fc_task_prox_add(memory.ptr, i, g.ctypes.data, w.ctypes.data,
                                         float(mu))
         if st != Status.OK:
             raise FedclientError(st, "prox_add(%s, mu=%r): %s" % (name, mu, strerror(st)))
@@ -563,17 +572,20 @@ class Client:
 
     @property
     def error(self):
-        """fc_client_error: the detail of the last error ("" if none)."""
-        if self._ptr is None:
-            return ""
-        return self._lib.fc_client_error(self._ptr).decode("utf-8", "replace")
+        """fc_client_error: the detail of the last error ("" if none). Waits for a call
+        running in another thread."""
+        with self._lock:
+            if self._ptr is None:
+                return ""
+            return self._lib.fc_client_error(self._ptr).decode("utf-8", "replace")
 
     @property
     def last_status(self):
         """fc_client_last_status: the status of the last failed call (Status.OK if none)."""
-        if self._ptr is None:
-            return Status.OK
-        st = self._lib.fc_client_last_status(self._ptr)
+        with self._lock:
+            if self._ptr is None:
+                return Status.OK
+            st = self._lib.fc_client_last_status(self._ptr)
         try:
             return Status(st)
         except ValueError:
@@ -648,28 +660,30 @@ class Client:
         what = "submit(%s)" % ("weights" if delta is None else "delta")
         arrays, pointers = _submit_arrays(task, weights if delta is None else delta, what)
         marr, mcount, keep = _metrics(metrics)
+        memory = task._hold()
         self._enter_call("submit")
         try:
-            st = self._lib.fc_client_submit(self._ptr, task._ptr(), kind, pointers, n,
+            st = self._lib.fc_client_submit(self._ptr, memory.ptr, kind, pointers, n,
                                             marr, mcount)
             if st != Status.OK:
                 self._fail(st)
         finally:
             self._lock.release()
-            del arrays, keep  # alive until the SDK has returned: it keeps no pointer
+            del arrays, keep, memory  # alive until the SDK has returned; it keeps no pointer
 
     def report_eval(self, task, num_examples, metrics=None):
         """Reports the result of an evaluate task and waits for the server's Ack."""
         n = _to_uint(num_examples, "num_examples", _UINT64_MAX)
         marr, mcount, keep = _metrics(metrics)
+        memory = task._hold()
         self._enter_call("report_eval")
         try:
-            st = self._lib.fc_client_report_eval(self._ptr, task._ptr(), n, marr, mcount)
+            st = self._lib.fc_client_report_eval(self._ptr, memory.ptr, n, marr, mcount)
             if st != Status.OK:
                 self._fail(st)
         finally:
             self._lock.release()
-            del keep
+            del keep, memory
 
     def __repr__(self):
         return "<fedclient.Client %s>" % ("closed" if self.closed else "open")
