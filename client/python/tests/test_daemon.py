@@ -230,6 +230,16 @@ class ErrorTest(unittest.TestCase):
     def test_server_rejection_raises_with_status_name_and_server_detail(self):
         with one_client_daemon("reject") as d, d.client("solo") as c:
             with c.next_task(timeout=30) as task:
+                # Checked by the SDK before anything is sent:
+                with self.assertRaises(fedclient.FedclientError) as cm:
+                    c.submit(task, delta=[W0, B0], num_examples=0)
+                self.assertEqual(cm.exception.name, "ERR_INVALID")
+                self.assertIn("num_examples", cm.exception.detail)
+                with self.assertRaises(fedclient.FedclientError) as cm:
+                    c.submit(task, delta=[W0, B0], num_examples=1,
+                             metrics={"train_loss": float("inf")})
+                self.assertEqual(cm.exception.name, "ERR_INVALID")
+                self.assertIn("train_loss", cm.exception.detail)
                 bad = W0.copy()
                 bad[1, 2] = np.nan
                 with self.assertRaises(fedclient.FedclientError) as cm:
@@ -261,7 +271,9 @@ class ErrorTest(unittest.TestCase):
             errors = []
             waiter = threading.Thread(target=lambda: self._swallow_timeout(c, errors))
             waiter.start()
-            time.sleep(0.2)
+            deadline = time.monotonic() + 10
+            while not c._lock.locked() and time.monotonic() < deadline:  # waiter is inside
+                time.sleep(0.01)
             with self.assertRaisesRegex(RuntimeError, "in use by another thread"):
                 c.next_task(timeout=0.1)
             waiter.join(10)
