@@ -9,6 +9,7 @@
  * which only queues and wakes the loop.
  */
 #include <errno.h>
+#include <malloc.h>
 #include <inttypes.h>
 #include <openssl/crypto.h>
 #include <openssl/evp.h>
@@ -192,6 +193,22 @@ static void on_presence(void *ctx, uint64_t client_id, const char *name, int up)
     if (c)
         c->connected = up;
     dround_presence(d, client_id, up);
+}
+
+/* A client answered the proposal task with an error (it has no initial model): ask another. */
+static void on_peer_error(void *ctx, uint64_t client_id, fc_status st, int fatal,
+                          uint64_t ref_seq, const char *message) {
+    fcd *d = ctx;
+    (void)ref_seq;
+    FC_LOG(FC_LOG_INFO, "client reported an error", FC_LU("client", client_id),
+           FC_LS("code", fc_status_name(st)), FC_LI("fatal", fatal), FC_LS("message", message));
+    if (client_id != d->proposer || d->models)
+        return;
+    dclient *c = client_note(d, client_id, "", 1);
+    if (c)
+        c->no_proposal = 1;
+    d->proposer = 0;
+    dround_pump(d);
 }
 
 /* ---- deferred work and housekeeping ---- */
@@ -414,6 +431,10 @@ static fc_status open_network(fcd *d, fc_error *err) {
         .reject_ctx = d,
         .presence = on_presence,
         .presence_ctx = d,
+        .eval = dround_eval,
+        .eval_ctx = d,
+        .peer_error = on_peer_error,
+        .peer_error_ctx = d,
         .max_num_examples = (uint64_t)cfg->limits.max_num_examples,
         .max_update_norm = cfg->limits.norm_bound,
         .max_update_bytes = cfg->limits.max_update_bytes,
@@ -452,6 +473,8 @@ static void free_all(fcd *d) {
         store_writer_stop(d->writer); /* runs what is queued, then closes */
     on_wake(&d->wake);
     store_close(d->ro);
+    store_close(d->wro);
+    fc_free(d->w_cache);
     while (d->models) {
         dmodel *m = d->models;
         d->models = m->next;
@@ -466,6 +489,7 @@ static void free_all(fcd *d) {
     fc_free(d->spill_dir);
     fc_free(d->db_path);
     pthread_mutex_destroy(&d->done_mu);
+    pthread_mutex_destroy(&d->wro_mu);
 }
 
 int daemon_run(dcfg *cfg) {
@@ -476,6 +500,11 @@ int daemon_run(dcfg *cfg) {
     d->exit_code = 0;
     d->started_ms = daemon_now_ms();
     signal(SIGPIPE, SIG_IGN);
+    /* Model-sized buffers (staging, accumulators, w) come and go every round, on several
+     * threads. A fixed mmap threshold keeps glibc from raising it after the first free, so
+     * each such buffer is its own mapping and its pages go back to the system when freed:
+     * resident memory then follows the live buffers instead of the peak of every arena. */
+    mallopt(M_MMAP_THRESHOLD, 1 << 20);
     fc_log_set_level(cfg->server.log_level);
     fc_log_set_json(cfg->server.log_format == DCFG_LOG_JSON);
     uv_loop_t loop;
@@ -485,6 +514,7 @@ int daemon_run(dcfg *cfg) {
     }
     d->loop = &loop;
     pthread_mutex_init(&d->done_mu, NULL);
+    pthread_mutex_init(&d->wro_mu, NULL);
     uv_async_init(&loop, &d->wake, on_wake);
     d->wake.data = d;
     uv_timer_init(&loop, &d->tick);

@@ -29,6 +29,9 @@
 /* Model chunk size in the daemon's database: the size of one download read, so a read touches
  * exactly one row. */
 #define DAEMON_CHUNK_BYTES (1u << 20)
+/* Largest model whose values the daemon keeps in memory between rounds (inside the 64 MB
+ * allowance of the memory goal); larger ones are read back from the store at each finish. */
+#define DAEMON_CACHE_BYTES (UINT64_C(64) << 20)
 
 /* A committed model version as the daemon announces it. Kept until exit once announced, because
  * downloads in flight borrow its specs (see docs/daemon.md). */
@@ -48,6 +51,7 @@ typedef struct dclient {
     uint64_t registered_round; /* fedau: round t from which its participation counts */
     int counted;               /* seen in a registration scan */
     int connected;             /* has an authenticated session */
+    int no_proposal;           /* answered the proposal task with an error: not asked again */
 } dclient;
 
 /* A job for the writer thread whose completion is handled back on the loop. */
@@ -99,6 +103,13 @@ struct fcd {
     agg_opt_state *opt_state; /* created once the model's size is known */
     uint8_t *rule_blob;       /* rule state of the current version */
     size_t rule_blob_len;
+    /* w of the current version, kept when at most DAEMON_CACHE_BYTES (else read from the store
+     * at each round's finish); read by the pool's finish job, replaced on the loop at commit */
+    float *w_cache;
+    uint64_t w_cache_version;
+    /* the pool jobs' read connection (jobs of an abandoned round may overlap a new round's) */
+    store *wro;
+    pthread_mutex_t wro_mu;
     uint8_t *opt_blob; /* optimizer state of the current version */
     size_t opt_blob_len;
     /* proposal of the initial model (no [round] initial_model and no model yet) */
@@ -137,8 +148,12 @@ const dmodel *dmodel_current(const fcd *d);
 void dmodel_source(fcd *d, sess_model_source *src);
 /* Imports [round] initial_model as version 1 (f32) if the store has no model. */
 fc_status dmodel_import_initial(fcd *d, fc_error *err);
-/* Reads version's f32 values into w (numel floats) through s. */
-fc_status dmodel_read_f32(store *s, const dmodel *m, float *w, fc_error *err);
+/* A store sink that copies a version's bytes into dst (size bytes). */
+typedef struct dmodel_f32 {
+    uint8_t *dst;
+    uint64_t size;
+} dmodel_f32;
+store_sink_fn dmodel_f32_sink(void);
 /* Commits a proposed initial model (the stage of a round-0 update) as version 1. */
 void dmodel_commit_proposal(fcd *d, sess_update *u);
 

@@ -71,7 +71,7 @@ static const fc_config_key schema[] = {
     {"round", "round_timeout", FC_CONFIG_DURATION, "10m", "1s", "7d", NULL, 0,
      "deadline of a round, counted from the tasks being sent"},
     {"round", "max_rounds", FC_CONFIG_INT, "0", "0", "1000000000", NULL, 0,
-     "stop after this many committed rounds; 0 = no limit"},
+     "stop after this many committed training rounds (and the evaluation of the last version, when eval_every asks for it); failed and evaluation rounds do not count; 0 = no limit"},
     {"round", "eval_every", FC_CONFIG_INT, "0", "0", "1000000", NULL, 0,
      "every Nth round is an evaluation round; 0 = never"},
     {"round", "seed", FC_CONFIG_INT, "0", NULL, NULL, NULL, 0,

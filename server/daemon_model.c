@@ -212,26 +212,18 @@ void dmodel_source(fcd *d, sess_model_source *src) {
     src->ctx = d;
 }
 
-/* ---- reading a version as f32 (worker threads, their own connection) ---- */
-
-typedef struct f32_sink {
-    uint8_t *dst;
-    uint64_t size;
-} f32_sink;
+/* ---- reading a version's bytes into memory ---- */
 
 static fc_status into_f32(void *ud, const void *data, size_t len, uint64_t offset,
                           fc_error *err) {
-    f32_sink *s = ud;
+    dmodel_f32 *s = ud;
     if (offset + len > s->size)
         return fc_error_set(err, FC_ERR_CORRUPT, "model data longer than its description");
     memcpy(s->dst + offset, data, len);
     return FC_OK;
 }
 
-fc_status dmodel_read_f32(store *s, const dmodel *m, float *w, fc_error *err) {
-    f32_sink sink = {(uint8_t *)w, m->bytes};
-    return store_model_read(s, (int64_t)m->version, 0, into_f32, &sink, err);
-}
+store_sink_fn dmodel_f32_sink(void) { return into_f32; }
 
 /* ---- committing a first version (initial model or proposal) ---- */
 

@@ -6,7 +6,7 @@
  * Aggregation of one round runs as a queue of jobs on the libuv thread pool, one at a time, so
  * the round driver (aggregators/round.c) is never used from two threads: ADD folds one validated
  * update, DROP tells the driver a client will not deliver, FINISH runs the rule's finish, reads
- * w_t, steps the optimizer and hashes w_{t+1}. The commit then goes to the store's writer thread
+ * w_t and steps the optimizer (the store hashes w_{t+1} as it writes it). The commit then goes to the store's writer thread
  * as one transaction; only after it is durable is the new version current and announced.
  * Nothing partial reaches the aggregate: the session layer hands over only complete, validated
  * updates, and a round that fails is discarded with its driver.
@@ -57,7 +57,8 @@ struct dround {
     uint64_t base_version;
     const dmodel *base;
     int64_t started_unix;
-    uint64_t started_mono, closed_mono;
+    uint64_t started_mono;
+    uint64_t closed_us; /* when the round closed (the last answer arrived), uv_hrtime in us */
     agg_round *agg;
     int expected;
     dpart *parts; /* one per selected client, in selection order */
@@ -71,8 +72,6 @@ struct dround {
     char *report_json;
     fc_buf rule_state, opt_state;
     float *w;
-    uint8_t w_sha[32];
-    store *wro; /* read connection of the pool jobs (one job at a time) */
     dmetric metrics[ROUND_MAX_METRICS];
     size_t n_metrics;
     dround *next;
@@ -106,7 +105,6 @@ static void dround_destroy(dround *rd) {
     fc_buf_free(&rd->rule_state);
     fc_buf_free(&rd->opt_state);
     fc_free(rd->w);
-    store_close(rd->wro);
     fc_free(rd);
 }
 
@@ -163,11 +161,20 @@ static fc_status subtract_base(void *ud, const void *data, size_t len, uint64_t 
     return FC_OK;
 }
 
-static fc_status worker_store(dround *rd, fc_error *err) {
-    if (rd->wro)
-        return FC_OK;
-    store_options o = {.version = STORE_OPTIONS_V1, .readonly = 1, .must_exist = 1};
-    return store_open(store_worker_path(rd->d), &o, &rd->wro, err);
+/* Reads version bytes through the pool's shared read connection (opened on first use). */
+static fc_status worker_read(dround *rd, int64_t version, store_sink_fn sink, void *ud,
+                             fc_error *err) {
+    fcd *d = rd->d;
+    pthread_mutex_lock(&d->wro_mu);
+    fc_status st = FC_OK;
+    if (!d->wro) {
+        store_options o = {.version = STORE_OPTIONS_V1, .readonly = 1, .must_exist = 1};
+        st = store_open(store_worker_path(d), &o, &d->wro, err);
+    }
+    if (st == FC_OK)
+        st = store_model_read(d->wro, version, 0, sink, ud, err);
+    pthread_mutex_unlock(&d->wro_mu);
+    return st;
 }
 
 static void job_add(fold_job *j) {
@@ -180,9 +187,8 @@ static void job_add(fold_job *j) {
     fc_model_free(&m);
     if (!j->up.is_delta) {
         sub_sink s = {flat, rd->base->bytes};
-        if ((j->st = worker_store(rd, &j->err)) != FC_OK ||
-            (j->st = store_model_read(rd->wro, (int64_t)rd->base_version, 0, subtract_base, &s,
-                                      &j->err)) != FC_OK)
+        if ((j->st = worker_read(rd, (int64_t)rd->base_version, subtract_base, &s, &j->err)) !=
+            FC_OK)
             return;
     }
     const dclient *cl = daemon_client(rd->d, j->up.client_id);
@@ -219,8 +225,13 @@ static void job_finish(fold_job *j) {
     if (j->st == FC_OK && !(rd->w = fc_mallocarray(rd->base->numel ? rd->base->numel : 1, 4)))
         j->st = fc_error_set(&j->err, FC_ERR_NOMEM, "out of memory for the model (%" PRIu64
                              " floats)", rd->base->numel);
-    if (j->st == FC_OK && (j->st = worker_store(rd, &j->err)) == FC_OK)
-        j->st = dmodel_read_f32(rd->wro, rd->base, rd->w, &j->err);
+    if (j->st == FC_OK) {
+        if (d->w_cache && d->w_cache_version == rd->base_version)
+            memcpy(rd->w, d->w_cache, rd->base->bytes);
+        else
+            j->st = worker_read(rd, (int64_t)rd->base_version, dmodel_f32_sink(),
+                                &(dmodel_f32){(uint8_t *)rd->w, rd->base->bytes}, &j->err);
+    }
     if (j->st == FC_OK)
         j->st = d->opt->step(d->opt_state, rd->w, D, &j->err);
     /* The accumulator (which holds D) goes now: w_t+1 and the state are all the commit needs. */
@@ -228,13 +239,6 @@ static void job_finish(fold_job *j) {
     rd->agg = NULL;
     if (j->st == FC_OK)
         j->st = d->opt->save_state(d->opt_state, &rd->opt_state, &j->err);
-    if (j->st == FC_OK) {
-        fc_stream_hash h = {0};
-        if ((j->st = fc_stream_hash_init(&h, &j->err)) == FC_OK &&
-            (j->st = fc_stream_hash_update(&h, rd->w, rd->base->bytes, &j->err)) == FC_OK)
-            j->st = fc_stream_hash_final(&h, rd->w_sha, &j->err);
-        fc_stream_hash_free(&h);
-    }
     rd->finished = j->st == FC_OK;
 }
 
@@ -527,6 +531,13 @@ static void commit_done(fcd *d, dwjob *j, fc_status st, const fc_error *err) {
                 memcpy(d->opt_blob, rd->opt_state.data, rd->opt_state.len);
                 d->opt_blob_len = rd->opt_state.len;
             }
+            fc_free(d->w_cache);
+            d->w_cache = NULL;
+            if (rd->base->bytes <= DAEMON_CACHE_BYTES) {
+                d->w_cache = rd->w; /* w_{t+1} is the next round's w_t */
+                d->w_cache_version = (uint64_t)cj->c.version;
+                rd->w = NULL;
+            }
         }
         FC_LOG(FC_LOG_INFO, "round committed", FC_LU("round", rd->id),
                FC_LS("kind", round_kind_name(rd->kind)),
@@ -534,7 +545,7 @@ static void commit_done(fcd *d, dwjob *j, fc_status st, const fc_error *err) {
                                                               : rd->base_version),
                FC_LU("participants", cj->parts.n), FC_LU("commit_us", took_us),
                FC_LU("close_to_commit_us",
-                     (daemon_now_ms() - rd->closed_mono) * 1000),
+                     uv_hrtime() / 1000 - rd->closed_us),
                FC_LS("metrics", cj->metrics_json ? cj->metrics_json : "{}"));
     } else if (rd->kind == ROUND_KIND_TRAIN && d->opt_state) {
         /* The optimizer stepped for a version that was not stored: go back. */
@@ -590,7 +601,6 @@ static void start_commit(fcd *d, dround *rd) {
             .parent_version = (int64_t)rd->base_version,
             .tensor_specs_json = rd->base->specs_json,
             .model_size = rd->base->bytes,
-            .expected_sha256 = rd->w_sha,
             .source = w_source,
             .source_ud = cj,
             .started_at = rd->started_unix,
@@ -732,7 +742,7 @@ static void record_failed(fcd *d, const round_action *a) {
     daemon_submit(d, j);
 }
 
-static void handle(fcd *d, const round_action *a, int *agg_done_eval) {
+static void handle(fcd *d, const round_action *a, int *agg_failed) {
     switch (a->type) {
     case ROUND_ACT_TRANSITION:
         FC_LOG(a->to == ROUND_FAILED ? FC_LOG_WARN : FC_LOG_INFO, "round state",
@@ -750,7 +760,7 @@ static void handle(fcd *d, const round_action *a, int *agg_done_eval) {
             d->cur->begin_pending = 1; /* recorded once its tasks are out (see pump) */
         }
         if (a->to == ROUND_AGGREGATING && d->cur)
-            d->cur->closed_mono = daemon_now_ms();
+            d->cur->closed_us = uv_hrtime() / 1000;
         if (a->to == ROUND_STOPPED) {
             for (size_t i = 0; i < d->n_clients; i++)
                 if (d->clients[i].connected)
@@ -770,13 +780,9 @@ static void handle(fcd *d, const round_action *a, int *agg_done_eval) {
     }
     case ROUND_ACT_DISARM_TIMER: uv_timer_stop(&d->deadline); break;
     case ROUND_ACT_START_AGGREGATION: {
-        dround *rd = d->cur;
+        dround *rd = d->cur; /* training rounds only: evaluation rounds go straight to COMMIT */
         if (!rd || rd->id != a->round_id) {
-            *agg_done_eval = -1;
-            break;
-        }
-        if (rd->kind == ROUND_KIND_EVALUATE) {
-            *agg_done_eval = 1;
+            *agg_failed = 1;
             break;
         }
         for (size_t i = 0; i < rd->n_parts; i++)
@@ -784,7 +790,7 @@ static void handle(fcd *d, const round_action *a, int *agg_done_eval) {
                 queue_drop(rd, rd->parts[i].client_id, "did not deliver");
         fold_job *j = fc_calloc(1, sizeof *j);
         if (!j) {
-            *agg_done_eval = -1;
+            *agg_failed = 1;
             break;
         }
         j->kind = FOLD_FINISH;
@@ -842,9 +848,9 @@ void dround_pump(fcd *d) {
         return;
     for (int guard = 0; guard < 1000; guard++) {
         round_action a;
-        int agg_done = 0;
+        int agg_failed = 0;
         while (round_next_action(d->sched, &a))
-            handle(d, &a, &agg_done);
+            handle(d, &a, &agg_failed);
         if (d->cur && d->cur->begin_pending) {
             if (!d->cur->expected)
                 expect_selected(d->cur);
@@ -852,10 +858,9 @@ void dround_pump(fcd *d) {
         }
         fc_error err = {0};
         uint64_t now = daemon_now_ms();
-        if (agg_done) {
-            round_aggregation_done(d->sched, now, round_current_id(d->sched),
-                                   agg_done > 0 ? FC_OK : FC_ERR_NOMEM,
-                                   agg_done > 0 ? NULL : "the round's state is gone", &err);
+        if (agg_failed) {
+            round_aggregation_done(d->sched, now, round_current_id(d->sched), FC_ERR_NOMEM,
+                                   "out of memory starting the aggregation", &err);
             continue;
         }
         if (d->n_deferred_gone) {
@@ -874,7 +879,7 @@ static void maybe_ask_proposal(fcd *d) {
     if (d->models || d->proposer || d->proposal_committing || d->stopping)
         return;
     for (size_t i = 0; i < d->n_clients; i++) {
-        if (!d->clients[i].connected)
+        if (!d->clients[i].connected || d->clients[i].no_proposal)
             continue;
         sess *s = sess_find(d->sv, d->clients[i].id);
         if (!s)
@@ -1099,6 +1104,8 @@ fc_status dround_init(fcd *d, const store_recovery *rec, fc_error *err) {
     round_restore_info ri = {
         .last_round_id = (uint64_t)rec->last_round,
         .model_version = (uint64_t)rec->latest_version,
+        /* version 1 is the initial model; each committed training round adds one */
+        .trained_rounds = rec->latest_version > 1 ? (uint64_t)rec->latest_version - 1 : 0,
     };
     /* The newest version already evaluated, from the recent round records. */
     int64_t after = rec->last_round > 200 ? rec->last_round - 200 : 0;

@@ -6,6 +6,7 @@
 #define _POSIX_C_SOURCE 200809L
 #include <math.h>
 #include <string.h>
+#include <time.h>
 
 #include <openssl/rand.h>
 
@@ -21,6 +22,13 @@ struct sess_server {
     sess *head;
     size_t count;
     uint64_t accepted, rejected;
+    /* One repeating timer for every session's heartbeat: each tick walks the sessions and sends
+     * a Heartbeat to those that have sent nothing for about the interval. Sending costs one
+     * timestamp store per frame, so busy sessions cost nothing extra; 10,000 idle sessions
+     * cost one list walk per tick (interval / 4). */
+    uv_timer_t *hb;
+    uint64_t hb_tick_ms;
+    uint64_t heartbeats;
 };
 
 struct sess {
@@ -32,6 +40,7 @@ struct sess {
     sess *prev, *next;
     fc_frame_decoder dec;
     uint64_t in_seq, out_seq;
+    uint64_t last_sent_ms; /* uv_now() of the last frame written: heartbeats are due from it */
     uint64_t client_id;
     char name[SESS_NAME_MAX];
     int announced; /* presence(up = 1) was reported and presence(up = 0) not yet */
@@ -49,6 +58,7 @@ struct sess {
     fc_stage *stage;
     uint64_t up_round, up_base;
     int up_delta;
+    int up_proposal; /* the upload is an initial model proposal */
     uint64_t up_last_ack;
     int validating;
     int discard_chunks; /* chunks of an aborted upload still in flight are dropped */
@@ -92,13 +102,19 @@ static void set_state(sess *s, sess_state st) {
 
 /* ---- sending ---- */
 
+/* Every frame the session writes goes through here, so that the heartbeat clock sees it. */
+static fc_status sess_write(sess *s, const void *data, size_t len) {
+    s->last_sent_ms = uv_now(s->sv->cfg.loop);
+    return net_write(s->c, data, len);
+}
+
 static fc_status send_msg(sess *s, fc_wire_msg *m) {
     fc_error err = {0};
     fc_buf_reset(&s->out);
     fc_status st = fc_wire_encode(m, 0, &s->out, &err);
     fc_wire_msg_free(m);
     if (st == FC_OK)
-        st = net_write(s->c, s->out.data, s->out.len);
+        st = sess_write(s, s->out.data, s->out.len);
     if (st != FC_OK)
         FC_LOG(FC_LOG_WARN, "session send failed", FC_LS("session", s->id),
                FC_LS("status", fc_status_name(st)));
@@ -267,7 +283,7 @@ static void pump_download(sess *s) {
         }
         s->out_seq++;
         s->out.len = hlen + d.len;
-        if (net_write(s->c, s->out.data, s->out.len) != FC_OK)
+        if (sess_write(s, s->out.data, s->out.len) != FC_OK)
             return; /* net is closing the connection; on_close follows */
     }
 }
@@ -353,6 +369,33 @@ static int same_specs_report(const sess_round_info *ri, const fc_tensor_spec *sp
     return 1;
 }
 
+/* An initial model proposal (round 0, the round announces no layout): the layout is the
+ * client's, so only its own consistency is checked here (fc_wire_specs_from_wire already checked
+ * names, uniqueness, dtypes, dimensions and size overflow; the staging budget checks the total
+ * against max_update_bytes). */
+static int check_proposal(const Fedcoord__V1__UpdateBegin *ub, fc_status *st, char *msg,
+                          size_t cap) {
+    if (ub->is_delta) {
+        *st = FC_ERR_INVALID;
+        snprintf(msg, cap,
+                 "initial model proposal (round 0) is a delta: a proposal must carry the "
+                 "model's weights (is_delta false)");
+        return 0;
+    }
+    if (ub->n_tensors == 0) {
+        *st = FC_ERR_INVALID;
+        snprintf(msg, cap, "initial model proposal (round 0) has no tensors");
+        return 0;
+    }
+    if (ub->n_tensors > FC_STAGE_DEFAULT_MAX_TENSORS) {
+        *st = FC_ERR_LIMIT;
+        snprintf(msg, cap, "initial model proposal (round 0) has %zu tensors, at most %u",
+                 ub->n_tensors, FC_STAGE_DEFAULT_MAX_TENSORS);
+        return 0;
+    }
+    return 1;
+}
+
 static void budget_wake(sess_waiter *w);
 
 /* Returns 1 if the upload started or was refused, 0 if it waits for budget (env kept). */
@@ -394,7 +437,9 @@ static int start_upload(sess *s, fc_envelope *env) {
         reject_upload(s, st, env->seq, ub->round, err.msg);
         return 1;
     }
-    if (!same_specs_report(&ri, specs, ub->n_tensors, ub->round, &st, msg, sizeof msg)) {
+    int proposal = ri.round == 0 && ri.n_specs == 0;
+    if (proposal ? !check_proposal(ub, &st, msg, sizeof msg)
+                 : !same_specs_report(&ri, specs, ub->n_tensors, ub->round, &st, msg, sizeof msg)) {
         fc_wire_specs_free(specs, ub->n_tensors);
         reject_upload(s, st, env->seq, ub->round, msg);
         return 1;
@@ -422,6 +467,7 @@ static int start_upload(sess *s, fc_envelope *env) {
     s->up_round = ub->round;
     s->up_base = ub->base_version;
     s->up_delta = ub->is_delta;
+    s->up_proposal = proposal;
     s->up_last_ack = 0;
     s->validating = 0;
     s->discard_chunks = 0;
@@ -516,6 +562,25 @@ out:
     fc_model_free(&m);
 }
 
+/* Validation ran off the loop; the round may have closed meanwhile (deadline, stop). Asks the
+ * round callback again so that a late update gets an error instead of an Ack. 0 with j->st and
+ * j->msg set when the update is no longer wanted. */
+static int still_expected(sess *s, sess_job *j) {
+    sess_server *sv = s->sv;
+    sess_round_info ri;
+    fc_error err = {0};
+    memset(&ri, 0, sizeof ri);
+    fc_status st = sv->cfg.round(sv->cfg.round_ctx, s->client_id, &ri, &err);
+    if (st == FC_OK && ri.round == j->up.round)
+        return 1;
+    j->st = st != FC_OK ? st : FC_ERR_STATE;
+    int n = snprintf(j->msg, sizeof j->msg, "round %llu closed while the update was validated",
+                     (unsigned long long)j->up.round);
+    if (st != FC_OK && n > 0 && (size_t)n < sizeof j->msg - 2)
+        snprintf(j->msg + n, sizeof j->msg - (size_t)n, ": %.400s", err.msg);
+    return 0;
+}
+
 static void job_after(uv_work_t *req, int status) {
     sess_job *j = req->data;
     sess *s = j->s;
@@ -527,6 +592,9 @@ static void job_after(uv_work_t *req, int status) {
     if (s->gen != j->gen || s->state == SESS_CLOSING) {
         /* The session closed meanwhile: the update dies with it. */
         sess_update_release(&j->up);
+    } else if (j->st == FC_OK && !still_expected(s, j)) {
+        sess_update_release(&j->up);
+        reject_upload(s, j->st, j->end_seq, j->up.round, j->msg);
     } else if (j->st == FC_OK) {
         sess_server *sv = s->sv;
         uint64_t total = fc_stage_total(j->up.stage);
@@ -599,7 +667,8 @@ static void h_update_end(sess *s, const fc_envelope *env) {
     j->s = s;
     j->gen = s->gen;
     j->end_seq = env->seq;
-    j->max_norm = sv->cfg.max_update_norm;
+    /* The norm bound limits deltas; an initial model proposal is weights. */
+    j->max_norm = s->up_proposal ? 0 : sv->cfg.max_update_norm;
     j->up.client_id = s->client_id;
     j->up.round = s->up_round;
     j->up.base_version = s->up_base;
@@ -707,15 +776,91 @@ static void h_update_begin(sess *s, fc_envelope **envp) {
         *envp = NULL; /* kept until budget frees */
 }
 
+/* The session's own rules for an EvalResult (the codec already checked the wire limits).
+ * Returns FC_OK or the code to send, with a message naming the field or metric. */
+static fc_status check_eval(const sess_server *sv, const Fedcoord__V1__EvalResult *r, char *msg,
+                            size_t cap) {
+    uint64_t max_examples = sv->cfg.max_num_examples ? sv->cfg.max_num_examples
+                                                     : (uint64_t)1 << 53;
+    if (r->num_examples == 0 || r->num_examples > max_examples) {
+        snprintf(msg, cap, "evaluation result for round %llu claims %llu examples, allowed 1..%llu",
+                 (unsigned long long)r->round, (unsigned long long)r->num_examples,
+                 (unsigned long long)max_examples);
+        return FC_ERR_REQUIREMENT;
+    }
+    if (r->n_metrics > SESS_EVAL_MAX_METRICS) {
+        snprintf(msg, cap, "evaluation result for round %llu has %zu metrics, at most %u",
+                 (unsigned long long)r->round, r->n_metrics, SESS_EVAL_MAX_METRICS);
+        return FC_ERR_LIMIT;
+    }
+    for (size_t i = 0; i < r->n_metrics; i++) {
+        const char *name = r->metrics[i]->key ? r->metrics[i]->key : "";
+        size_t len = strlen(name);
+        if (len == 0) {
+            snprintf(msg, cap, "evaluation result for round %llu: metric %zu has an empty name",
+                     (unsigned long long)r->round, i);
+            return FC_ERR_INVALID;
+        }
+        if (len > SESS_EVAL_MAX_NAME) {
+            snprintf(msg, cap,
+                     "evaluation result for round %llu: metric name '%.80s...' is %zu bytes, "
+                     "at most %u",
+                     (unsigned long long)r->round, name, len, SESS_EVAL_MAX_NAME);
+            return FC_ERR_LIMIT;
+        }
+        if (!isfinite(r->metrics[i]->value)) {
+            snprintf(msg, cap, "evaluation result for round %llu: metric '%s' is not finite",
+                     (unsigned long long)r->round, name);
+            return FC_ERR_NON_FINITE;
+        }
+    }
+    return FC_OK;
+}
+
 static void h_eval_result(sess *s, const fc_envelope *env) {
-    send_error(s, FC_ERR_UNSUPPORTED, 0, env->seq,
-               "this server does not collect evaluation results");
+    sess_server *sv = s->sv;
+    const Fedcoord__V1__EvalResult *r = env->eval_result;
+    char msg[FC_ERROR_MSG_MAX];
+    if (!sv->cfg.eval) {
+        send_error(s, FC_ERR_UNSUPPORTED, 0, env->seq,
+                   "this server does not collect evaluation results");
+        return;
+    }
+    fc_status st = check_eval(sv, r, msg, sizeof msg);
+    if (st == FC_OK) {
+        const char *names[SESS_EVAL_MAX_METRICS];
+        double values[SESS_EVAL_MAX_METRICS];
+        for (size_t i = 0; i < r->n_metrics; i++) {
+            names[i] = r->metrics[i]->key;
+            values[i] = r->metrics[i]->value;
+        }
+        fc_error err = {0};
+        st = sv->cfg.eval(sv->cfg.eval_ctx, s->client_id, r->round, r->model_version,
+                          r->num_examples, names, values, r->n_metrics, &err);
+        if (st != FC_OK)
+            snprintf(msg, sizeof msg, "%s", err.msg[0] ? err.msg : fc_strerror(st));
+    }
+    if (st != FC_OK) {
+        FC_LOG(FC_LOG_INFO, "evaluation result refused", FC_LS("session", s->id),
+               FC_LU("client", s->client_id), FC_LU("round", r->round),
+               FC_LS("code", fc_wire_error_for_status(st)->name), FC_LS("reason", msg));
+        send_error(s, st, 0, env->seq, msg);
+        return;
+    }
+    FC_LOG(FC_LOG_DEBUG, "evaluation result accepted", FC_LS("session", s->id),
+           FC_LU("client", s->client_id), FC_LU("round", r->round),
+           FC_LU("examples", r->num_examples));
+    send_ack(s, env->seq, 0);
 }
 
 static void h_error(sess *s, const fc_envelope *env) {
     const Fedcoord__V1__Error *e = env->error;
     FC_LOG(FC_LOG_INFO, "client sent an error", FC_LS("session", s->id), FC_LU("code", e->code),
            FC_LS("message", e->message ? e->message : ""));
+    if (s->sv->cfg.peer_error && s->client_id)
+        s->sv->cfg.peer_error(s->sv->cfg.peer_error_ctx, s->client_id,
+                              fc_wire_status_for_code(e->code), e->fatal, e->ref_seq,
+                              e->message ? e->message : "");
     if (e->fatal) {
         begin_close(s, FC_ERR_CLOSED, "client sent a fatal error");
         return;
@@ -792,8 +937,27 @@ static void handle_frame(sess *s, const uint8_t *data, size_t len) {
         }
     }
     fc_envelope *env = NULL;
-    fc_status st = fc_wire_decode(data, len, &env, &err);
+    fc_status st = fc_envelope_unpack(data, len, &env, &err);
     if (st != FC_OK) {
+        fail(s, st, 0, err.msg);
+        return;
+    }
+    st = fc_wire_validate(env, &err);
+    if (st != FC_OK && env->body_case == FEDCOORD__V1__ENVELOPE__BODY_EVAL_RESULT &&
+        (ST(s->state) & AUTHED)) {
+        /* A well-framed EvalResult with a bad value (NaN metric, num_examples 0, ...) leaves
+         * the stream intact: refuse the report, keep the session. */
+        if (check_seq(s, env->seq)) {
+            FC_LOG(FC_LOG_INFO, "evaluation result refused", FC_LS("session", s->id),
+                   FC_LU("client", s->client_id),
+                   FC_LS("code", fc_wire_error_for_status(st)->name), FC_LS("reason", err.msg));
+            send_error(s, st, 0, env->seq, err.msg);
+        }
+        fc_envelope_free(env);
+        return;
+    }
+    if (st != FC_OK) {
+        fc_envelope_free(env);
         fail(s, st, 0, err.msg);
         return;
     }
@@ -863,6 +1027,7 @@ static void cb_open(net_conn *c) {
     s->c = c;
     s->refs = 1;
     s->state = SESS_HELLO_WAIT;
+    s->last_sent_ms = uv_now(sv->cfg.loop);
     snprintf(s->id, sizeof s->id, "s%llu", (unsigned long long)net_conn_id(c));
     fc_frame_decoder_init(&s->dec, sv->cfg.max_frame_bytes);
     s->next = sv->head;
@@ -932,6 +1097,47 @@ void sess_net_callbacks(net_callbacks *cb) {
     cb->on_close = cb_close;
 }
 
+/* ---- server heartbeats ---- */
+
+static uint64_t unix_ms(void) {
+    struct timespec ts;
+    if (clock_gettime(CLOCK_REALTIME, &ts) != 0)
+        return 0;
+    return (uint64_t)ts.tv_sec * 1000u + (uint64_t)ts.tv_nsec / 1000000u;
+}
+
+static void send_heartbeat(sess *s) {
+    fc_wire_msg m;
+    fc_error err = {0};
+    if (fc_wire_heartbeat(&m, ++s->out_seq, unix_ms(), &err) != FC_OK) {
+        fc_wire_msg_free(&m);
+        s->out_seq--;
+        return;
+    }
+    if (send_msg(s, &m) == FC_OK)
+        s->sv->heartbeats++;
+}
+
+/* A session is due when it has sent nothing for (interval - tick): the Heartbeat then leaves
+ * between 3/4 of the interval and the interval after the last frame, never later. Sessions
+ * that are not authenticated yet or closing get none, nor one whose output queue is above the
+ * high-water mark (the peer has bytes coming already). */
+static void heartbeat_tick(uv_timer_t *t) {
+    sess_server *sv = t->data;
+    uint64_t now = uv_now(sv->cfg.loop);
+    uint64_t quiet = sv->cfg.heartbeat_interval_ms - sv->hb_tick_ms;
+    sess *next;
+    for (sess *s = sv->head; s; s = next) {
+        next = s->next;
+        if (s->state == SESS_HELLO_WAIT || s->state == SESS_CLOSING || !s->c || s->blocked)
+            continue;
+        if (now - s->last_sent_ms >= quiet)
+            send_heartbeat(s);
+    }
+}
+
+static void heartbeat_closed(uv_handle_t *h) { fc_free(h); }
+
 /* ---- server ---- */
 
 fc_status sess_server_new(const sess_config *cfg, sess_server **out, fc_error *err) {
@@ -960,6 +1166,26 @@ fc_status sess_server_new(const sess_config *cfg, sess_server **out, fc_error *e
         sv->cfg.heartbeat_interval_ms = 30000;
     if (!sv->cfg.software)
         sv->cfg.software = "fedcoordd";
+    sv->hb_tick_ms = sv->cfg.heartbeat_interval_ms / 4 ? sv->cfg.heartbeat_interval_ms / 4 : 1;
+    sv->hb = fc_malloc(sizeof *sv->hb);
+    if (!sv->hb) {
+        fc_free(sv);
+        return fc_error_set(err, FC_ERR_NOMEM, "session server heartbeat timer");
+    }
+    int rc = uv_timer_init(sv->cfg.loop, sv->hb);
+    if (rc != 0) {
+        fc_free(sv->hb);
+        fc_free(sv);
+        return fc_error_set(err, FC_ERR_SYSTEM, "session heartbeat timer: %s", uv_strerror(rc));
+    }
+    sv->hb->data = sv;
+    rc = uv_timer_start(sv->hb, heartbeat_tick, sv->hb_tick_ms, sv->hb_tick_ms);
+    if (rc != 0) {
+        uv_close((uv_handle_t *)sv->hb, heartbeat_closed);
+        fc_free(sv);
+        return fc_error_set(err, FC_ERR_SYSTEM, "session heartbeat timer: %s", uv_strerror(rc));
+    }
+    uv_unref((uv_handle_t *)sv->hb); /* heartbeats alone must not keep the loop running */
     *out = sv;
     return FC_OK;
 }
@@ -968,12 +1194,15 @@ void sess_server_free(sess_server *sv) {
     if (!sv)
         return;
     assert(sv->count == 0);
+    uv_timer_stop(sv->hb);
+    uv_close((uv_handle_t *)sv->hb, heartbeat_closed);
     fc_free(sv);
 }
 
 size_t sess_server_count(const sess_server *sv) { return sv->count; }
 uint64_t sess_server_accepted(const sess_server *sv) { return sv->accepted; }
 uint64_t sess_server_rejected(const sess_server *sv) { return sv->rejected; }
+uint64_t sess_server_heartbeats(const sess_server *sv) { return sv->heartbeats; }
 
 sess *sess_find(sess_server *sv, uint64_t client_id) {
     for (sess *s = sv->head; s; s = s->next)

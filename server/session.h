@@ -105,7 +105,14 @@ void sess_mem_model_source(sess_mem_model *mm, sess_model_source *src);
 
 /* What the current round expects from a client. FC_ERR_STATE (with a detail) when the client may
  * not upload now (no round open, not selected). specs are borrowed until the callback is called
- * again or the round changes; the session copies what it keeps. */
+ * again or the round changes; the session copies what it keeps.
+ * Initial model proposal: {round = 0, base_version = 0, specs = NULL, n_specs = 0} means "this
+ * client may propose the initial model in any layout it announces". The session then checks the
+ * announced layout on its own (1..FC_STAGE_DEFAULT_MAX_TENSORS tensors, unique non-empty names,
+ * known dtypes, sizes without overflow, total = total_bytes <= max_update_bytes), requires
+ * is_delta = false, skips the norm bound (a proposal is weights, not a delta), and hands the
+ * validated proposal to the sink as an update with round 0 and is_delta 0; its stage carries the
+ * layout (fc_stage_tensor_count / fc_stage_spec). */
 typedef struct sess_round_info {
     uint64_t round;
     uint64_t base_version;
@@ -143,6 +150,24 @@ typedef void (*sess_reject_fn)(void *ctx, uint64_t client_id, uint64_t round, fc
  * sess_close on the session being announced. */
 typedef void (*sess_presence_fn)(void *ctx, uint64_t client_id, const char *name, int up);
 
+/* An evaluation result (EvalResult) that passed the session's checks: num_examples in
+ * 1..max_num_examples (2^53 when that is 0), at most SESS_EVAL_MAX_METRICS metrics, names
+ * 1..SESS_EVAL_MAX_NAME bytes and unique, values finite. names/values (n entries) are borrowed
+ * for the call. FC_OK makes the session answer Ack{ref_seq = the EvalResult's seq}; any other
+ * status is sent to the client as a non-fatal Error with that code and err->msg. */
+#define SESS_EVAL_MAX_METRICS 32u
+#define SESS_EVAL_MAX_NAME 63u
+typedef fc_status (*sess_eval_fn)(void *ctx, uint64_t client_id, uint64_t round,
+                                  uint64_t model_version, uint64_t num_examples,
+                                  const char *const *names, const double *values, size_t n,
+                                  fc_error *err);
+
+/* An Error frame the client sent (e.g. UNSUPPORTED "this client has no initial model to
+ * propose" in answer to a proposal Task): the client, the status its code maps to, whether it
+ * was fatal, the server frame it refers to (0 = none) and its message ("" if none). */
+typedef void (*sess_peer_error_fn)(void *ctx, uint64_t client_id, fc_status st, int fatal,
+                                   uint64_t ref_seq, const char *message);
+
 typedef struct sess_config {
     uv_loop_t *loop;
     sess_budget *budget; /* required */
@@ -161,10 +186,16 @@ typedef struct sess_config {
     double max_update_norm;         /* L2 bound over all values; 0 = none */
     uint64_t max_update_bytes;      /* largest UpdateBegin.total_bytes; 0 = 16 GiB */
     uint64_t ack_every_bytes;       /* Ack while uploading every this many bytes; 0 = 64 MiB */
-    uint32_t heartbeat_interval_ms; /* announced in Welcome; 0 = 30000 */
+    uint32_t heartbeat_interval_ms; /* announced in Welcome, and the server sends a Heartbeat
+                                       to a session it has sent nothing for about this long;
+                                       0 = 30000 */
     uint32_t max_frame_bytes;       /* 0 = FC_FRAME_MAX_DEFAULT */
     uint32_t max_chunk_bytes;       /* 0 = FC_CHUNK_MAX_DATA (and at most that) */
     const char *software;           /* Welcome.software; NULL = "fedcoordd" */
+    sess_eval_fn eval;              /* NULL: EvalResult is answered UNSUPPORTED */
+    void *eval_ctx;
+    sess_peer_error_fn peer_error;  /* may be NULL */
+    void *peer_error_ctx;
 } sess_config;
 
 /* A session server: the sessions of one listener. Register it as the listener's user pointer
@@ -174,7 +205,9 @@ typedef struct sess_server sess_server;
 typedef struct sess sess;
 
 fc_status sess_server_new(const sess_config *cfg, sess_server **out, fc_error *err);
-/* Frees the server; every session must be closed (its listener closed) first. */
+/* Frees the server; every session must be closed (its listener closed) first. The server's
+ * heartbeat timer is closed here: run the loop once afterwards (as for sess_budget_free) so that
+ * libuv finishes closing it before uv_loop_close. */
 void sess_server_free(sess_server *sv);
 /* The net callbacks that drive the sessions of a listener whose user pointer is sv. */
 void sess_net_callbacks(net_callbacks *cb);
@@ -185,6 +218,8 @@ sess *sess_find(sess_server *sv, uint64_t client_id);
 /* Accepted updates and rejections so far (for status pages and tests). */
 uint64_t sess_server_accepted(const sess_server *sv);
 uint64_t sess_server_rejected(const sess_server *sv);
+/* Heartbeat frames the server has sent so far. */
+uint64_t sess_server_heartbeats(const sess_server *sv);
 
 sess_state sess_get_state(const sess *s);
 uint64_t sess_client_id(const sess *s);
