@@ -382,8 +382,8 @@ fc_status fc_client_set_initial_model(fc_client *c, size_t n, const fc_tensor_de
                             "set_initial_model: %s (n = 0 with tensors NULL clears it)",
                             n == 0 ? "no tensors" : "tensors is NULL");
     if (n > FC_STAGE_DEFAULT_MAX_TENSORS)
-        return fc_error_set(&c->err, FC_ERR_LIMIT, "set_initial_model: %zu tensors, at most %u",
-                            n, FC_STAGE_DEFAULT_MAX_TENSORS);
+        return fc_error_set(&c->err, FC_ERR_LIMIT, "set_initial_model: %zu tensors, at most %u", n,
+                            FC_STAGE_DEFAULT_MAX_TENSORS);
     fc_status st = FC_ERR_NOMEM;
     const void **data = NULL;
     fc_task *t = fc_calloc(1, sizeof *t);
@@ -395,10 +395,9 @@ fc_status fc_client_set_initial_model(fc_client *c, size_t n, const fc_tensor_de
     for (size_t i = 0; i < n; i++) {
         const fc_tensor_desc *d = &tensors[i];
         if (!d->name || d->ndim > FC_MAX_DIMS || (d->ndim > 0 && !d->shape)) {
-            st = fc_error_set(&c->err, FC_ERR_INVALID,
-                              "set_initial_model: tensor %zu ('%s'): %s", i,
-                              d->name ? d->name : "(null)",
-                              !d->name ? "name is NULL"
+            st = fc_error_set(&c->err, FC_ERR_INVALID, "set_initial_model: tensor %zu ('%s'): %s",
+                              i, d->name ? d->name : "(null)",
+                              !d->name                ? "name is NULL"
                               : d->ndim > FC_MAX_DIMS ? "more than 8 dimensions"
                                                       : "shape is NULL");
             goto fail;
@@ -412,8 +411,8 @@ fc_status fc_client_set_initial_model(fc_client *c, size_t n, const fc_tensor_de
             goto fail;
         }
         if (numel > 0 && !d->data) {
-            st = fc_error_set(&c->err, FC_ERR_INVALID, "set_initial_model: tensor '%s': data is NULL",
-                              d->name);
+            st = fc_error_set(&c->err, FC_ERR_INVALID,
+                              "set_initial_model: tensor '%s': data is NULL", d->name);
             goto fail;
         }
         st = fc_model_add(&t->model, d->name, d->dtype, (uint32_t)d->ndim, d->shape, d->data,
@@ -443,13 +442,15 @@ fc_status fc_client_set_initial_model(fc_client *c, size_t n, const fc_tensor_de
         fc_error_set(&c->err, st, "set_initial_model: the model's size does not fit in 64 bits");
         goto fail;
     }
-    if ((st = fc_stream_model_sha256(&t->model, c->initial_sha, &c->err)) != FC_OK) {
+    uint8_t sha[FC_SHA256_BYTES];
+    if ((st = fc_stream_model_sha256(&t->model, sha, &c->err)) != FC_OK) {
         fc_error_prefix(&c->err, "set_initial_model");
         goto fail;
     }
-    initial_free(c->initial, c->initial_data);
+    initial_free(c->initial, c->initial_data); /* only now: a failure keeps the previous one */
     c->initial = t;
     c->initial_data = data;
+    memcpy(c->initial_sha, sha, FC_SHA256_BYTES);
     return FC_OK;
 fail:
     initial_free(t, data);

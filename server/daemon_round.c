@@ -884,7 +884,13 @@ static void maybe_ask_proposal(fcd *d) {
         sess *s = sess_find(d->sv, d->clients[i].id);
         if (!s)
             continue;
-        fc_wire_task_args t = {.round = 0, .kind = FC_TASK_TRAIN, .model_version = 0};
+        /* the wire wants a model hash: the SHA-256 of no bytes */
+        static const uint8_t empty_sha[32] = {
+            0xe3, 0xb0, 0xc4, 0x42, 0x98, 0xfc, 0x1c, 0x14, 0x9a, 0xfb, 0xf4,
+            0xc8, 0x99, 0x6f, 0xb9, 0x24, 0x27, 0xae, 0x41, 0xe4, 0x64, 0x9b,
+            0x93, 0x4c, 0xa4, 0x95, 0x99, 0x1b, 0x78, 0x52, 0xb8, 0x55};
+        fc_wire_task_args t = {.round = 0, .kind = FC_TASK_TRAIN, .model_version = 0,
+                               .model_sha256 = empty_sha};
         fc_error err = {0};
         if (sess_send_task(s, &t, &err) == FC_OK) {
             d->proposer = d->clients[i].id;

@@ -780,8 +780,7 @@ static void h_update_begin(sess *s, fc_envelope **envp) {
  * Returns FC_OK or the code to send, with a message naming the field or metric. */
 static fc_status check_eval(const sess_server *sv, const Fedcoord__V1__EvalResult *r, char *msg,
                             size_t cap) {
-    uint64_t max_examples = sv->cfg.max_num_examples ? sv->cfg.max_num_examples
-                                                     : (uint64_t)1 << 53;
+    uint64_t max_examples = sv->cfg.max_num_examples ? sv->cfg.max_num_examples : (uint64_t)1 << 53;
     if (r->num_examples == 0 || r->num_examples > max_examples) {
         snprintf(msg, cap, "evaluation result for round %llu claims %llu examples, allowed 1..%llu",
                  (unsigned long long)r->round, (unsigned long long)r->num_examples,
@@ -949,8 +948,8 @@ static void handle_frame(sess *s, const uint8_t *data, size_t len) {
          * the stream intact: refuse the report, keep the session. */
         if (check_seq(s, env->seq)) {
             FC_LOG(FC_LOG_INFO, "evaluation result refused", FC_LS("session", s->id),
-                   FC_LU("client", s->client_id),
-                   FC_LS("code", fc_wire_error_for_status(st)->name), FC_LS("reason", err.msg));
+                   FC_LU("client", s->client_id), FC_LS("code", fc_wire_error_for_status(st)->name),
+                   FC_LS("reason", err.msg));
             send_error(s, st, 0, env->seq, err.msg);
         }
         fc_envelope_free(env);

@@ -194,7 +194,7 @@ typedef struct sess_config {
     const char *software;           /* Welcome.software; NULL = "fedcoordd" */
     sess_eval_fn eval;              /* NULL: EvalResult is answered UNSUPPORTED */
     void *eval_ctx;
-    sess_peer_error_fn peer_error;  /* may be NULL */
+    sess_peer_error_fn peer_error; /* may be NULL */
     void *peer_error_ctx;
 } sess_config;
 

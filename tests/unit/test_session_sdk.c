@@ -178,8 +178,8 @@ static fc_status eval_cb(void *ctx, uint64_t client_id, uint64_t round, uint64_t
     return FC_OK;
 }
 
-static void peer_error_cb(void *ctx, uint64_t client_id, fc_status st, int fatal,
-                          uint64_t ref_seq, const char *message) {
+static void peer_error_cb(void *ctx, uint64_t client_id, fc_status st, int fatal, uint64_t ref_seq,
+                          const char *message) {
     harness *h = ctx;
     (void)client_id;
     h->peer_errors++;
@@ -675,8 +675,8 @@ static int c_raw_evals(job *j) {
         }
         fc_wire_msg m;
         fc_error err = {0};
-        CHECK(j, fc_wire_eval_result(&m, 0, EVAL_ROUND, MODEL_VERSION, examples, ms, n, &err) ==
-                     FC_OK,
+        CHECK(j,
+              fc_wire_eval_result(&m, 0, EVAL_ROUND, MODEL_VERSION, examples, ms, n, &err) == FC_OK,
               "build EvalResult %d: %s", k, err.msg);
         if (k == 3)
             m.body.eval_result.metrics[0]->value = NAN; /* what a broken peer could send */
@@ -773,8 +773,7 @@ static void test_silent_client_receives_heartbeats_at_the_announced_interval(voi
     job_end(&h, &j, th);
     assert_int_equal(j.u[7], 100); /* Welcome announced the interval */
     if (j.u[0] < 2)
-        fail_msg("%llu heartbeats within 600 ms at a 100 ms interval",
-                 (unsigned long long)j.u[0]);
+        fail_msg("%llu heartbeats within 600 ms at a 100 ms interval", (unsigned long long)j.u[0]);
     assert_true(j.u[0] <= 12); /* not a flood: at most one per tick (25 ms) could ever come */
     assert_int_equal(j.u[1], 0);
     assert_true(sess_server_heartbeats(h.sv) >= j.u[0]);
@@ -859,6 +858,13 @@ static void c_sdk_propose(job *j) {
         bad.data = INIT_W;
         note(j, c, fc_client_set_initial_model(c, 1, &bad));
         note(j, c, fc_client_set_initial_model(c, 3, good));
+    } else if (j->iarg == 2) { /* a NaN the server must refuse */
+        float w_nan[6];
+        memcpy(w_nan, INIT_W, sizeof w_nan);
+        w_nan[4] = NAN;
+        fc_tensor_desc d = good[0];
+        d.data = w_nan;
+        note(j, c, fc_client_set_initial_model(c, 1, &d));
     }
     fc_task *t = NULL;
     fc_status st = fc_client_next_task(c, 15000, &t);
@@ -928,6 +934,33 @@ static void test_sdk_proposes_its_initial_model_and_the_sink_gets_exact_tensors(
     h_finish(&h);
 }
 
+static void test_refused_proposal_is_returned_by_next_task_with_the_server_reason(void **state) {
+    (void)state;
+    harness h;
+    h_start(&h, 0, 0);
+    h.proposal = 1;
+    job j;
+    memset(&j, 0, sizeof j);
+    j.fn = c_sdk_propose;
+    j.iarg = 2;
+    pthread_t th;
+    job_start(&h, &j, &th);
+    h_run_until(&h, pred_authenticated, NULL);
+    send_proposal_task(&h);
+    job_end(&h, &j, th);
+    assert_int_equal(j.n, 2);
+    assert_int_equal(j.st[0], FC_OK);
+    assert_int_equal(j.st[1], FC_ERR_NON_FINITE);
+    if (!strstr(j.err[1], "proposing the initial model") || !strstr(j.err[1], "NON_FINITE") ||
+        !strstr(j.err[1], "'enc.w'"))
+        fail_msg("fc_client_error is '%s'", j.err[1]);
+    assert_int_equal(j.u[0], 0);
+    assert_int_equal(h.sinks, 0);
+    assert_int_equal(h.rejects, 1);
+    assert_int_equal(h.reject_st, FC_ERR_NON_FINITE);
+    h_finish(&h);
+}
+
 static void test_sdk_without_initial_model_answers_unsupported_and_keeps_waiting(void **state) {
     (void)state;
     harness h;
@@ -970,9 +1003,12 @@ static int c_raw_proposal(job *j) {
     for (int delta = 1; delta >= 0; delta--) {
         fc_wire_msg m;
         fc_error err = {0};
-        fc_wire_update_begin_args a = {
-            .round = 0, .base_version = 0, .tensors = sp, .n_tensors = 1, .total_bytes = 16,
-            .is_delta = delta};
+        fc_wire_update_begin_args a = {.round = 0,
+                                       .base_version = 0,
+                                       .tensors = sp,
+                                       .n_tensors = 1,
+                                       .total_bytes = 16,
+                                       .is_delta = delta};
         CHECK(j, fc_wire_update_begin(&m, 0, &a, &err) == FC_OK && cl_send(&c, &m),
               "send UpdateBegin");
         j->u[j->nr] = c.seq;
@@ -1043,11 +1079,13 @@ static int c_raw_wrong_layout(job *j) {
     fc_tensor_spec sp[1] = {{.name = "emb", .dtype = FC_DTYPE_F32, .ndim = 1, .shape = {4}}};
     fc_wire_msg m;
     fc_error err = {0};
-    fc_wire_update_begin_args a = {
-        .round = 3, .base_version = MODEL_VERSION, .tensors = sp, .n_tensors = 1,
-        .total_bytes = 16, .is_delta = 1};
-    CHECK(j, fc_wire_update_begin(&m, 0, &a, &err) == FC_OK && cl_send(&c, &m),
-          "send UpdateBegin");
+    fc_wire_update_begin_args a = {.round = 3,
+                                   .base_version = MODEL_VERSION,
+                                   .tensors = sp,
+                                   .n_tensors = 1,
+                                   .total_bytes = 16,
+                                   .is_delta = 1};
+    CHECK(j, fc_wire_update_begin(&m, 0, &a, &err) == FC_OK && cl_send(&c, &m), "send UpdateBegin");
     if (!record_answer(j, &c))
         return 0;
     fc_wire_bye(&m, 0, "done", &err);
@@ -1074,6 +1112,48 @@ static void test_regular_round_still_requires_the_round_layout(void **state) {
     h_finish(&h);
 }
 
+/* fc_client_set_initial_model under every allocation failure: a clean FC_ERR_NOMEM each time
+ * (ASan's leak check sees any leak), and the earlier initial model stays in place. Needs no
+ * server: a client handle exists even when the connection was refused. */
+static void test_set_initial_model_survives_every_allocation_failure(void **state) {
+    (void)state;
+    fc_client_config cfg = FC_CLIENT_CONFIG_INIT;
+    cfg.server = "127.0.0.1:1"; /* refused */
+    cfg.ca_file = pki.ca_cert;
+    cfg.token = "t";
+    cfg.client_name = "n";
+    cfg.reconnect_max_attempts = -1;
+    fc_client *c = NULL;
+    assert_int_equal(fc_client_open(&cfg, &c), FC_ERR_CLOSED);
+    assert_non_null(c);
+    uint64_t sw[2] = {2, 3}, sb[1] = {3};
+    fc_tensor_desc good[3] = {{"enc.w", FC_DTYPE_F32, 2, sw, INIT_W},
+                              {"enc.b", FC_DTYPE_BF16, 1, sb, INIT_B},
+                              {"scale", FC_DTYPE_F64, 0, NULL, &INIT_S}};
+    assert_int_equal(fc_client_set_initial_model(c, 1, good), FC_OK);
+    int completed = 0;
+    for (long n = 0; n < 200 && !completed; n++) {
+        fc_alloc_fail_after(n);
+        fc_status st = fc_client_set_initial_model(c, 3, good);
+        int injected = fc_alloc_failures() != 0;
+        fc_alloc_fail_after(-1);
+        if (st == FC_ERR_NOMEM) {
+            assert_true(injected);
+            assert_non_null(strstr(fc_client_error(c), "memory"));
+        } else {
+            assert_int_equal(st, FC_OK);
+            completed = !injected;
+        }
+    }
+    assert_true(completed);
+    /* clearing, and the argument rules that need no tensor */
+    assert_int_equal(fc_client_set_initial_model(c, 0, NULL), FC_OK);
+    assert_int_equal(fc_client_set_initial_model(c, 1, NULL), FC_ERR_INVALID);
+    assert_int_equal(fc_client_set_initial_model(c, 0, good), FC_ERR_INVALID);
+    assert_int_equal(fc_client_set_initial_model(NULL, 1, good), FC_ERR_INVALID);
+    fc_client_close(c);
+}
+
 static int group_setup(void **state) {
     (void)state;
     signal(SIGPIPE, SIG_IGN);
@@ -1094,9 +1174,11 @@ int main(void) {
         cmocka_unit_test(test_silent_client_receives_heartbeats_at_the_announced_interval),
         cmocka_unit_test(test_sdk_absorbs_server_heartbeats_while_waiting),
         cmocka_unit_test(test_sdk_proposes_its_initial_model_and_the_sink_gets_exact_tensors),
+        cmocka_unit_test(test_refused_proposal_is_returned_by_next_task_with_the_server_reason),
         cmocka_unit_test(test_sdk_without_initial_model_answers_unsupported_and_keeps_waiting),
         cmocka_unit_test(test_delta_proposal_is_refused_and_weights_are_accepted),
         cmocka_unit_test(test_regular_round_still_requires_the_round_layout),
+        cmocka_unit_test(test_set_initial_model_survives_every_allocation_failure),
     };
     return cmocka_run_group_tests(tests, group_setup, NULL);
 }

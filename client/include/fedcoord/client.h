@@ -50,7 +50,8 @@
  * fc_client_close never reconnects.
  *
  * Heartbeats. The SDK has no background thread: it sends heartbeats only while the caller is
- * inside a call. If local training outlasts the server's idle timeout, the server closes the
+ * inside a call. The server's heartbeats (sent when it has had nothing to say for its announced
+ * interval) are absorbed silently by any call, at any point of an exchange. If local training outlasts the server's idle timeout, the server closes the
  * session; the next call notices, reconnects with the resume token and carries on as above.
  */
 #ifndef FEDCOORD_CLIENT_H
@@ -275,8 +276,7 @@ typedef struct fc_tensor_desc {
  * Returns FC_OK, FC_ERR_INVALID (NULL pointers, bad name, ndim, n), FC_ERR_DTYPE,
  * FC_ERR_EXISTS (two tensors with the same name), FC_ERR_OVERFLOW (a size does not fit),
  * FC_ERR_LIMIT (more than 65536 tensors), FC_ERR_NOMEM; the detail names the tensor. */
-FC_API fc_status fc_client_set_initial_model(fc_client *c, size_t n,
-                                             const fc_tensor_desc *tensors);
+FC_API fc_status fc_client_set_initial_model(fc_client *c, size_t n, const fc_tensor_desc *tensors);
 
 /* ---- results ---- */
 
