@@ -4,8 +4,9 @@
 It owns one client's side of the demo federation in Python: it loads the digits
 (client/examples/data/digits.csv.gz), takes its own shard of a seeded non-IID Dirichlet split
 (every process computes the same split and keeps shard --index), and then runs the fedclient
-task loop: load the task's model into torch, train a few epochs of mini-batch SGD (FedProx
-through Task.prox_add when the server sends mu > 0), submit the weights, report evaluations.
+task loop: propose its initial weights in case the server has no model yet, load each task's
+model into torch, train a few epochs of mini-batch SGD (FedProx through Task.prox_add when the
+server sends mu > 0), submit the weights, report evaluations.
 It never writes anywhere except stdout/stderr and the --write-initial file.
 
 Models (tensor names match the C example trainer's softmax model, so both can share a daemon):
@@ -250,6 +251,8 @@ def main(argv=None):
     try:
         with fedclient.Client(a.server, a.ca, server_name=a.server_name, client_name=a.name,
                               token=token) as client:
+            # Proposed only if the daemon has no model yet ([round] initial_model unset).
+            client.set_initial_model(model.state_dict())
             for task in client.tasks(timeout=a.timeout):
                 load_task(model, task)
                 loss, acc = evaluate(model, X[te], y[te])

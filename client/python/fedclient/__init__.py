@@ -671,6 +671,55 @@ class Client:
             self._lock.release()
             del arrays, keep, memory  # alive until the SDK has returned; it keeps no pointer
 
+    def set_initial_model(self, tensors):
+        """Sets the model this client proposes if the server has none yet
+        (fc_client_set_initial_model): next_task() then uploads it when the server asks, and
+        keeps waiting. tensors is a mapping name -> array or a sequence of (name, array) pairs
+        (e.g. a torch state_dict()), in model order. float16/32/64 arrays keep their dtype,
+        other numeric arrays become float32. The SDK copies everything; None or an empty
+        sequence clears the model. Raises FedclientError (ERR_EXISTS for a repeated name,
+        ERR_INVALID, ...) naming the tensor; a previous model then stays."""
+        if tensors is None:
+            items = []
+        elif isinstance(tensors, collections.abc.Mapping):
+            items = list(tensors.items())
+        else:
+            items = list(tensors)
+        descs = (_native.TensorDesc * max(1, len(items)))()
+        keep = []
+        for i, item in enumerate(items):
+            try:
+                name, value = item
+            except (TypeError, ValueError):
+                raise TypeError("fedclient: set_initial_model: item %d is not a (name, array) "
+                                "pair" % i) from None
+            a = _as_array(value)
+            if a.dtype.kind == "f" and a.dtype.itemsize in (2, 4, 8):
+                target = np.dtype("<f%d" % a.dtype.itemsize)
+            elif a.dtype.kind in "biu":
+                target = np.dtype("<f4")
+            else:
+                raise TypeError("fedclient: set_initial_model: tensor '%s' is %s, not a real "
+                                "number type" % (name, a.dtype))
+            a = np.ascontiguousarray(a, dtype=target)
+            shape = (ctypes.c_uint64 * max(1, a.ndim))(*a.shape)
+            raw = _to_c_string(name, "tensor name")
+            keep += [raw, a, shape]
+            descs[i].name = raw
+            descs[i].dtype = {2: DType.F16, 4: DType.F32, 8: DType.F64}[target.itemsize]
+            descs[i].ndim = a.ndim
+            descs[i].shape = shape
+            descs[i].data = a.ctypes.data
+        self._enter_call("set_initial_model")
+        try:
+            st = self._lib.fc_client_set_initial_model(self._ptr, len(items),
+                                                       descs if items else None)
+            if st != Status.OK:
+                self._fail(st)
+        finally:
+            self._lock.release()
+            del keep
+
     def report_eval(self, task, num_examples, metrics=None):
         """Reports the result of an evaluate task and waits for the server's Ack."""
         n = _to_uint(num_examples, "num_examples", _UINT64_MAX)

@@ -103,6 +103,16 @@ class TensorInfo(ctypes.Structure):
     ]
 
 
+class TensorDesc(ctypes.Structure):
+    _fields_ = [
+        ("name", ctypes.c_char_p),
+        ("dtype", ctypes.c_int),
+        ("ndim", ctypes.c_size_t),
+        ("shape", ctypes.POINTER(ctypes.c_uint64)),
+        ("data", ctypes.c_void_p),
+    ]
+
+
 class Metric(ctypes.Structure):
     _fields_ = [("name", ctypes.c_char_p), ("value", ctypes.c_double)]
 
@@ -153,6 +163,10 @@ _SIGNATURES = {
             ctypes.POINTER(Metric),
             ctypes.c_size_t,
         ],
+    ),
+    "fc_client_set_initial_model": (
+        ctypes.c_int,
+        [client_p, ctypes.c_size_t, ctypes.POINTER(TensorDesc)],
     ),
     "fc_client_report_eval": (
         ctypes.c_int,

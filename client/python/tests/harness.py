@@ -89,8 +89,10 @@ class Daemon:
         os.mkdir(self.data_dir)
         self.db = os.path.join(self.data_dir, "fedcoord.db")
         self.tls = make_tls(self.folder)
-        self.model_path = os.path.join(self.folder, "initial.safetensors")
-        safetensors.save(self.model_path, initial_model)
+        self.model_path = None  # None: the daemon asks a client to propose the model
+        if initial_model is not None:
+            self.model_path = os.path.join(self.folder, "initial.safetensors")
+            safetensors.save(self.model_path, initial_model)
         self.tokens = {}
         for c in clients:
             out = run([FEDCTL, "client", "add", c, "--db", self.db]).strip().splitlines()
@@ -98,8 +100,8 @@ class Daemon:
         sections = {
             "server": {"port": 0, "data_dir": self.data_dir, "log_level": "info"},
             "tls": {"cert": self.tls["cert"], "key": self.tls["key"]},
-            "round": dict({"initial_model": self.model_path, "round_timeout": "60s"},
-                          **(round or {})),
+            "round": dict({"initial_model": self.model_path, "round_timeout": "60s"}
+                          if self.model_path else {"round_timeout": "60s"}, **(round or {})),
             "aggregator": aggregator or {"rule": "fedavg"},
             "optimizer": optimizer or {"name": "sgd"},
             "http": {"enabled": "false"},

@@ -72,6 +72,7 @@ class AbiTest(unittest.TestCase):
             "fc_client_config": _native.ClientConfig,
             "fc_tensor_info": _native.TensorInfo,
             "fc_metric": _native.Metric,
+            "fc_tensor_desc": _native.TensorDesc,
         }
         lines = ['#include <stdio.h>', '#include <stddef.h>', '#include "fedcoord/client.h"',
                  "int main(void) {"]

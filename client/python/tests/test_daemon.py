@@ -9,6 +9,7 @@ deltas that are multiples of 1/4 so every value is exact in float32.
 
 import ctypes
 import gc
+import json
 import threading
 import time
 import unittest
@@ -103,6 +104,85 @@ class FederationTest(unittest.TestCase):
                           (2, "a", "accepted", 1), (2, "b", "accepted", 3)])
         self.assertIn('"train_loss":1.0', parts[2][4].replace(" ", ""))
         self.assertIn('"train_loss":3.0', parts[3][4].replace(" ", ""))
+
+
+    def test_a_daemon_without_a_model_trains_the_one_a_client_proposes(self):
+        d = harness.Daemon("propose", None, ["a", "b"],
+                           round={"min_clients": 2, "clients_per_round": 2, "min_updates": 2,
+                                  "max_rounds": 1})
+
+        def participant(name):
+            def loop(client):
+                if name == "a":
+                    with self.assertRaises(fedclient.FedclientError) as cm:
+                        client.set_initial_model([("w", W0), ("w", B0)])
+                    self.assertEqual(cm.exception.name, "ERR_EXISTS")
+                    self.assertIn("'w'", cm.exception.detail)
+                    with self.assertRaises(TypeError):
+                        client.set_initial_model({"w": W0 + 1j})
+                    client.set_initial_model({"w": W0, "b": B0})
+                else:  # same values, given as pairs with a Fortran-ordered array
+                    client.set_initial_model([("w", np.asfortranarray(W0)), ("b", B0)])
+                seen = []
+                for task in client.tasks(timeout=30):
+                    seen.append((task.round, task.tensor_dict()["w"].copy(),
+                                 task.tensor_dict()["b"].copy()))
+                    dw, db = DELTAS[1][name]
+                    client.submit(task, delta=[dw, db], num_examples=EXAMPLES[name])
+                return seen
+            return loop
+
+        with d:
+            threads = [harness.ClientThread(d, n, participant(n)) for n in ("a", "b")]
+            for t in threads:
+                t.start()
+            results = harness.join_all(threads, timeout=90)
+        for seen in results:
+            self.assertEqual(len(seen), 1)
+            np.testing.assert_array_equal(seen[0][1], W0)
+            np.testing.assert_array_equal(seen[0][2], B0)
+        w1, b1 = fedavg_step(W0, B0, 1)
+        _, model = d.model()
+        np.testing.assert_array_equal(model[0][1], w1.astype(np.float32))
+        np.testing.assert_array_equal(model[1][1], b1.astype(np.float32))
+
+
+    def test_evaluation_rounds_commit_example_weighted_metrics(self):
+        # eval_every = 1 and max_rounds = 1: evaluate v1, train to v2, evaluate v2, stop.
+        d = harness.Daemon("eval", INITIAL, ["a", "b"],
+                           round={"min_clients": 2, "clients_per_round": 2, "min_updates": 2,
+                                  "max_rounds": 1, "eval_every": 1})
+        accuracy = {"a": 0.5, "b": 0.75}  # with 1 and 3 examples: weighted mean 0.6875
+
+        def participant(name):
+            def loop(client):
+                kinds = []
+                for task in client.tasks(timeout=30):
+                    kinds.append((task.round, task.kind.name, task.model_version))
+                    if task.kind == fedclient.TaskKind.EVALUATE:
+                        client.report_eval(task, EXAMPLES[name],
+                                           {"accuracy": accuracy[name] / task.model_version})
+                    else:
+                        client.submit(task, delta=DELTAS[1][name], num_examples=EXAMPLES[name])
+                return kinds
+            return loop
+
+        with d:
+            threads = [harness.ClientThread(d, n, participant(n)) for n in ("a", "b")]
+            for t in threads:
+                t.start()
+            results = harness.join_all(threads, timeout=90)
+        for kinds in results:
+            self.assertEqual(kinds, [(1, "EVALUATE", 1), (2, "TRAIN", 1), (3, "EVALUATE", 2)])
+        rows = d.query("SELECT id, state, metrics_json FROM rounds WHERE id IN (1, 3) "
+                       "ORDER BY id")
+        self.assertEqual([(r[0], r[1]) for r in rows], [(1, "COMMITTED"), (3, "COMMITTED")])
+        self.assertEqual(json.loads(rows[0][2]), {"accuracy": 0.6875})
+        self.assertEqual(json.loads(rows[1][2]), {"accuracy": 0.6875 / 2})
+        parts = d.query("SELECT client, num_examples, metrics_json FROM participants "
+                        "WHERE round_id = 1 ORDER BY client")
+        self.assertEqual([(c, n, json.loads(m)) for c, n, m in parts],
+                         [("a", 1, {"accuracy": 0.5}), ("b", 3, {"accuracy": 0.75})])
 
 
 class TaskTest(unittest.TestCase):
@@ -254,7 +334,7 @@ class ErrorTest(unittest.TestCase):
                     c.report_eval(task, 10, {"accuracy": 0.5})
                 self.assertEqual(cm.exception.name, "ERR_INVALID")
                 self.assertIn("train task", cm.exception.detail)
-        outcome = d.query("SELECT outcome FROM participants WHERE client = 'solo'")
+        outcome = d.query("SELECT outcome FROM participants WHERE round_id = 1")
         self.assertEqual(outcome, [("rejected",)])
 
     def test_no_task_in_time_raises_timeout_and_the_session_stays_up(self):

@@ -42,7 +42,8 @@ class TorchExampleTest(unittest.TestCase):
         self.assertEqual([(n, a.shape) for n, a in initial],
                          [("fc.weight", (10, 64)), ("fc.bias", (10,))])
         rounds = 5
-        d = harness.Daemon("torch", initial, ["t0", "t1"],
+        # No initial_model: the daemon asks one of the clients to propose its weights.
+        d = harness.Daemon("torch", None, ["t0", "t1"],
                            round={"min_clients": 2, "clients_per_round": 2, "min_updates": 2,
                                   "max_rounds": rounds, "mu": 0.01})  # FedProx path too
         with d:
@@ -69,6 +70,10 @@ class TorchExampleTest(unittest.TestCase):
             self.assertIn("done: the server ended the session", out)
         version, final = d.model()
         self.assertEqual(version, rounds + 1)
+        _, proposed = d.model(1)  # what a client proposed: the same as --write-initial
+        for (n0, a0), (n1, a1) in zip(initial, proposed):
+            self.assertEqual(n0, n1)
+            np.testing.assert_array_equal(a0, a1)
         X, y = torch_digits.load_digits(torch_digits.DEFAULT_DATA)
         acc0 = softmax_accuracy(initial, X, y)
         acc = softmax_accuracy(final, X, y)
