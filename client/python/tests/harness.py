@@ -73,17 +73,36 @@ def make_tls(folder, cn="fedcoord test CA"):
     run(["openssl", "x509", "-req", "-in", csr, "-CA", ca, "-CAkey", ca_key, "-set_serial",
          str(int.from_bytes(os.urandom(8), "big") >> 1), "-days", "2", "-out", cert,
          "-extfile", ext])
-    return {"ca": ca, "cert": cert, "key": key}
+    return {"ca": ca, "ca_key": ca_key, "cert": cert, "key": key}
+
+
+def make_client_cert(folder, tls, cn):
+    """A client certificate (clientAuth, subject CN = cn) signed by make_tls's CA.
+    Returns (cert, key) paths."""
+    key, csr = os.path.join(folder, cn + "-key.pem"), os.path.join(folder, cn + ".csr")
+    cert, ext = os.path.join(folder, cn + ".pem"), os.path.join(folder, cn + ".ext")
+    run(["openssl", "req", "-newkey", "ec", "-pkeyopt", "ec_paramgen_curve:P-256", "-nodes",
+         "-keyout", key, "-out", csr, "-subj", "/CN=" + cn])
+    with open(ext, "w") as f:
+        f.write("basicConstraints = CA:FALSE\n"
+                "keyUsage = critical, digitalSignature\n"
+                "extendedKeyUsage = clientAuth\n")
+    run(["openssl", "x509", "-req", "-in", csr, "-CA", tls["ca"], "-CAkey", tls["ca_key"],
+         "-set_serial", str(int.from_bytes(os.urandom(8), "big") >> 1), "-days", "2",
+         "-out", cert, "-extfile", ext])
+    return cert, key
 
 
 class Daemon:
     """One fedcoord process with its own folder, TLS material, clients and initial model.
 
+    initial_model: [(name, array)] written as [round] initial_model, or None (a client proposes);
     round: [round] keys (min_clients, clients_per_round, min_updates, max_rounds, ...);
-    aggregator / optimizer: [aggregator] / [optimizer] keys. Use as a context manager."""
+    aggregator / optimizer: [aggregator] / [optimizer] keys; client_auth: [tls] client_auth
+    (the daemon's CA then also verifies client certificates). Use as a context manager."""
 
     def __init__(self, name, initial_model, clients, round=None, aggregator=None,
-                 optimizer=None, limits=None):
+                 optimizer=None, limits=None, client_auth=None):
         self.folder = tmpdir("pyfed-" + name)
         self.data_dir = os.path.join(self.folder, "data")
         os.mkdir(self.data_dir)
@@ -99,7 +118,9 @@ class Daemon:
             self.tokens[c] = out[-1].strip()
         sections = {
             "server": {"port": 0, "data_dir": self.data_dir, "log_level": "info"},
-            "tls": {"cert": self.tls["cert"], "key": self.tls["key"]},
+            "tls": dict({"cert": self.tls["cert"], "key": self.tls["key"]},
+                        **({"ca": self.tls["ca"], "client_auth": client_auth}
+                           if client_auth else {})),
             "round": dict({"initial_model": self.model_path, "round_timeout": "60s"}
                           if self.model_path else {"round_timeout": "60s"}, **(round or {})),
             "aggregator": aggregator or {"rule": "fedavg"},

@@ -367,6 +367,25 @@ class ErrorTest(unittest.TestCase):
         with self.assertRaisesRegex(ValueError, "closed"):
             c.next_task(timeout=1)
 
+    def test_mutual_tls_client_is_named_by_its_certificate(self):
+        d = harness.Daemon("mtls", INITIAL, [], client_auth="require",
+                           round={"min_clients": 1, "clients_per_round": 1, "min_updates": 1,
+                                  "max_rounds": 1})
+        cert, key = harness.make_client_cert(d.folder, d.tls, "site-cert")
+        with d:
+            with fedclient.Client(d.address, d.tls["ca"], cert_file=cert, key_file=key,
+                                  reconnect_max_attempts=-1) as c:
+                with c.next_task(timeout=30) as task:
+                    c.submit(task, delta=DELTAS[1]["a"], num_examples=2)
+                self.assertIsNone(c.next_task(timeout=30))
+            with self.assertRaises(fedclient.FedclientError) as cm:  # no certificate
+                fedclient.Client(d.address, d.tls["ca"], client_name="x", token="A" * 43,
+                                 reconnect_max_attempts=-1)
+            self.assertEqual(cm.exception.name, "ERR_TLS")
+            self.assertIn("certificate required", cm.exception.detail)
+        self.assertEqual(d.query("SELECT client, outcome, num_examples FROM participants"),
+                         [("site-cert", "accepted", 2)])
+
     @staticmethod
     def _swallow_timeout(client, errors):
         try:
