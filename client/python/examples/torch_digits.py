@@ -237,8 +237,12 @@ def main(argv=None):
                          metadata={"model": a.model})
         print("wrote %s (%s)" % (a.write_initial, a.model))
         return 0
-    X, y = load_digits(a.data)
-    shard = dirichlet_split(y, a.clients, a.alpha, a.seed)[a.index]
+    try:
+        X, y = load_digits(a.data)
+        shard = dirichlet_split(y, a.clients, a.alpha, a.seed)[a.index]
+    except (OSError, ValueError) as e:
+        print("torch_digits: %s" % e, file=sys.stderr)
+        return 2
     tr, te = local_split(shard, a.seed, a.index)
     token = a.token or os.environ.get("FEDCOORD_TOKEN")
     if not token:
@@ -279,7 +283,7 @@ def main(argv=None):
                       "%.2fs" % (task.round, task.model_version, acc, train_loss,
                                  time.monotonic() - t0), flush=True)
             print("done: %s" % client.done_reason, flush=True)
-    except fedclient.FedclientError as e:
+    except (fedclient.FedclientError, ValueError, OSError) as e:  # ValueError: model mismatch
         print("torch_digits: %s" % e, file=sys.stderr)
         return 1
     return 0

@@ -85,6 +85,21 @@ class TorchExampleTest(unittest.TestCase):
         self.assertEqual(rows[0][0], rounds)
 
 
+    def test_a_model_that_does_not_match_the_servers_is_a_clear_error(self):
+        softmax = [("fc.weight", np.zeros((10, 64), np.float32)),
+                   ("fc.bias", np.zeros(10, np.float32))]
+        d = harness.Daemon("torch-mismatch", softmax, ["m"],
+                           round={"min_clients": 1, "clients_per_round": 1, "min_updates": 1})
+        with d:
+            p = subprocess.run([sys.executable, EXAMPLE, "--server", d.address, "--ca",
+                                d.tls["ca"], "--name", "m", "--token", d.tokens["m"],
+                                "--model", "mlp", "--clients", "2", "--timeout", "30"],
+                               stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+                               timeout=120)
+        self.assertEqual(p.returncode, 1, p.stdout + p.stderr)
+        self.assertIn("the server's model has tensors ['fc.weight', 'fc.bias']", p.stderr)
+
+
 @unittest.skipUnless(HAVE_TORCH, SKIP_REASON)
 class TorchInteropTest(unittest.TestCase):
     def test_cpu_torch_tensors_are_shared_not_copied(self):
