@@ -21,12 +21,11 @@ See docs/python.md.
 """
 
 import collections.abc
+import ctypes
 import math
 import operator
 import os
 import threading
-
-import ctypes
 
 import numpy as np
 
