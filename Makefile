@@ -2,8 +2,10 @@
 #
 #   make                 build everything into build/ (-O2 -g, warnings are errors)
 #   make test            install missing packages, then run every test suite twice:
-#                        plainly and under AddressSanitizer + UndefinedBehaviorSanitizer
+#                        plainly and under AddressSanitizer + UndefinedBehaviorSanitizer;
+#                        then the Python binding's tests (test-python)
 #   make check           run the test suites once, in the current configuration
+#   make test-python     run the Python binding's tests against a real daemon (make test does)
 #   make test-clang      run them built with clang (CI does)
 #   make fuzz            build the libFuzzer targets with clang and run each for FUZZ_TIME s
 #   make bench           build and run the benchmarks (BENCH_QUICK=1 for a short run)
@@ -115,7 +117,7 @@ FUZZERS := $(patsubst tests/fuzz/%.c,$(FUZZ_BUILD)/bin/%,$(FUZZ_SRC))
 ALL_OBJ := $(CORE_OBJ) $(AGG_OBJ) $(STORE_OBJ) $(SERVER_OBJ) $(CLIENT_OBJ) $(EXLIB_OBJ) \
            $(TESTLIB_OBJ)
 
-.PHONY: all libs tests benches check test test-plain test-asan test-clang fuzz fuzz-build bench deps \
+.PHONY: all libs tests benches check test test-plain test-asan test-python test-clang fuzz fuzz-build bench deps \
         install clean FORCE
 all: libs $(BINS) $(if $(CLIENT_SRC),$(SO_CLIENT))
 libs: $(LIBS_ALL)
@@ -199,6 +201,11 @@ test-asan:
 test: deps
 	@$(MAKE) --no-print-directory test-plain
 	@$(MAKE) --no-print-directory test-asan
+	@$(MAKE) --no-print-directory test-python
+
+# The Python binding (client/python) against libfedclient.so and a real fedcoord over TLS.
+test-python: all
+	@client/python/run-tests $(BUILD)
 
 # The suites once more, built with clang (CI runs it; clang's warnings differ from gcc's).
 test-clang:
