@@ -994,8 +994,9 @@ void api_handle(void *api_ptr, const http_request *req, http_response *res) {
         http_respond_error(res, 404, "not_found", "no such endpoint");
         return;
     }
-    if (req->method != found->method) {
-        http_response_header(res, "Allow", found->method == HTTP_GET ? "GET" : "POST");
+    int method = req->method == HTTP_HEAD ? HTTP_GET : req->method; /* http drops the body */
+    if (method != found->method) {
+        http_response_header(res, "Allow", found->method == HTTP_GET ? "GET, HEAD" : "POST");
         http_respond_error(res, 405, "method_not_allowed", "%s is not allowed here; use %s",
                            req->method_name, found->method == HTTP_GET ? "GET" : "POST");
         return;

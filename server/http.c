@@ -573,6 +573,7 @@ static void response_done(http_conn *c) {
 /* Pulls the stream while the output queue accepts more. */
 static void pump(http_conn *c) {
     const http_limits *lim = &c->srv->limits;
+    assert(c->state != HC_STREAMING || c->stream.produce);
     while (c->state == HC_STREAMING && !c->blocked && c->remaining > 0) {
         size_t max = lim->stream_chunk;
         if (max > c->remaining) max = (size_t)c->remaining;
@@ -617,7 +618,13 @@ static void dispatch(http_conn *c) {
     c->close_after = !keep;
     fc_buf out = FC_BUF_INIT;
     fc_status st = response_head(&res, keep, &out);
-    if (st == FC_OK && !res.streaming) st = fc_buf_append(&out, res.body.data, res.body.len);
+    int head_only = req.method == HTTP_HEAD; /* the head with the GET's Content-Length */
+    if (st == FC_OK && !res.streaming && !head_only)
+        st = fc_buf_append(&out, res.body.data, res.body.len);
+    if (res.streaming && head_only) {
+        if (res.stream.release) res.stream.release(res.stream.ud);
+        res.streaming = 0;
+    }
     note_status(s, res.status);
     FC_LOG(FC_LOG_DEBUG, "http request", FC_LU("conn", net_conn_id(c->nc)),
            FC_LS("method", req.method_name), FC_LS("path", req.path), FC_LI("status", res.status));
@@ -844,7 +851,7 @@ void http_server_stop(http_server *s, void (*on_stopped)(void *arg), void *arg) 
     s->on_stopped = on_stopped;
     s->stopped_arg = arg;
     for (http_conn *c = s->conns; c; c = c->next)
-        release_stream(c);
+        hc_close(c, FC_OK, "http server stopping"); /* releases streams; no more pulls */
     uv_timer_stop(&s->sweep);
     uv_close((uv_handle_t *)&s->sweep, sweep_closed_cb);
     net_close_all(s->listener, FC_OK, "http server stopping");
@@ -866,7 +873,7 @@ fc_status http_process_bytes(const http_limits *lim, http_handler_fn handler, vo
         len -= used;
         if (r == PARSE_MORE) break;
         http_response res = {0};
-        int keep = 0;
+        int keep = 0, head_only = 0;
         if (r == PARSE_ERROR) {
             st = http_respond_error(&res, rp.err_status, rp.err_code, "%s", rp.err_msg);
         } else {
@@ -874,10 +881,14 @@ fc_status http_process_bytes(const http_limits *lim, http_handler_fn handler, vo
             rp_request(&rp, &req, "-");
             run_handler(handler, ud, &req, &res);
             keep = req.keep_alive && !res.close;
+            head_only = req.method == HTTP_HEAD;
         }
         if (st == FC_OK) st = response_head(&res, keep, out);
-        if (st == FC_OK && !res.streaming) st = fc_buf_append(out, res.body.data, res.body.len);
-        if (st == FC_OK && res.streaming) {
+        if (st == FC_OK && !res.streaming && !head_only)
+            st = fc_buf_append(out, res.body.data, res.body.len);
+        if (res.streaming && (st != FC_OK || head_only)) {
+            if (res.stream.release) res.stream.release(res.stream.ud);
+        } else if (res.streaming) {
             uint64_t remaining = res.length;
             while (remaining > 0) {
                 size_t max = lim->stream_chunk < remaining ? lim->stream_chunk

@@ -31,6 +31,7 @@
 
 #include <jansson.h>
 #include <openssl/evp.h>
+#include <openssl/ssl.h>
 #include <uv.h>
 
 #include "core/alloc.h"
@@ -40,6 +41,7 @@
 #include "server/metrics.h"
 #include "storage/store.h"
 #include "tests/lib/testutil.h"
+#include "tests/lib/tlsgen.h"
 
 #define ADMIN "s3cret-admin-token"
 
@@ -208,7 +210,8 @@ static void stop_cb(uv_async_t *a) {
     uv_close((uv_handle_t *)a, NULL);
 }
 
-static void h_start_with(harness *h, const http_limits *lim, int auth_reads) {
+static void h_start_tls(harness *h, const http_limits *lim, int auth_reads,
+                        const net_tls_config *tls) {
     memset(h, 0, sizeof *h);
     fc_error err = {0};
     assert_int_equal(uv_loop_init(&h->loop), 0);
@@ -221,6 +224,10 @@ static void h_start_with(harness *h, const http_limits *lim, int auth_reads) {
                                   .client_live = fd_client_live}};
     assert_int_equal(api_new(&ac, &h->api, &err), FC_OK);
     http_server_config hc = {.version = HTTP_SERVER_CONFIG_V1, .host = "127.0.0.1"};
+    if (tls) {
+        hc.tls = 1;
+        hc.tls_cfg = *tls;
+    }
     if (lim)
         hc.limits = *lim;
     else
@@ -230,6 +237,10 @@ static void h_start_with(harness *h, const http_limits *lim, int auth_reads) {
     assert_int_equal(uv_async_init(&h->loop, &h->stop, stop_cb), 0);
     h->stop.data = h;
     assert_int_equal(pthread_create(&h->th, NULL, loop_main, h), 0);
+}
+
+static void h_start_with(harness *h, const http_limits *lim, int auth_reads) {
+    h_start_tls(h, lim, auth_reads, NULL);
 }
 
 static void h_stop(harness *h) {
@@ -469,7 +480,7 @@ static void test_bad_methods_get_405(void **state) {
     request("DELETE /v1/status HTTP/1.1\r\nHost: t\r\nConnection: close\r\n\r\n", &r);
     assert_error(&r, 405, "method_not_allowed");
     char v[32];
-    assert_string_equal(header_value(&r, "Allow", v, sizeof v), "GET");
+    assert_string_equal(header_value(&r, "Allow", v, sizeof v), "GET, HEAD");
     resp_free(&r);
     request("GET /v1/control/pause HTTP/1.1\r\nHost: t\r\nConnection: close\r\n\r\n", &r);
     assert_error(&r, 405, "method_not_allowed");
@@ -654,6 +665,54 @@ static void test_client_that_disconnects_mid_export_releases_the_stream(void **s
     assert_int_equal(r.status, 200);
     resp_free(&r);
     /* teardown's api_free and the leak checker under ASan verify the streams were freed. */
+}
+
+static void test_head_gives_the_length_without_the_body(void **state) {
+    (void)state;
+    conn c;
+    conn_open(&c, H->port);
+    conn_sends(&c, "HEAD /v1/models/1/safetensors HTTP/1.1\r\nHost: t\r\n\r\n"
+                   "GET /healthz HTTP/1.1\r\nHost: t\r\nConnection: close\r\n\r\n");
+    char *end;
+    while (!(c.len && (end = memmem(c.buf, c.len, "\r\n\r\n", 4))))
+        assert_true(conn_fill(&c) > 0);
+    resp h = {0};
+    size_t hl = (size_t)(end - c.buf) + 4;
+    conn_take(&c, h.head, hl);
+    assert_int_equal(sscanf(h.head, "HTTP/1.1 %d", &h.status), 1);
+    assert_int_equal(h.status, 200);
+    char v[64];
+    /* The same length a GET sends: 8-byte length + JSON header + the model bytes. */
+    resp g;
+    get("/v1/models/1/safetensors", NULL, &g);
+    assert_non_null(header_value(&h, "Content-Length", v, sizeof v));
+    assert_int_equal(atol(v), g.content_length);
+    resp_free(&g);
+    /* The next bytes are the next response, not a body. */
+    resp r;
+    assert_int_equal(conn_read(&c, &r), 0);
+    assert_int_equal(r.status, 200);
+    assert_string_equal(r.body, "{\"status\":\"ok\"}\n");
+    resp_free(&r);
+    conn_close(&c);
+}
+
+static void test_stopping_the_server_mid_export_releases_the_streams(void **state) {
+    (void)state;
+    harness h;
+    h_start_with(&h, NULL, 0);
+    conn c[2];
+    for (int i = 0; i < 2; i++) {
+        conn_open_rcvbuf(&c[i], h.port, 4096);
+        conn_sends(&c[i], "GET /v1/models/2/safetensors HTTP/1.1\r\nHost: t\r\n\r\n");
+        char buf[100];
+        assert_true(recv(c[i].fd, buf, sizeof buf, 0) > 0); /* streaming has begun */
+    }
+    /* The clients read nothing more; stop must still finish (linger bounds the flush), and
+     * the streams' store references must be released (ASan checks for leaks). */
+    h_stop(&h);
+    for (int i = 0; i < 2; i++)
+        conn_close(&c[i]);
 }
 
 static void test_rounds_list_pages_newest_first(void **state) {
@@ -968,6 +1027,58 @@ static void test_slow_request_gets_408_and_idle_connection_is_closed(void **stat
     h_stop(&h);
 }
 
+static void test_https_serves_the_export_over_tls(void **state) {
+    (void)state;
+    tlsgen_pki pki;
+    fc_error err = {0};
+    assert_int_equal(tlsgen_create(NULL, &pki, &err), FC_OK);
+    net_tls_config tls = {.cert_file = pki.server_cert, .key_file = pki.server_key};
+    harness h;
+    h_start_tls(&h, NULL, 0, &tls);
+    SSL_CTX *ctx = SSL_CTX_new(TLS_client_method());
+    assert_non_null(ctx);
+    assert_int_equal(SSL_CTX_load_verify_locations(ctx, pki.ca_cert, NULL), 1);
+    SSL_CTX_set_verify(ctx, SSL_VERIFY_PEER, NULL);
+    conn c;
+    conn_open(&c, h.port);
+    SSL *ssl = SSL_new(ctx);
+    SSL_set_fd(ssl, c.fd);
+    SSL_set1_host(ssl, "localhost");
+    assert_int_equal(SSL_connect(ssl), 1);
+    const char *req = "GET /v1/models/1/safetensors HTTP/1.1\r\nHost: t\r\n"
+                      "Connection: close\r\n\r\n";
+    assert_int_equal(SSL_write(ssl, req, (int)strlen(req)), (int)strlen(req));
+    size_t cap = V1_SIZE + 4096, len = 0;
+    char *all = malloc(cap);
+    int n;
+    while (len < cap && (n = SSL_read(ssl, all + len, (int)(cap - len))) > 0)
+        len += (size_t)n;
+    char *end = memmem(all, len, "\r\n\r\n", 4);
+    assert_non_null(end);
+    resp r = {0};
+    size_t hl = (size_t)(end - all) + 4;
+    memcpy(r.head, all, hl);
+    assert_int_equal(sscanf(r.head, "HTTP/1.1 %d", &r.status), 1);
+    r.body = all + hl;
+    r.body_len = len - hl;
+    check_export(&r, g_v1, V1_SIZE, 1);
+    SSL_free(ssl);
+    conn_close(&c);
+    free(all);
+    /* Plain HTTP to the TLS port gets no HTTP response. */
+    conn_open(&c, h.port);
+    conn_sends(&c, "GET /healthz HTTP/1.1\r\nHost: t\r\n\r\n");
+    char buf[64];
+    ssize_t got = recv(c.fd, buf, sizeof buf - 1, 0);
+    if (got > 0) {
+        buf[got] = 0;
+        assert_null(strstr(buf, "HTTP/1.1 200"));
+    }
+    conn_close(&c);
+    SSL_CTX_free(ctx);
+    h_stop(&h);
+}
+
 static void test_bad_limits_and_configs_are_refused(void **state) {
     (void)state;
     uv_loop_t loop;
@@ -1013,6 +1124,8 @@ int main(void) {
                                         setup_server, teardown_server),
         cmocka_unit_test_setup_teardown(test_client_that_disconnects_mid_export_releases_the_stream,
                                         setup_server, teardown_server),
+        cmocka_unit_test_setup_teardown(test_head_gives_the_length_without_the_body,
+                                        setup_server, teardown_server),
         cmocka_unit_test_setup_teardown(test_rounds_list_pages_newest_first, setup_server,
                                         teardown_server),
         cmocka_unit_test_setup_teardown(test_round_detail_has_participants_report_and_metrics,
@@ -1023,11 +1136,13 @@ int main(void) {
                                         teardown_server),
         cmocka_unit_test_setup_teardown(test_status_readyz_and_metrics_come_from_the_daemon,
                                         setup_server, teardown_server),
+        cmocka_unit_test(test_stopping_the_server_mid_export_releases_the_streams),
         cmocka_unit_test(test_store_missing_gives_503),
         cmocka_unit_test(test_process_bytes_answers_like_a_connection),
         cmocka_unit_test(test_specs_json_round_trips_and_rejects_bad_entries),
         cmocka_unit_test(test_auth_reads_protects_everything_but_health),
         cmocka_unit_test(test_slow_request_gets_408_and_idle_connection_is_closed),
+        cmocka_unit_test(test_https_serves_the_export_over_tls),
         cmocka_unit_test(test_bad_limits_and_configs_are_refused),
     };
     return cmocka_run_group_tests(tests, setup_db, teardown_db);
