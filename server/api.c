@@ -503,7 +503,10 @@ static void get_list(api *a, const http_request *req, http_response *res, int ro
     }
     o = json_object();
     int ok = o != NULL;
-    if (ok) set_new(o, rounds ? "rounds" : "models", arr, &ok);
+    if (ok)
+        set_new(o, rounds ? "rounds" : "models", arr, &ok); /* takes arr, even on failure */
+    else
+        json_decref(arr);
     arr = NULL;
     if (ok)
         set_new(o, "next_before",

@@ -32,6 +32,7 @@
 #include <jansson.h>
 #include <openssl/evp.h>
 #include <openssl/ssl.h>
+#include <sqlite3.h>
 #include <uv.h>
 
 #include "core/alloc.h"
@@ -197,6 +198,7 @@ typedef struct harness {
 } harness;
 
 static harness *H;
+static const char *g_serve_db; /* NULL: g_db */
 
 static void *loop_main(void *arg) {
     harness *h = arg;
@@ -217,7 +219,8 @@ static void h_start_tls(harness *h, const http_limits *lim, int auth_reads,
     assert_int_equal(uv_loop_init(&h->loop), 0);
     assert_int_equal(metrics_fedcoord_new(&h->m, &err), FC_OK);
     h->d.ready = 1;
-    api_config ac = {.version = API_CONFIG_V1, .store_path = g_db, .admin_token = ADMIN,
+    api_config ac = {.version = API_CONFIG_V1, .store_path = g_serve_db ? g_serve_db : g_db,
+                     .admin_token = ADMIN,
                      .auth_reads = auth_reads, .metrics = h->m.reg, .http_metrics = &h->m,
                      .provider = {.version = API_PROVIDER_V1, .ctx = &h->d, .status = fd_status,
                                   .ready = fd_ready, .control = fd_control,
@@ -932,6 +935,51 @@ static void test_process_bytes_answers_like_a_connection(void **state) {
     api_free(a);
 }
 
+static void test_allocation_failures_give_clean_errors_without_leaks(void **state) {
+    (void)state;
+    const char *raw = "GET /v1/rounds?limit=2 HTTP/1.1\r\n\r\nGET /v1/rounds/1 HTTP/1.1\r\n\r\n"
+                      "GET /v1/models/2 HTTP/1.1\r\n\r\nGET /v1/clients HTTP/1.1\r\n\r\n"
+                      "GET /metrics HTTP/1.1\r\n\r\n"
+                      "POST /v1/control/pause HTTP/1.1\r\nAuthorization: Bearer " ADMIN
+                      "\r\nTransfer-Encoding: chunked\r\n\r\n3\r\nabc\r\n0\r\n\r\n"
+                      "GET /v1/models/1/safetensors HTTP/1.1\r\n\r\n";
+    fake_daemon d = {.ready = 1};
+    int completed = 0;
+    for (int n = 0; n < 2000 && !completed; n++) {
+        metrics_fedcoord m;
+        fc_error err = {0};
+        assert_int_equal(metrics_fedcoord_new(&m, &err), FC_OK);
+        api *a;
+        api_config ac = {.version = API_CONFIG_V1, .store_path = g_db, .admin_token = ADMIN,
+                         .metrics = m.reg, .http_metrics = &m,
+                         .provider = {.version = API_PROVIDER_V1, .ctx = &d,
+                                      .status = fd_status, .control = fd_control}};
+        assert_int_equal(api_new(&ac, &a, &err), FC_OK);
+        http_limits lim;
+        http_limits_default(&lim);
+        fc_buf out = FC_BUF_INIT;
+        fc_alloc_fail_after(n);
+        fc_status st = http_process_bytes(&lim, api_handle, a, (const uint8_t *)raw, strlen(raw),
+                                          &out, &err);
+        fc_alloc_fail_after(-1);
+        assert_true(st == FC_OK || st == FC_ERR_NOMEM);
+        if (st == FC_OK) {
+            /* Every response that went out is complete; the last one is the export (200) or
+             * an error. Count the heads. */
+            size_t heads = 0;
+            for (size_t i = 0; i + 8 < out.len; i++)
+                heads += memcmp(out.data + i, "HTTP/1.1", 8) == 0;
+            assert_true(heads >= 1 && heads <= 7);
+            if (heads == 7 && d.paused) completed = 1;
+        }
+        d.paused = 0;
+        fc_buf_free(&out);
+        api_free(a);
+        metrics_free(m.reg);
+    }
+    assert_true(completed);
+}
+
 static void test_specs_json_round_trips_and_rejects_bad_entries(void **state) {
     (void)state;
     fc_tensor_spec in[2] = {{.name = "a", .dtype = FC_DTYPE_F16, .ndim = 2, .shape = {3, 4}},
@@ -1079,6 +1127,74 @@ static void test_https_serves_the_export_over_tls(void **state) {
     h_stop(&h);
 }
 
+/* A database with versions 1..3 of V1's layout; 1 and 2 pruned, 3's bytes corrupted in place
+ * (same length, so only the whole-model SHA-256 can tell). */
+static void make_damaged_db(char *path, size_t size) {
+    fc_test_path(path, size, "damaged.db");
+    unlink(path);
+    store *s;
+    fc_error err = {0};
+    store_options opt = {.version = STORE_OPTIONS_V1, .chunk_size = 1024};
+    assert_int_equal(store_open(path, &opt, &s, &err), FC_OK);
+    for (int v = 1; v <= 3; v++) {
+        src sr = {g_v1, V1_SIZE, 0};
+        store_commit c = {.round_id = v, .version = v, .parent_version = v - 1,
+                          .tensor_specs_json =
+                              "[{\"name\":\"w\",\"dtype\":\"f32\",\"shape\":[30,40]},"
+                              "{\"name\":\"b\",\"dtype\":\"f32\",\"shape\":[40]}]",
+                          .model_size = V1_SIZE, .source = src_read, .source_ud = &sr,
+                          .started_at = v, .ended_at = v + 1};
+        assert_int_equal(store_commit_round(s, &c, NULL, &err), FC_OK);
+    }
+    uint64_t pruned = 0;
+    assert_int_equal(store_prune(s, 1, 0, 0, 100, &pruned, &err), FC_OK);
+    assert_int_equal(pruned, 2);
+    store_close(s);
+    sqlite3 *db;
+    assert_int_equal(sqlite3_open(path, &db), SQLITE_OK);
+    assert_int_equal(sqlite3_exec(db,
+                                  "UPDATE model_chunks SET data = zeroblob(length(data)) "
+                                  "WHERE version = 3 AND seq = 4",
+                                  NULL, NULL, NULL),
+                     SQLITE_OK);
+    assert_int_equal(sqlite3_changes(db), 1);
+    sqlite3_close(db);
+}
+
+static void test_corrupt_model_never_arrives_whole_and_pruned_is_gone(void **state) {
+    (void)state;
+    char path[512];
+    make_damaged_db(path, sizeof path);
+    g_serve_db = path;
+    harness h;
+    h_start_with(&h, NULL, 0);
+    g_serve_db = NULL;
+    harness *saved = H;
+    H = &h;
+    resp r;
+    get("/v1/models/1/safetensors", NULL, &r);
+    assert_error(&r, 410, "gone");
+    resp_free(&r);
+    get("/v1/models/1", NULL, &r);
+    assert_int_equal(r.status, 200); /* metadata stays */
+    assert_non_null(strstr(r.body, "\"pruned\":true"));
+    resp_free(&r);
+    /* Version 3: the head promises the full length; the connection ends short of it. */
+    conn c;
+    conn_open(&c, h.port);
+    conn_sends(&c, "GET /v1/models/3/safetensors HTTP/1.1\r\nHost: t\r\n\r\n");
+    assert_int_equal(conn_read(&c, &r), -1);
+    assert_int_equal(r.status, 200);
+    assert_true(r.body_len < (size_t)r.content_length);
+    /* The header went out in its own pull; the data (4960 bytes, one 64 KiB pull) was read,
+     * failed the SHA-256 check, and never left. */
+    assert_int_equal(r.content_length - (long)r.body_len, V1_SIZE);
+    resp_free(&r);
+    conn_close(&c);
+    H = saved;
+    h_stop(&h);
+}
+
 static void test_bad_limits_and_configs_are_refused(void **state) {
     (void)state;
     uv_loop_t loop;
@@ -1140,9 +1256,11 @@ int main(void) {
         cmocka_unit_test(test_store_missing_gives_503),
         cmocka_unit_test(test_process_bytes_answers_like_a_connection),
         cmocka_unit_test(test_specs_json_round_trips_and_rejects_bad_entries),
+        cmocka_unit_test(test_allocation_failures_give_clean_errors_without_leaks),
         cmocka_unit_test(test_auth_reads_protects_everything_but_health),
         cmocka_unit_test(test_slow_request_gets_408_and_idle_connection_is_closed),
         cmocka_unit_test(test_https_serves_the_export_over_tls),
+        cmocka_unit_test(test_corrupt_model_never_arrives_whole_and_pruned_is_gone),
         cmocka_unit_test(test_bad_limits_and_configs_are_refused),
     };
     return cmocka_run_group_tests(tests, setup_db, teardown_db);
