@@ -44,7 +44,8 @@ static int p_ready(void *ctx, const char **why) {
 
 static fc_status p_control(void *ctx, const char *action, fc_error *err) {
     (void)ctx;
-    if (strcmp(action, "stop") == 0) return fc_error_set(err, FC_ERR_STATE, "stopping already");
+    if (strcmp(action, "stop") == 0)
+        return fc_error_set(err, FC_ERR_STATE, "stopping already");
     return FC_OK;
 }
 
@@ -74,42 +75,61 @@ int LLVMFuzzerInitialize(int *argc, char ***argv) {
     (void)argv;
     fc_log_set_level(FC_LOG_ERROR);
     static char dir[] = "/tmp/fuzz_http.XXXXXX";
-    if (!mkdtemp(dir)) die("mkdtemp", NULL);
+    if (!mkdtemp(dir))
+        die("mkdtemp", NULL);
     static char path[64];
     snprintf(path, sizeof path, "%s/f.db", dir);
     store *s;
     fc_error err = {0};
     store_options opt = {.version = STORE_OPTIONS_V1, .chunk_size = 64};
-    if (store_open(path, &opt, &s, &err) != FC_OK) die("store_open", &err);
+    if (store_open(path, &opt, &s, &err) != FC_OK)
+        die("store_open", &err);
     uint8_t tok[32] = {1};
     int64_t id;
-    if (store_client_add(s, "alice", tok, 1, &id, &err) != FC_OK) die("client", &err);
+    if (store_client_add(s, "alice", tok, 1, &id, &err) != FC_OK)
+        die("client", &err);
     uint8_t data[400];
     for (size_t i = 0; i < sizeof data; i++)
         data[i] = (uint8_t)(i * 7);
-    store_participant part = {.client = "alice", .outcome = STORE_OUTCOME_ACCEPTED,
-                              .metrics_json = "{\"loss\":1}"};
+    store_participant part = {
+        .client = "alice", .outcome = STORE_OUTCOME_ACCEPTED, .metrics_json = "{\"loss\":1}"};
     for (int v = 1; v <= 2; v++) {
         src sr = {data, sizeof data, 0};
-        store_commit c = {.round_id = v, .version = v, .parent_version = v - 1,
+        store_commit c = {.round_id = v,
+                          .version = v,
+                          .parent_version = v - 1,
                           .tensor_specs_json =
                               "[{\"name\":\"w\",\"dtype\":\"f32\",\"shape\":[10,8]},"
                               "{\"name\":\"h\",\"dtype\":\"f16\",\"shape\":[40]}]",
-                          .model_size = sizeof data, .source = src_read, .source_ud = &sr,
-                          .started_at = v * 10, .ended_at = v * 10 + 5,
-                          .report_json = "{\"selected\":[\"alice\"]}", .participants = &part,
+                          .model_size = sizeof data,
+                          .source = src_read,
+                          .source_ud = &sr,
+                          .started_at = v * 10,
+                          .ended_at = v * 10 + 5,
+                          .report_json = "{\"selected\":[\"alice\"]}",
+                          .participants = &part,
                           .num_participants = 1};
-        if (store_commit_round(s, &c, NULL, &err) != FC_OK) die("commit", &err);
+        if (store_commit_round(s, &c, NULL, &err) != FC_OK)
+            die("commit", &err);
     }
-    if (store_round_fail(s, 3, "timeout", NULL, 0, 40, &err) != FC_OK) die("fail", &err);
+    if (store_round_fail(s, 3, "timeout", NULL, 0, 40, &err) != FC_OK)
+        die("fail", &err);
     store_close(s);
-    if (metrics_fedcoord_new(&g_metrics, &err) != FC_OK) die("metrics", &err);
-    api_config ac = {.version = API_CONFIG_V1, .store_path = path, .admin_token = "tok",
-                     .metrics = g_metrics.reg, .http_metrics = &g_metrics, .max_list = 20,
+    if (metrics_fedcoord_new(&g_metrics, &err) != FC_OK)
+        die("metrics", &err);
+    api_config ac = {.version = API_CONFIG_V1,
+                     .store_path = path,
+                     .admin_token = "tok",
+                     .metrics = g_metrics.reg,
+                     .http_metrics = &g_metrics,
+                     .max_list = 20,
                      .export_piece = 50,
-                     .provider = {.version = API_PROVIDER_V1, .status = p_status,
-                                  .ready = p_ready, .control = p_control}};
-    if (api_new(&ac, &g_api, &err) != FC_OK) die("api_new", &err);
+                     .provider = {.version = API_PROVIDER_V1,
+                                  .status = p_status,
+                                  .ready = p_ready,
+                                  .control = p_control}};
+    if (api_new(&ac, &g_api, &err) != FC_OK)
+        die("api_new", &err);
     http_limits_default(&g_limits);
     g_limits.max_header_bytes = 2048;
     g_limits.max_body_bytes = 512;
@@ -127,7 +147,8 @@ typedef struct check {
 
 static int ck_headers(http_parser *p) {
     check *c = p->data;
-    if (!(p->flags & F_CONTENTLENGTH)) abort(); /* every response has a Content-Length */
+    if (!(p->flags & F_CONTENTLENGTH))
+        abort(); /* every response has a Content-Length */
     c->expect_body = p->content_length;
     return 0;
 }
@@ -147,7 +168,8 @@ static int ck_begin(http_parser *p) {
 
 static int ck_complete(http_parser *p) {
     check *c = p->data;
-    if (c->body != c->expect_body) abort();
+    if (c->body != c->expect_body)
+        abort();
     c->in_message = 0;
     c->responses++;
     return 0;
@@ -171,13 +193,16 @@ int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size) {
         http_parser_init(&p, HTTP_RESPONSE);
         p.data = &c;
         size_t n = http_parser_execute(&p, &ck_settings, (const char *)out.data, out.len);
-        if (n != out.len || HTTP_PARSER_ERRNO(&p) != HPE_OK || c.in_message) abort();
-        if (c.responses == 0) abort();
+        if (n != out.len || HTTP_PARSER_ERRNO(&p) != HPE_OK || c.in_message)
+            abort();
+        if (c.responses == 0)
+            abort();
         /* One response per request: never more responses than request lines could exist. */
         size_t lines = 1;
         for (size_t i = 0; i < size; i++)
             lines += data[i] == '\n';
-        if (c.responses > lines) abort();
+        if (c.responses > lines)
+            abort();
     }
     fc_buf_free(&out);
     return 0;
