@@ -29,6 +29,7 @@
 #define API_DEFAULT_PIECE 262144
 #define API_MAX_CHAIN 100
 #define API_MAX_TENSORS 1000000
+#define API_BUSY_TIMEOUT_MS 50
 
 struct api {
     char *store_path;
@@ -45,7 +46,8 @@ struct api {
 
 static void sha256(const void *d, size_t n, uint8_t out[32]) {
     unsigned int len = 0;
-    if (EVP_Digest(d, n, out, &len, EVP_sha256(), NULL) != 1) memset(out, 0, 32);
+    if (EVP_Digest(d, n, out, &len, EVP_sha256(), NULL) != 1)
+        memset(out, 0, 32);
 }
 
 static void hex32(const uint8_t *h, char out[65]) {
@@ -87,7 +89,8 @@ fc_status api_new(const api_config *cfg, api **out, fc_error *err) {
 }
 
 static void api_unref(api *a) {
-    if (--a->refs > 0) return;
+    if (--a->refs > 0)
+        return;
     store_close(a->st);
     fc_free(a->store_path);
     OPENSSL_cleanse(a->admin_sha, sizeof a->admin_sha);
@@ -95,12 +98,14 @@ static void api_unref(api *a) {
 }
 
 void api_free(api *a) {
-    if (a) api_unref(a);
+    if (a)
+        api_unref(a);
 }
 
 void api_on_status(void *api_ptr, int status) {
     api *a = api_ptr;
-    if (a->http_metrics) metrics_fedcoord_http(a->http_metrics, status);
+    if (a->http_metrics)
+        metrics_fedcoord_http(a->http_metrics, status);
 }
 
 fc_status api_server_start(api *a, uv_loop_t *loop, const http_server_config *http_cfg,
@@ -130,7 +135,8 @@ static void respond_json(http_response *res, int status, json_t *obj) {
 /* jansson setters that may fail on memory; a failure makes the object NULL-like: callers
  * check once with json_ok at the end. */
 static int set_new(json_t *o, const char *k, json_t *v, int *ok) {
-    if (!v || json_object_set_new(o, k, v) != 0) *ok = 0;
+    if (!v || json_object_set_new(o, k, v) != 0)
+        *ok = 0;
     return *ok;
 }
 
@@ -138,7 +144,8 @@ static json_t *json_text_or_null(const char *s) { return s ? json_string(s) : js
 
 /* Embeds stored JSON text as JSON; text that does not parse is kept as a string. */
 static json_t *json_embedded(const char *s) {
-    if (!s) return json_null();
+    if (!s)
+        return json_null();
     json_t *v = json_loads(s, JSON_DECODE_ANY, NULL);
     return v ? v : json_string(s);
 }
@@ -151,20 +158,26 @@ static json_t *json_hash(const uint8_t *h) {
 
 static int is_zero32(const uint8_t *h) {
     for (int i = 0; i < 32; i++)
-        if (h[i]) return 0;
+        if (h[i])
+            return 0;
     return 1;
 }
 
 /* ---- store access ---- */
 
 static store *get_store(api *a, http_response *res) {
-    if (a->st) return a->st;
-    store_options opt = {.version = STORE_OPTIONS_V1, .readonly = 1, .must_exist = 1};
+    if (a->st)
+        return a->st;
+    /* A short busy timeout: a WAL reader rarely waits, and when it must, the loop must not
+     * sleep for seconds; the operator gets 503 and retries. */
+    store_options opt = {.version = STORE_OPTIONS_V1,
+                         .readonly = 1,
+                         .must_exist = 1,
+                         .busy_timeout_ms = API_BUSY_TIMEOUT_MS};
     fc_error err = {0};
     if (store_open(a->store_path, &opt, &a->st, &err) != FC_OK) {
         a->st = NULL;
-        http_respond_error(res, 503, "store_unavailable", "the store cannot be read: %s",
-                           err.msg);
+        http_respond_error(res, 503, "store_unavailable", "the store cannot be read: %s", err.msg);
         return NULL;
     }
     return a->st;
@@ -184,8 +197,10 @@ static void store_failed(http_response *res, fc_status st, const fc_error *err) 
 /* 1 if the Authorization header is "Bearer <admin token>". Compares SHA-256 digests with
  * CRYPTO_memcmp, so the time taken does not depend on how much of the token matched. */
 static int token_ok(const api *a, const char *authorization) {
-    if (!a->have_admin || !authorization) return 0;
-    if (strncasecmp(authorization, "Bearer ", 7) != 0) return 0;
+    if (!a->have_admin || !authorization)
+        return 0;
+    if (strncasecmp(authorization, "Bearer ", 7) != 0)
+        return 0;
     const char *tok = authorization + 7;
     while (*tok == ' ')
         tok++;
@@ -212,10 +227,12 @@ static void refuse_auth(http_response *res, const char *authorization) {
 
 /* A positive decimal id without sign or leading zero, at most 18 digits (fits int64). */
 static int parse_id(const char *s, size_t n, int64_t *out) {
-    if (n == 0 || n > 18 || s[0] == '0') return 0;
+    if (n == 0 || n > 18 || s[0] == '0')
+        return 0;
     int64_t v = 0;
     for (size_t i = 0; i < n; i++) {
-        if (s[i] < '0' || s[i] > '9') return 0;
+        if (s[i] < '0' || s[i] > '9')
+            return 0;
         v = v * 10 + (s[i] - '0');
     }
     *out = v;
@@ -283,7 +300,8 @@ typedef struct id_ring {
 static void ring_push(id_ring *r, int64_t id) {
     r->ids[r->head] = id;
     r->head = (r->head + 1) % r->cap;
-    if (r->count < r->cap) r->count++;
+    if (r->count < r->cap)
+        r->count++;
 }
 
 /* The i-th newest id (0 = newest). */
@@ -293,14 +311,16 @@ static int64_t ring_newest(const id_ring *r, size_t i) {
 
 static fc_status ring_round_cb(void *ud, const store_round *rd) {
     id_ring *r = ud;
-    if (rd->id >= r->before) return FC_ERR_RANGE; /* ascending: nothing later qualifies */
+    if (rd->id >= r->before)
+        return FC_ERR_RANGE; /* ascending: nothing later qualifies */
     ring_push(r, rd->id);
     return FC_OK;
 }
 
 static fc_status ring_model_cb(void *ud, const store_model_info *m) {
     id_ring *r = ud;
-    if (m->version >= r->before) return FC_ERR_RANGE;
+    if (m->version >= r->before)
+        return FC_ERR_RANGE;
     ring_push(r, m->version);
     return FC_OK;
 }
@@ -341,17 +361,17 @@ static const char *outcome_text(store_outcome o) {
 static json_t *round_json(const store_round *r) {
     int ok = 1;
     json_t *o = json_object();
-    if (!o) return NULL;
+    if (!o)
+        return NULL;
     set_new(o, "id", json_integer(r->id), &ok);
     set_new(o, "state", json_string(round_state_text(r->state)), &ok);
-    set_new(o, "base_version", r->base_version ? json_integer(r->base_version) : json_null(),
-            &ok);
+    set_new(o, "base_version", r->base_version ? json_integer(r->base_version) : json_null(), &ok);
     set_new(o, "model_version", r->model_version ? json_integer(r->model_version) : json_null(),
             &ok);
     set_new(o, "started_at_ms", json_integer(r->started_at), &ok);
     set_new(o, "ended_at_ms", r->ended_at ? json_integer(r->ended_at) : json_null(), &ok);
-    set_new(o, "duration_ms",
-            r->ended_at ? json_integer(r->ended_at - r->started_at) : json_null(), &ok);
+    set_new(o, "duration_ms", r->ended_at ? json_integer(r->ended_at - r->started_at) : json_null(),
+            &ok);
     set_new(o, "failure_reason", json_text_or_null(r->failure_reason), &ok);
     if (!ok) {
         json_decref(o);
@@ -364,17 +384,18 @@ static fc_status participant_cb(void *ud, const store_participant *p) {
     json_t *arr = ud;
     int ok = 1;
     json_t *o = json_object();
-    if (!o) return FC_ERR_NOMEM;
+    if (!o)
+        return FC_ERR_NOMEM;
     set_new(o, "client", json_string(p->client ? p->client : ""), &ok);
     set_new(o, "outcome", json_string(outcome_text(p->outcome)), &ok);
     set_new(o, "reason", json_text_or_null(p->reason), &ok);
     set_new(o, "num_examples", json_integer((json_int_t)p->num_examples), &ok);
     set_new(o, "bytes", json_integer((json_int_t)p->bytes), &ok);
-    set_new(o, "update_sha256", p->update_sha256 ? json_hash(p->update_sha256) : json_null(),
-            &ok);
+    set_new(o, "update_sha256", p->update_sha256 ? json_hash(p->update_sha256) : json_null(), &ok);
     set_new(o, "metrics", json_embedded(p->metrics_json), &ok);
     if (!ok || json_array_append_new(arr, o) != 0) {
-        if (ok) json_decref(o);
+        if (ok)
+            json_decref(o);
         return FC_ERR_NOMEM;
     }
     return FC_OK;
@@ -383,15 +404,15 @@ static fc_status participant_cb(void *ud, const store_participant *p) {
 static json_t *model_json(const store_model_info *m) {
     int ok = 1;
     json_t *o = json_object();
-    if (!o) return NULL;
+    if (!o)
+        return NULL;
     set_new(o, "version", json_integer(m->version), &ok);
     set_new(o, "parent_version", m->parent_version ? json_integer(m->parent_version) : json_null(),
             &ok);
     set_new(o, "round_id", m->round_id ? json_integer(m->round_id) : json_null(), &ok);
     set_new(o, "sha256", json_hash(m->sha256), &ok);
-    set_new(o, "parent_sha256", is_zero32(m->parent_sha256) ? json_null()
-                                                            : json_hash(m->parent_sha256),
-            &ok);
+    set_new(o, "parent_sha256",
+            is_zero32(m->parent_sha256) ? json_null() : json_hash(m->parent_sha256), &ok);
     set_new(o, "chain_hash", json_hash(m->chain_hash), &ok);
     set_new(o, "size", json_integer((json_int_t)m->size), &ok);
     set_new(o, "chunk_size", json_integer((json_int_t)m->chunk_size), &ok);
@@ -421,8 +442,7 @@ static void get_readyz(api *a, const http_request *req, http_response *res) {
     if (ready)
         respond_json(res, 200, json_pack("{s:b}", "ready", 1));
     else
-        http_respond_error(res, 503, "not_ready", "%s",
-                           why ? why : "the coordinator is not ready");
+        http_respond_error(res, 503, "not_ready", "%s", why ? why : "the coordinator is not ready");
 }
 
 static void get_metrics(api *a, const http_request *req, http_response *res) {
@@ -469,7 +489,8 @@ static void get_list(api *a, const http_request *req, http_response *res, int ro
         return;
     }
     store *s = get_store(a, res);
-    if (!s) return;
+    if (!s)
+        return;
     id_ring ring = {.cap = q.limit, .before = q.before};
     json_t *arr = NULL, *o = NULL;
     fc_error err = {0};
@@ -480,19 +501,23 @@ static void get_list(api *a, const http_request *req, http_response *res, int ro
     }
     st = rounds ? store_round_list(s, 0, 0, ring_round_cb, &ring, &err)
                 : store_model_list(s, 0, 0, ring_model_cb, &ring, &err);
-    if (st == FC_ERR_RANGE) st = FC_OK;
-    if (st != FC_OK) goto fail;
+    if (st == FC_ERR_RANGE)
+        st = FC_OK;
+    if (st != FC_OK)
+        goto fail;
     for (size_t i = 0; i < ring.count; i++) {
         int64_t id = ring_newest(&ring, i);
         json_t *item;
         if (rounds) {
             store_round r;
-            if ((st = store_round_get(s, id, &r, &err)) != FC_OK) goto fail;
+            if ((st = store_round_get(s, id, &r, &err)) != FC_OK)
+                goto fail;
             item = round_json(&r);
             store_round_clear(&r);
         } else {
             store_model_info m;
-            if ((st = store_model_info_get(s, id, &m, &err)) != FC_OK) goto fail;
+            if ((st = store_model_info_get(s, id, &m, &err)) != FC_OK)
+                goto fail;
             item = model_json(&m);
             store_model_info_clear(&m);
         }
@@ -503,7 +528,10 @@ static void get_list(api *a, const http_request *req, http_response *res, int ro
     }
     o = json_object();
     int ok = o != NULL;
-    if (ok) set_new(o, rounds ? "rounds" : "models", arr, &ok);
+    if (ok)
+        set_new(o, rounds ? "rounds" : "models", arr, &ok); /* takes arr, even on failure */
+    else
+        json_decref(arr);
     arr = NULL;
     if (ok)
         set_new(o, "next_before",
@@ -526,7 +554,8 @@ fail:
 
 static void get_round(api *a, int64_t id, http_response *res) {
     store *s = get_store(a, res);
-    if (!s) return;
+    if (!s)
+        return;
     store_round r;
     fc_error err = {0};
     fc_status st = store_round_get(s, id, &r, &err);
@@ -551,8 +580,10 @@ static void get_round(api *a, int64_t id, http_response *res) {
         store_failed(res, st, &err);
         return;
     }
-    if (ok) set_new(o, "participants", parts, &ok);
-    else json_decref(parts);
+    if (ok)
+        set_new(o, "participants", parts, &ok);
+    else
+        json_decref(parts);
     if (!ok) {
         json_decref(o);
         http_respond_error(res, 503, "no_memory", "out of memory");
@@ -570,7 +601,8 @@ static fc_status client_cb(void *ud, const store_client *c) {
     clients_walk *w = ud;
     int ok = 1;
     json_t *o = json_object();
-    if (!o) return FC_ERR_NOMEM;
+    if (!o)
+        return FC_ERR_NOMEM;
     /* Never the token hash. */
     set_new(o, "name", json_string(c->name), &ok);
     set_new(o, "created_at_ms", json_integer(c->created_at), &ok);
@@ -582,9 +614,11 @@ static fc_status client_cb(void *ud, const store_client *c) {
     set_new(o, "updates_dropped", json_integer(c->updates_dropped), &ok);
     set_new(o, "last_round", c->last_round ? json_integer(c->last_round) : json_null(), &ok);
     set_new(o, "connected", json_false(), &ok);
-    if (ok && w->a->provider.client_live) w->a->provider.client_live(w->a->provider.ctx, c->name, o);
+    if (ok && w->a->provider.client_live)
+        w->a->provider.client_live(w->a->provider.ctx, c->name, o);
     if (!ok || json_array_append_new(w->arr, o) != 0) {
-        if (ok) json_decref(o);
+        if (ok)
+            json_decref(o);
         return FC_ERR_NOMEM;
     }
     return FC_OK;
@@ -593,7 +627,8 @@ static fc_status client_cb(void *ud, const store_client *c) {
 static void get_clients(api *a, const http_request *req, http_response *res) {
     (void)req;
     store *s = get_store(a, res);
-    if (!s) return;
+    if (!s)
+        return;
     clients_walk w = {a, json_array()};
     fc_error err = {0};
     fc_status st = w.arr ? store_client_list(s, client_cb, &w, &err)
@@ -608,7 +643,8 @@ static void get_clients(api *a, const http_request *req, http_response *res) {
 
 static void get_model(api *a, int64_t version, http_response *res) {
     store *s = get_store(a, res);
-    if (!s) return;
+    if (!s)
+        return;
     store_model_info m;
     fc_error err = {0};
     fc_status st = store_model_info_get(s, version, &m, &err);
@@ -627,15 +663,19 @@ static void get_model(api *a, int64_t version, http_response *res) {
     /* The parent chain, nearest first, bounded. */
     for (int i = 0; ok && parent && i < API_MAX_CHAIN; i++) {
         store_model_info p;
-        if ((st = store_model_info_get(s, parent, &p, &err)) != FC_OK) break;
+        if ((st = store_model_info_get(s, parent, &p, &err)) != FC_OK)
+            break;
         json_t *item = json_pack("{s:I,s:o,s:b}", "version", (json_int_t)p.version, "sha256",
                                  json_hash(p.sha256), "pruned", p.pruned_at != 0);
         parent = p.parent_version;
         store_model_info_clear(&p);
-        if (!item || json_array_append_new(chain, item) != 0) ok = 0;
+        if (!item || json_array_append_new(chain, item) != 0)
+            ok = 0;
     }
-    if (ok) set_new(o, "parent_chain", chain, &ok);
-    else json_decref(chain);
+    if (ok)
+        set_new(o, "parent_chain", chain, &ok);
+    else
+        json_decref(chain);
     if (!ok) {
         json_decref(o);
         http_respond_error(res, 503, "no_memory", "out of memory");
@@ -647,20 +687,19 @@ static void get_model(api *a, int64_t version, http_response *res) {
 /* ---- tensor specs JSON ---- */
 
 void api_specs_free(fc_tensor_spec *specs, size_t count) {
-    if (!specs) return;
+    if (!specs)
+        return;
     for (size_t i = 0; i < count; i++)
         fc_free(specs[i].name);
     fc_free(specs);
 }
 
-fc_status api_specs_to_json(const fc_tensor_spec *specs, size_t count, char **out,
-                            fc_error *err) {
+fc_status api_specs_to_json(const fc_tensor_spec *specs, size_t count, char **out, fc_error *err) {
     json_t *arr = json_array();
     int ok = arr != NULL;
     for (size_t i = 0; ok && i < count; i++) {
         const char *dt = fc_dtype_name(specs[i].dtype);
-        if (!specs[i].name || specs[i].ndim > FC_MAX_DIMS ||
-            fc_dtype_size(specs[i].dtype) == 0) {
+        if (!specs[i].name || specs[i].ndim > FC_MAX_DIMS || fc_dtype_size(specs[i].dtype) == 0) {
             json_decref(arr);
             return fc_error_set(err, FC_ERR_INVALID, "tensor spec %zu is invalid", i);
         }
@@ -668,18 +707,21 @@ fc_status api_specs_to_json(const fc_tensor_spec *specs, size_t count, char **ou
         ok = shape != NULL;
         for (uint32_t d = 0; ok && d < specs[i].ndim; d++)
             ok = json_array_append_new(shape, json_integer((json_int_t)specs[i].shape[d])) == 0;
-        json_t *o = ok ? json_pack("{s:s,s:s,s:o}", "name", specs[i].name, "dtype", dt, "shape",
-                                   shape)
-                       : NULL;
-        if (!ok) json_decref(shape);
+        json_t *o =
+            ok ? json_pack("{s:s,s:s,s:o}", "name", specs[i].name, "dtype", dt, "shape", shape)
+               : NULL;
+        if (!ok)
+            json_decref(shape);
         ok = o && json_array_append_new(arr, o) == 0;
     }
     char *text = ok ? json_dumps(arr, JSON_COMPACT) : NULL;
     json_decref(arr);
-    if (!text) return fc_error_set(err, FC_ERR_NOMEM, "out of memory encoding tensor specs");
+    if (!text)
+        return fc_error_set(err, FC_ERR_NOMEM, "out of memory encoding tensor specs");
     *out = fc_strdup(text);
     free(text);
-    if (!*out) return fc_error_set(err, FC_ERR_NOMEM, "out of memory encoding tensor specs");
+    if (!*out)
+        return fc_error_set(err, FC_ERR_NOMEM, "out of memory encoding tensor specs");
     return FC_OK;
 }
 
@@ -725,8 +767,8 @@ fc_status api_specs_from_json(const char *text, size_t max_count, fc_tensor_spec
             break;
         }
         if (json_array_size(shape) > FC_MAX_DIMS) {
-            st = fc_error_set(err, FC_ERR_FORMAT, "tensor spec %zu has more than %d dimensions",
-                              i, FC_MAX_DIMS);
+            st = fc_error_set(err, FC_ERR_FORMAT, "tensor spec %zu has more than %d dimensions", i,
+                              FC_MAX_DIMS);
             break;
         }
         specs[i].ndim = (uint32_t)json_array_size(shape);
@@ -779,20 +821,25 @@ static fc_status export_produce(void *ud, fc_buf *out, size_t max, fc_error *err
     export_stream *x = ud;
     if (x->head_sent < x->head.len) {
         size_t n = x->head.len - x->head_sent;
-        if (n > max) n = max;
+        if (n > max)
+            n = max;
         fc_status st = fc_buf_append(out, x->head.data + x->head_sent, n);
-        if (st != FC_OK) return fc_error_set(err, st, "out of memory exporting a model");
+        if (st != FC_OK)
+            return fc_error_set(err, st, "out of memory exporting a model");
         x->head_sent += n;
         return FC_OK;
     }
-    if (!x->a->st) return fc_error_set(err, FC_ERR_CLOSED, "the store was closed");
+    if (!x->a->st)
+        return fc_error_set(err, FC_ERR_CLOSED, "the store was closed");
     uint64_t want = max < x->a->export_piece ? max : x->a->export_piece;
-    if (want > x->size - x->offset) want = x->size - x->offset;
+    if (want > x->size - x->offset)
+        want = x->size - x->offset;
     size_t before = out->len;
     x->out = out;
     fc_status st =
         store_model_read_range(x->a->st, x->version, x->offset, want, export_sink, x, err);
-    if (st != FC_OK) return st;
+    if (st != FC_OK)
+        return st;
     size_t got = out->len - before;
     if (got != want)
         return fc_error_set(err, FC_ERR_CORRUPT,
@@ -808,8 +855,7 @@ static fc_status export_produce(void *ud, fc_buf *out, size_t max, fc_error *err
         unsigned int hl = 0;
         if (EVP_DigestFinal_ex(x->md, h, &hl) != 1 || memcmp(h, x->expected, 32) != 0)
             return fc_error_set(err, FC_ERR_CORRUPT,
-                                "model version %" PRId64 " does not match its SHA-256",
-                                x->version);
+                                "model version %" PRId64 " does not match its SHA-256", x->version);
     }
     return FC_OK;
 }
@@ -824,7 +870,8 @@ static void export_release(void *ud) {
 
 static void get_safetensors(api *a, int64_t version, http_response *res) {
     store *s = get_store(a, res);
-    if (!s) return;
+    if (!s)
+        return;
     store_model_info m;
     fc_error err = {0};
     fc_status st = store_model_info_get(s, version, &m, &err);
@@ -848,8 +895,7 @@ static void get_safetensors(api *a, int64_t version, http_response *res) {
     }
     if ((st = api_specs_from_json(m.tensor_specs_json, API_MAX_TENSORS, &specs, &count, &err)) !=
         FC_OK) {
-        http_respond_error(res, 500, "corrupt", "model version %" PRId64 ": %s", version,
-                           err.msg);
+        http_respond_error(res, 500, "corrupt", "model version %" PRId64 ": %s", version, err.msg);
         goto done;
     }
     x = fc_calloc(1, sizeof *x);
@@ -863,8 +909,7 @@ static void get_safetensors(api *a, int64_t version, http_response *res) {
     fc_st_meta meta[] = {{"fedcoord_version", ver}, {"fedcoord_sha256", hex}};
     uint64_t data_len = 0;
     if ((st = fc_st_encode_header(specs, count, meta, 2, &x->head, &data_len, &err)) != FC_OK) {
-        http_respond_error(res, 500, "corrupt", "model version %" PRId64 ": %s", version,
-                           err.msg);
+        http_respond_error(res, 500, "corrupt", "model version %" PRId64 ": %s", version, err.msg);
         goto done;
     }
     if (data_len != m.size) {
@@ -879,14 +924,13 @@ static void get_safetensors(api *a, int64_t version, http_response *res) {
     x->size = m.size;
     memcpy(x->expected, m.sha256, 32);
     char disp[96];
-    snprintf(disp, sizeof disp, "attachment; filename=\"model-v%" PRId64 ".safetensors\"",
-             version);
+    snprintf(disp, sizeof disp, "attachment; filename=\"model-v%" PRId64 ".safetensors\"", version);
     http_stream stream = {export_produce, export_release, x};
     if (http_response_header(res, "Content-Disposition", disp) != FC_OK ||
         http_response_header(res, "X-Fedcoord-Model-Version", ver) != FC_OK ||
         http_response_header(res, "X-Fedcoord-Model-SHA256", hex) != FC_OK ||
-        http_respond_stream(res, 200, "application/octet-stream", x->head.len + m.size,
-                            &stream) != FC_OK) {
+        http_respond_stream(res, 200, "application/octet-stream", x->head.len + m.size, &stream) !=
+            FC_OK) {
         http_respond_error(res, 503, "no_memory", "out of memory");
         goto done;
     }
@@ -969,11 +1013,13 @@ static int route_match(const char *pattern, const char *path, int64_t *id) {
         if (strncmp(p, "{id}", 4) == 0) {
             const char *end = strchr(s, '/');
             size_t n = end ? (size_t)(end - s) : strlen(s);
-            if (!parse_id(s, n, id)) return 0;
+            if (!parse_id(s, n, id))
+                return 0;
             p += 4;
             s += n;
         } else {
-            if (*p != *s) return 0;
+            if (*p != *s)
+                return 0;
             p++;
             s++;
         }
@@ -994,8 +1040,9 @@ void api_handle(void *api_ptr, const http_request *req, http_response *res) {
         http_respond_error(res, 404, "not_found", "no such endpoint");
         return;
     }
-    if (req->method != found->method) {
-        http_response_header(res, "Allow", found->method == HTTP_GET ? "GET" : "POST");
+    int method = req->method == HTTP_HEAD ? HTTP_GET : req->method; /* http drops the body */
+    if (method != found->method) {
+        http_response_header(res, "Allow", found->method == HTTP_GET ? "GET, HEAD" : "POST");
         http_respond_error(res, 405, "method_not_allowed", "%s is not allowed here; use %s",
                            req->method_name, found->method == HTTP_GET ? "GET" : "POST");
         return;

@@ -44,16 +44,16 @@ typedef struct api_provider {
 
 #define API_CONFIG_V1 1
 typedef struct api_config {
-    int version;             /* API_CONFIG_V1 */
-    const char *store_path;  /* the daemon's database, opened read-only on first use */
-    const char *admin_token; /* Bearer token for control (and reads if auth_reads); NULL or ""
-                              * disables control (403) */
-    int auth_reads;          /* 1: every endpoint except /healthz and /readyz needs the token */
+    int version;               /* API_CONFIG_V1 */
+    const char *store_path;    /* the daemon's database, opened read-only on first use */
+    const char *admin_token;   /* Bearer token for control (and reads if auth_reads); NULL or ""
+                                * disables control (403) */
+    int auth_reads;            /* 1: every endpoint except /healthz and /readyz needs the token */
     metrics_registry *metrics; /* rendered by /metrics; NULL: 503 */
     metrics_fedcoord *http_metrics; /* optional: counts responses by status class */
     api_provider provider;
-    size_t max_list;          /* largest ?limit= accepted [1000]; 0 = default */
-    size_t export_piece;      /* model bytes read from the store per pull [262144]; 0 = default */
+    size_t max_list;     /* largest ?limit= accepted [1000]; 0 = default */
+    size_t export_piece; /* model bytes read from the store per pull [262144]; 0 = default */
 } api_config;
 
 typedef struct api api;
@@ -81,8 +81,7 @@ fc_status api_server_start(api *a, uv_loop_t *loop, const http_server_config *ht
 /* [{"name":"fc1.weight","dtype":"f32","shape":[64,10]}, ...] in model order; the model bytes
  * are the tensors' little-endian data back to back in that order. *out is a new string
  * (fc_free). Errors: FC_ERR_INVALID, FC_ERR_NOMEM. */
-fc_status api_specs_to_json(const fc_tensor_spec *specs, size_t count, char **out,
-                            fc_error *err);
+fc_status api_specs_to_json(const fc_tensor_spec *specs, size_t count, char **out, fc_error *err);
 /* Parses that JSON (dtype in either spelling, "f32" or "F32"). *out is an array of *count specs
  * whose names are owned by it; free with api_specs_free. Errors: FC_ERR_FORMAT naming the
  * entry, FC_ERR_DTYPE, FC_ERR_LIMIT (more than max_count entries), FC_ERR_NOMEM. */

@@ -75,12 +75,12 @@ const char *http_status_text(int status) {
 /* ---- responses ---- */
 
 struct http_response {
-    int status;        /* 0 = no response yet */
-    int close;         /* close after sending */
+    int status; /* 0 = no response yet */
+    int close;  /* close after sending */
     int streaming;
-    uint64_t length;   /* Content-Length */
+    uint64_t length; /* Content-Length */
     char content_type[128];
-    fc_buf headers;    /* extra header lines, each "Name: value\r\n" */
+    fc_buf headers; /* extra header lines, each "Name: value\r\n" */
     fc_buf body;
     http_stream stream;
 };
@@ -92,22 +92,27 @@ static void response_reset(http_response *r) {
 }
 
 static fc_status response_begin(http_response *r, int status, const char *content_type) {
-    if (r->status) return FC_ERR_STATE;
-    if (status < 200 || status > 599) return FC_ERR_INVALID;
+    if (r->status)
+        return FC_ERR_STATE;
+    if (status < 200 || status > 599)
+        return FC_ERR_INVALID;
     if (content_type) {
         size_t n = strlen(content_type);
-        if (n >= sizeof r->content_type || strpbrk(content_type, "\r\n")) return FC_ERR_INVALID;
+        if (n >= sizeof r->content_type || strpbrk(content_type, "\r\n"))
+            return FC_ERR_INVALID;
         memcpy(r->content_type, content_type, n + 1);
     }
     return FC_OK;
 }
 
-fc_status http_respond(http_response *r, int status, const char *content_type,
-                       const void *body, size_t len) {
+fc_status http_respond(http_response *r, int status, const char *content_type, const void *body,
+                       size_t len) {
     fc_status st = response_begin(r, status, content_type);
-    if (st != FC_OK) return st;
+    if (st != FC_OK)
+        return st;
     fc_buf_reset(&r->body);
-    if (len && (st = fc_buf_append(&r->body, body, len)) != FC_OK) return st;
+    if (len && (st = fc_buf_append(&r->body, body, len)) != FC_OK)
+        return st;
     r->status = status;
     r->length = len;
     return FC_OK;
@@ -133,12 +138,12 @@ static fc_status json_string(fc_buf *b, const char *s) {
             st = fc_buf_append(b, p, 1);
         }
     }
-    if (st == FC_OK) st = fc_buf_append(b, "\"", 1);
+    if (st == FC_OK)
+        st = fc_buf_append(b, "\"", 1);
     return st;
 }
 
-fc_status http_respond_error(http_response *r, int status, const char *code, const char *fmt,
-                             ...) {
+fc_status http_respond_error(http_response *r, int status, const char *code, const char *fmt, ...) {
     char msg[512];
     va_list ap;
     va_start(ap, fmt);
@@ -146,20 +151,27 @@ fc_status http_respond_error(http_response *r, int status, const char *code, con
     va_end(ap);
     fc_buf b = FC_BUF_INIT;
     fc_status st = fc_buf_append(&b, "{\"error\":{\"code\":", 17);
-    if (st == FC_OK) st = json_string(&b, code);
-    if (st == FC_OK) st = fc_buf_append(&b, ",\"message\":", 11);
-    if (st == FC_OK) st = json_string(&b, msg);
-    if (st == FC_OK) st = fc_buf_append(&b, "}}\n", 3);
-    if (st == FC_OK) st = http_respond(r, status, "application/json", b.data, b.len);
+    if (st == FC_OK)
+        st = json_string(&b, code);
+    if (st == FC_OK)
+        st = fc_buf_append(&b, ",\"message\":", 11);
+    if (st == FC_OK)
+        st = json_string(&b, msg);
+    if (st == FC_OK)
+        st = fc_buf_append(&b, "}}\n", 3);
+    if (st == FC_OK)
+        st = http_respond(r, status, "application/json", b.data, b.len);
     fc_buf_free(&b);
     return st;
 }
 
 fc_status http_respond_stream(http_response *r, int status, const char *content_type,
                               uint64_t length, const http_stream *stream) {
-    if (!stream || !stream->produce) return FC_ERR_INVALID;
+    if (!stream || !stream->produce)
+        return FC_ERR_INVALID;
     fc_status st = response_begin(r, status, content_type);
-    if (st != FC_OK) return st;
+    if (st != FC_OK)
+        return st;
     r->status = status;
     r->length = length;
     r->streaming = 1;
@@ -173,14 +185,20 @@ static int is_token_char(char c) {
 }
 
 fc_status http_response_header(http_response *r, const char *name, const char *value) {
-    if (!name || !*name || !value) return FC_ERR_INVALID;
+    if (!name || !*name || !value)
+        return FC_ERR_INVALID;
     for (const char *p = name; *p; p++)
-        if (!is_token_char(*p)) return FC_ERR_INVALID;
-    if (strpbrk(value, "\r\n")) return FC_ERR_INVALID;
+        if (!is_token_char(*p))
+            return FC_ERR_INVALID;
+    if (strpbrk(value, "\r\n"))
+        return FC_ERR_INVALID;
     fc_status st = fc_buf_append(&r->headers, name, strlen(name));
-    if (st == FC_OK) st = fc_buf_append(&r->headers, ": ", 2);
-    if (st == FC_OK) st = fc_buf_append(&r->headers, value, strlen(value));
-    if (st == FC_OK) st = fc_buf_append(&r->headers, "\r\n", 2);
+    if (st == FC_OK)
+        st = fc_buf_append(&r->headers, ": ", 2);
+    if (st == FC_OK)
+        st = fc_buf_append(&r->headers, value, strlen(value));
+    if (st == FC_OK)
+        st = fc_buf_append(&r->headers, "\r\n", 2);
     return st;
 }
 
@@ -199,8 +217,10 @@ static fc_status response_head(const http_response *r, int keep_alive, fc_buf *o
         n = snprintf(line, sizeof line, "Content-Type: %s\r\n", r->content_type);
         st = fc_buf_append(out, line, (size_t)n);
     }
-    if (st == FC_OK && r->headers.len) st = fc_buf_append(out, r->headers.data, r->headers.len);
-    if (st == FC_OK) st = fc_buf_append(out, "\r\n", 2);
+    if (st == FC_OK && r->headers.len)
+        st = fc_buf_append(out, r->headers.data, r->headers.len);
+    if (st == FC_OK)
+        st = fc_buf_append(out, "\r\n", 2);
     return st;
 }
 
@@ -222,7 +242,8 @@ typedef struct reqparse {
 static void rp_fail(reqparse *p, int status, const char *code, const char *fmt, ...)
     __attribute__((format(printf, 4, 5)));
 static void rp_fail(reqparse *p, int status, const char *code, const char *fmt, ...) {
-    if (p->err_status) return;
+    if (p->err_status)
+        return;
     p->err_status = status;
     snprintf(p->err_code, sizeof p->err_code, "%s", code);
     va_list ap;
@@ -264,22 +285,25 @@ static int on_message_begin(http_parser *hp) {
 
 static int on_url(http_parser *hp, const char *at, size_t len) {
     reqparse *p = rp_of(hp);
-    if (rp_count(p, len)) return -1;
-    if (fc_buf_append(&p->url, at, len) != FC_OK) return rp_alloc_fail(p);
+    if (rp_count(p, len))
+        return -1;
+    if (fc_buf_append(&p->url, at, len) != FC_OK)
+        return rp_alloc_fail(p);
     return 0;
 }
 
 /* A header (field, value) is complete: keep Authorization, drop the rest. */
 static int header_done(reqparse *p) {
-    if (!p->value_pending) return 0;
+    if (!p->value_pending)
+        return 0;
     p->value_pending = 0;
     if (p->field.len == 13 && strncasecmp((const char *)p->field.data, "authorization", 13) == 0) {
         if (p->auth.len) {
             rp_fail(p, 400, "bad_request", "more than one Authorization header");
             return -1;
         }
-        if (fc_buf_append(&p->auth, p->value.data ? p->value.data : (uint8_t *)"",
-                          p->value.len) != FC_OK ||
+        if (fc_buf_append(&p->auth, p->value.data ? p->value.data : (uint8_t *)"", p->value.len) !=
+                FC_OK ||
             fc_buf_append(&p->auth, "", 1) != FC_OK)
             return rp_alloc_fail(p);
     }
@@ -290,23 +314,29 @@ static int header_done(reqparse *p) {
 
 static int on_header_field(http_parser *hp, const char *at, size_t len) {
     reqparse *p = rp_of(hp);
-    if (rp_count(p, len + 4)) return -1; /* ": " and CRLF */
-    if (header_done(p)) return -1;
-    if (fc_buf_append(&p->field, at, len) != FC_OK) return rp_alloc_fail(p);
+    if (rp_count(p, len + 4))
+        return -1; /* ": " and CRLF */
+    if (header_done(p))
+        return -1;
+    if (fc_buf_append(&p->field, at, len) != FC_OK)
+        return rp_alloc_fail(p);
     return 0;
 }
 
 static int on_header_value(http_parser *hp, const char *at, size_t len) {
     reqparse *p = rp_of(hp);
-    if (rp_count(p, len)) return -1;
+    if (rp_count(p, len))
+        return -1;
     p->value_pending = 1;
-    if (fc_buf_append(&p->value, at, len) != FC_OK) return rp_alloc_fail(p);
+    if (fc_buf_append(&p->value, at, len) != FC_OK)
+        return rp_alloc_fail(p);
     return 0;
 }
 
 static int on_headers_complete(http_parser *hp) {
     reqparse *p = rp_of(hp);
-    if (header_done(p)) return -1;
+    if (header_done(p))
+        return -1;
     if (hp->method == HTTP_CONNECT) {
         rp_fail(p, 405, "method_not_allowed", "CONNECT is not supported");
         return -1;
@@ -326,18 +356,19 @@ static int on_headers_complete(http_parser *hp) {
 static int on_body(http_parser *hp, const char *at, size_t len) {
     reqparse *p = rp_of(hp);
     if (p->body.len + len > p->lim->max_body_bytes) {
-        rp_fail(p, 413, "body_too_large", "request body exceeds %zu bytes",
-                p->lim->max_body_bytes);
+        rp_fail(p, 413, "body_too_large", "request body exceeds %zu bytes", p->lim->max_body_bytes);
         return -1;
     }
-    if (fc_buf_append(&p->body, at, len) != FC_OK) return rp_alloc_fail(p);
+    if (fc_buf_append(&p->body, at, len) != FC_OK)
+        return rp_alloc_fail(p);
     return 0;
 }
 
 static int on_message_complete(http_parser *hp) {
     reqparse *p = rp_of(hp);
     p->in_message = 0;
-    if (fc_buf_append(&p->url, "", 1) != FC_OK) return rp_alloc_fail(p);
+    if (fc_buf_append(&p->url, "", 1) != FC_OK)
+        return rp_alloc_fail(p);
     http_parser_pause(hp, 1); /* one request at a time: resumed after its response */
     return 0;
 }
@@ -390,13 +421,17 @@ static void rp_map_errno(reqparse *p) {
  * rp_next). PARSE_MORE: all consumed. PARSE_ERROR: p->err_* say what; the connection ends. */
 static parse_result rp_feed(reqparse *p, const uint8_t *data, size_t len, size_t *consumed) {
     *consumed = 0;
-    if (p->err_status) return PARSE_ERROR;
-    if (!len) return PARSE_MORE;
+    if (p->err_status)
+        return PARSE_ERROR;
+    if (!len)
+        return PARSE_MORE;
     size_t n = http_parser_execute(&p->parser, &rp_settings, (const char *)data, len);
     *consumed = n;
     enum http_errno e = HTTP_PARSER_ERRNO(&p->parser);
-    if (p->err_status) return PARSE_ERROR;
-    if (e == HPE_PAUSED) return PARSE_REQUEST;
+    if (p->err_status)
+        return PARSE_ERROR;
+    if (e == HPE_PAUSED)
+        return PARSE_REQUEST;
     if (e != HPE_OK) {
         rp_map_errno(p);
         return PARSE_ERROR;
@@ -424,7 +459,8 @@ static void rp_request(reqparse *p, http_request *req, const char *peer) {
         req->query = "";
     }
     char *hash = strchr(q ? q + 1 : url, '#');
-    if (hash) *hash = 0;
+    if (hash)
+        *hash = 0;
     req->path = url;
     req->authorization = p->auth.len ? (const char *)p->auth.data : NULL;
     req->body = p->body.len ? p->body.data : NULL;
@@ -438,10 +474,10 @@ static void run_handler(http_handler_fn handler, void *ud, const http_request *r
                         http_response *res) {
     handler(ud, req, res);
     if (!res->status) {
-        if (res->streaming && res->stream.release) res->stream.release(res->stream.ud);
+        if (res->streaming && res->stream.release)
+            res->stream.release(res->stream.ud);
         response_reset(res);
-        if (http_respond_error(res, 500, "internal", "the request produced no response") !=
-            FC_OK) {
+        if (http_respond_error(res, 500, "internal", "the request produced no response") != FC_OK) {
             res->status = 500; /* empty body: the head still goes out */
             res->length = 0;
         }
@@ -481,11 +517,11 @@ struct http_conn {
     http_conn *prev, *next;
     hc_state state;
     reqparse rp;
-    fc_buf in;          /* received bytes not parsed yet (only while a response streams) */
+    fc_buf in; /* received bytes not parsed yet (only while a response streams) */
     hc_deadline deadline_kind;
-    uint64_t deadline;  /* uv_now ms */
-    int blocked;        /* net reported backpressure */
-    int close_after;    /* close once the current response is sent */
+    uint64_t deadline; /* uv_now ms */
+    int blocked;       /* net reported backpressure */
+    int close_after;   /* close once the current response is sent */
     int in_drive;
     http_stream stream; /* while HC_STREAMING */
     uint64_t remaining;
@@ -508,15 +544,19 @@ static const char *hc_state_name(hc_state s) {
 
 static void set_deadline(http_conn *c, hc_deadline kind) {
     uint64_t ms = 0;
-    if (kind == DL_IDLE) ms = c->srv->limits.idle_timeout_ms;
-    if (kind == DL_REQUEST) ms = c->srv->limits.request_timeout_ms;
-    if (kind == DL_SEND) ms = c->srv->limits.send_timeout_ms;
+    if (kind == DL_IDLE)
+        ms = c->srv->limits.idle_timeout_ms;
+    if (kind == DL_REQUEST)
+        ms = c->srv->limits.request_timeout_ms;
+    if (kind == DL_SEND)
+        ms = c->srv->limits.send_timeout_ms;
     c->deadline_kind = ms ? kind : DL_NONE;
     c->deadline = ms ? uv_now(c->srv->loop) + ms : 0;
 }
 
 static void hc_set_state(http_conn *c, hc_state to) {
-    if (c->state == to) return;
+    if (c->state == to)
+        return;
     FC_LOG(FC_LOG_DEBUG, "http connection", FC_LU("conn", net_conn_id(c->nc)),
            FC_LS("from", hc_state_name(c->state)), FC_LS("to", hc_state_name(to)));
     c->state = to;
@@ -526,12 +566,14 @@ static void release_stream(http_conn *c) {
     if (c->stream.produce) {
         http_stream s = c->stream;
         memset(&c->stream, 0, sizeof c->stream);
-        if (s.release) s.release(s.ud);
+        if (s.release)
+            s.release(s.ud);
     }
 }
 
 static void hc_close(http_conn *c, fc_status reason, const char *detail) {
-    if (c->state == HC_CLOSING) return;
+    if (c->state == HC_CLOSING)
+        return;
     hc_set_state(c, HC_CLOSING);
     c->deadline_kind = DL_NONE;
     release_stream(c);
@@ -539,7 +581,8 @@ static void hc_close(http_conn *c, fc_status reason, const char *detail) {
 }
 
 static void note_status(http_server *s, int status) {
-    if (s->on_status) s->on_status(s->handler_ud, status);
+    if (s->on_status)
+        s->on_status(s->handler_ud, status);
 }
 
 /* Sends an error produced by http itself and closes. */
@@ -573,9 +616,11 @@ static void response_done(http_conn *c) {
 /* Pulls the stream while the output queue accepts more. */
 static void pump(http_conn *c) {
     const http_limits *lim = &c->srv->limits;
+    assert(c->state != HC_STREAMING || c->stream.produce);
     while (c->state == HC_STREAMING && !c->blocked && c->remaining > 0) {
         size_t max = lim->stream_chunk;
-        if (max > c->remaining) max = (size_t)c->remaining;
+        if (max > c->remaining)
+            max = (size_t)c->remaining;
         fc_buf_reset(&c->chunk);
         fc_error err = {0};
         fc_status st = c->stream.produce(c->stream.ud, &c->chunk, max, &err);
@@ -594,7 +639,8 @@ static void pump(http_conn *c) {
             return;
         }
     }
-    if (c->state != HC_STREAMING) return;
+    if (c->state != HC_STREAMING)
+        return;
     if (c->remaining == 0) {
         release_stream(c);
         fc_buf_free(&c->chunk);
@@ -617,11 +663,19 @@ static void dispatch(http_conn *c) {
     c->close_after = !keep;
     fc_buf out = FC_BUF_INIT;
     fc_status st = response_head(&res, keep, &out);
-    if (st == FC_OK && !res.streaming) st = fc_buf_append(&out, res.body.data, res.body.len);
+    int head_only = req.method == HTTP_HEAD; /* the head with the GET's Content-Length */
+    if (st == FC_OK && !res.streaming && !head_only)
+        st = fc_buf_append(&out, res.body.data, res.body.len);
+    if (res.streaming && head_only) {
+        if (res.stream.release)
+            res.stream.release(res.stream.ud);
+        res.streaming = 0;
+    }
     note_status(s, res.status);
     FC_LOG(FC_LOG_DEBUG, "http request", FC_LU("conn", net_conn_id(c->nc)),
            FC_LS("method", req.method_name), FC_LS("path", req.path), FC_LI("status", res.status));
-    if (st == FC_OK) st = net_write(c->nc, out.data, out.len);
+    if (st == FC_OK)
+        st = net_write(c->nc, out.data, out.len);
     fc_buf_free(&out);
     if (res.streaming) {
         c->stream = res.stream;
@@ -644,12 +698,16 @@ static void dispatch(http_conn *c) {
 
 /* Parses buffered input and answers requests until input runs out or a response streams. */
 static void drive(http_conn *c) {
-    if (c->in_drive) return; /* re-entered from a callback; the outer loop continues */
+    if (c->in_drive)
+        return; /* re-entered from a callback; the outer loop continues */
     c->in_drive = 1;
     for (;;) {
-        if (c->state == HC_STREAMING) pump(c);
-        if (c->state == HC_STREAMING || c->state == HC_CLOSING) break;
-        if (!c->in.len) break;
+        if (c->state == HC_STREAMING)
+            pump(c);
+        if (c->state == HC_STREAMING || c->state == HC_CLOSING)
+            break;
+        if (!c->in.len)
+            break;
         size_t used = 0;
         parse_result r = rp_feed(&c->rp, c->in.data, c->in.len, &used);
         if (used && c->state == HC_IDLE) {
@@ -661,7 +719,8 @@ static void drive(http_conn *c) {
             hc_send_error(c, c->rp.err_status, c->rp.err_code, c->rp.err_msg);
             break;
         }
-        if (r == PARSE_MORE) break;
+        if (r == PARSE_MORE)
+            break;
         dispatch(c);
     }
     c->in_drive = 0;
@@ -686,14 +745,16 @@ static void cb_open(net_conn *nc) {
     c->state = HC_IDLE;
     set_deadline(c, DL_IDLE);
     c->next = s->conns;
-    if (s->conns) s->conns->prev = c;
+    if (s->conns)
+        s->conns->prev = c;
     s->conns = c;
     net_conn_set_user(nc, c);
 }
 
 static void cb_data(net_conn *nc, const uint8_t *data, size_t len) {
     http_conn *c = net_conn_user(nc);
-    if (!c || c->state == HC_CLOSING) return;
+    if (!c || c->state == HC_CLOSING)
+        return;
     if (fc_buf_append(&c->in, data, len) != FC_OK) {
         hc_close(c, FC_ERR_NOMEM, "no memory for received bytes");
         return;
@@ -703,7 +764,8 @@ static void cb_data(net_conn *nc, const uint8_t *data, size_t len) {
 
 static void cb_backpressure(net_conn *nc, int blocked) {
     http_conn *c = net_conn_user(nc);
-    if (!c) return;
+    if (!c)
+        return;
     c->blocked = blocked;
     if (!blocked && c->state == HC_STREAMING) {
         set_deadline(c, DL_NONE);
@@ -715,13 +777,17 @@ static void cb_close(net_conn *nc, fc_status reason, const char *detail) {
     (void)reason;
     (void)detail;
     http_conn *c = net_conn_user(nc);
-    if (!c) return;
+    if (!c)
+        return;
     http_server *s = c->srv;
     net_conn_set_user(nc, NULL);
     release_stream(c);
-    if (c->prev) c->prev->next = c->next;
-    if (c->next) c->next->prev = c->prev;
-    if (s->conns == c) s->conns = c->next;
+    if (c->prev)
+        c->prev->next = c->next;
+    if (c->next)
+        c->next->prev = c->prev;
+    if (s->conns == c)
+        s->conns = c->next;
     rp_free(&c->rp);
     fc_buf_free(&c->in);
     fc_buf_free(&c->chunk);
@@ -765,7 +831,8 @@ static uint64_t sweep_period(const http_limits *l) {
     uint64_t p = 1000;
     const uint64_t t[] = {l->request_timeout_ms, l->idle_timeout_ms, l->send_timeout_ms};
     for (size_t i = 0; i < 3; i++)
-        if (t[i] && t[i] / 4 < p) p = t[i] / 4;
+        if (t[i] && t[i] / 4 < p)
+            p = t[i] / 4;
     return p < 10 ? 10 : p;
 }
 
@@ -774,9 +841,11 @@ fc_status http_server_start(uv_loop_t *loop, const http_server_config *cfg, http
     if (!cfg || cfg->version != HTTP_SERVER_CONFIG_V1 || !cfg->handler)
         return fc_error_set(err, FC_ERR_CONFIG, "http: config version or handler missing");
     fc_status st = check_limits(&cfg->limits, err);
-    if (st != FC_OK) return st;
+    if (st != FC_OK)
+        return st;
     http_server *s = fc_calloc(1, sizeof *s);
-    if (!s) return fc_error_set(err, FC_ERR_NOMEM, "http: no memory for the server");
+    if (!s)
+        return fc_error_set(err, FC_ERR_NOMEM, "http: no memory for the server");
     s->loop = loop;
     s->limits = cfg->limits;
     s->handler = cfg->handler;
@@ -787,7 +856,8 @@ fc_status http_server_start(uv_loop_t *loop, const http_server_config *cfg, http
     ncfg.host = cfg->host ? cfg->host : "127.0.0.1";
     ncfg.port = cfg->port;
     ncfg.plain = !cfg->tls;
-    if (cfg->tls) ncfg.tls = cfg->tls_cfg;
+    if (cfg->tls)
+        ncfg.tls = cfg->tls_cfg;
     net_limits_default(&ncfg.limits);
     ncfg.limits.idle_timeout_ms = 0; /* http keeps its own request, idle and send deadlines */
     ncfg.limits.min_rate_bps = 0;
@@ -819,11 +889,13 @@ int http_server_port(const http_server *s) { return net_listener_port(s->listene
 size_t http_server_connections(const http_server *s) { return net_listener_count(s->listener); }
 
 static void maybe_finish_stop(http_server *s) {
-    if (!s->listener_closed || !s->sweep_closed) return;
+    if (!s->listener_closed || !s->sweep_closed)
+        return;
     void (*cb)(void *) = s->on_stopped;
     void *arg = s->stopped_arg;
     fc_free(s);
-    if (cb) cb(arg);
+    if (cb)
+        cb(arg);
 }
 
 static void listener_closed_cb(void *arg) {
@@ -839,12 +911,13 @@ static void sweep_closed_cb(uv_handle_t *h) {
 }
 
 void http_server_stop(http_server *s, void (*on_stopped)(void *arg), void *arg) {
-    if (s->stopping) return;
+    if (s->stopping)
+        return;
     s->stopping = 1;
     s->on_stopped = on_stopped;
     s->stopped_arg = arg;
     for (http_conn *c = s->conns; c; c = c->next)
-        release_stream(c);
+        hc_close(c, FC_OK, "http server stopping"); /* releases streams; no more pulls */
     uv_timer_stop(&s->sweep);
     uv_close((uv_handle_t *)&s->sweep, sweep_closed_cb);
     net_close_all(s->listener, FC_OK, "http server stopping");
@@ -864,9 +937,10 @@ fc_status http_process_bytes(const http_limits *lim, http_handler_fn handler, vo
         parse_result r = rp_feed(&rp, data, len, &used);
         data += used;
         len -= used;
-        if (r == PARSE_MORE) break;
+        if (r == PARSE_MORE)
+            break;
         http_response res = {0};
-        int keep = 0;
+        int keep = 0, head_only = 0;
         if (r == PARSE_ERROR) {
             st = http_respond_error(&res, rp.err_status, rp.err_code, "%s", rp.err_msg);
         } else {
@@ -874,14 +948,19 @@ fc_status http_process_bytes(const http_limits *lim, http_handler_fn handler, vo
             rp_request(&rp, &req, "-");
             run_handler(handler, ud, &req, &res);
             keep = req.keep_alive && !res.close;
+            head_only = req.method == HTTP_HEAD;
         }
-        if (st == FC_OK) st = response_head(&res, keep, out);
-        if (st == FC_OK && !res.streaming) st = fc_buf_append(out, res.body.data, res.body.len);
-        if (st == FC_OK && res.streaming) {
+        if (st == FC_OK)
+            st = response_head(&res, keep, out);
+        if (st == FC_OK && !res.streaming && !head_only)
+            st = fc_buf_append(out, res.body.data, res.body.len);
+        if (res.streaming && (st != FC_OK || head_only)) {
+            if (res.stream.release)
+                res.stream.release(res.stream.ud);
+        } else if (res.streaming) {
             uint64_t remaining = res.length;
             while (remaining > 0) {
-                size_t max = lim->stream_chunk < remaining ? lim->stream_chunk
-                                                           : (size_t)remaining;
+                size_t max = lim->stream_chunk < remaining ? lim->stream_chunk : (size_t)remaining;
                 fc_buf_reset(&chunk);
                 fc_error perr = {0};
                 fc_status ps = res.stream.produce(res.stream.ud, &chunk, max, &perr);
@@ -890,16 +969,20 @@ fc_status http_process_bytes(const http_limits *lim, http_handler_fn handler, vo
                     break;
                 }
                 remaining -= chunk.len;
-                if ((st = fc_buf_append(out, chunk.data, chunk.len)) != FC_OK) break;
+                if ((st = fc_buf_append(out, chunk.data, chunk.len)) != FC_OK)
+                    break;
             }
-            if (res.stream.release) res.stream.release(res.stream.ud);
+            if (res.stream.release)
+                res.stream.release(res.stream.ud);
         }
         response_reset(&res);
-        if (st != FC_OK || !keep) break;
+        if (st != FC_OK || !keep)
+            break;
         rp_next(&rp);
     }
     fc_buf_free(&chunk);
     rp_free(&rp);
-    if (st != FC_OK) return fc_error_set(err, st, "http: processing a request in memory");
+    if (st != FC_OK)
+        return fc_error_set(err, st, "http: processing a request in memory");
     return FC_OK;
 }

@@ -44,8 +44,8 @@ typedef struct http_request {
     const char *authorization; /* Authorization header value, or NULL */
     const uint8_t *body;       /* body bytes (not NUL-terminated); NULL when empty */
     size_t body_len;
-    int keep_alive;            /* the client wants the connection kept */
-    const char *peer;          /* "127.0.0.1:50312", or "-" without a connection */
+    int keep_alive;   /* the client wants the connection kept */
+    const char *peer; /* "127.0.0.1:50312", or "-" without a connection */
 } http_request;
 
 typedef struct http_response http_response;
@@ -63,11 +63,11 @@ typedef struct http_stream {
 /* One of these is called by the handler, once. The body is copied. content_type may be NULL
  * (no Content-Type). Errors: FC_ERR_STATE (already responded), FC_ERR_INVALID (status outside
  * 200..599), FC_ERR_NOMEM. If the handler returns without a response, the client gets 500. */
-fc_status http_respond(http_response *res, int status, const char *content_type,
-                       const void *body, size_t len);
+fc_status http_respond(http_response *res, int status, const char *content_type, const void *body,
+                       size_t len);
 /* A JSON error body {"error":{"code":code,"message":message}}. */
-fc_status http_respond_error(http_response *res, int status, const char *code,
-                             const char *fmt, ...) __attribute__((format(printf, 4, 5)));
+fc_status http_respond_error(http_response *res, int status, const char *code, const char *fmt, ...)
+    __attribute__((format(printf, 4, 5)));
 /* A body of exactly length bytes pulled from stream as the socket drains. On success the
  * response owns the stream (release will be called); on error release is NOT called. */
 fc_status http_respond_stream(http_response *res, int status, const char *content_type,
@@ -90,10 +90,10 @@ typedef struct http_server http_server;
 
 #define HTTP_SERVER_CONFIG_V1 1
 typedef struct http_server_config {
-    int version;             /* HTTP_SERVER_CONFIG_V1 */
-    const char *host;        /* numeric address; plain HTTP only on loopback */
-    int port;                /* 0 = pick a free one (http_server_port) */
-    int tls;                 /* 1: serve HTTPS with tls_cfg (net.h) */
+    int version;      /* HTTP_SERVER_CONFIG_V1 */
+    const char *host; /* numeric address; plain HTTP only on loopback */
+    int port;         /* 0 = pick a free one (http_server_port) */
+    int tls;          /* 1: serve HTTPS with tls_cfg (net.h) */
     net_tls_config tls_cfg;
     http_limits limits;
     http_handler_fn handler; /* required */

@@ -41,7 +41,8 @@ struct metrics_registry {
 
 fc_status metrics_new(metrics_registry **out, fc_error *err) {
     metrics_registry *r = fc_calloc(1, sizeof *r);
-    if (!r) return fc_error_set(err, FC_ERR_NOMEM, "metrics: no memory for the registry");
+    if (!r)
+        return fc_error_set(err, FC_ERR_NOMEM, "metrics: no memory for the registry");
     *out = r;
     return FC_OK;
 }
@@ -67,7 +68,8 @@ static void family_free(metrics_family *f) {
 }
 
 void metrics_free(metrics_registry *r) {
-    if (!r) return;
+    if (!r)
+        return;
     metrics_family *f = r->families;
     while (f) {
         metrics_family *next = f->next;
@@ -83,23 +85,29 @@ static int is_alpha_(char c) {
 static int is_digit(char c) { return c >= '0' && c <= '9'; }
 
 static int valid_metric_name(const char *s) {
-    if (!s || !*s || !(is_alpha_(*s) || *s == ':')) return 0;
+    if (!s || !*s || !(is_alpha_(*s) || *s == ':'))
+        return 0;
     for (const char *p = s + 1; *p; p++)
-        if (!is_alpha_(*p) && !is_digit(*p) && *p != ':') return 0;
+        if (!is_alpha_(*p) && !is_digit(*p) && *p != ':')
+            return 0;
     return 1;
 }
 
 static int valid_label_name(const char *s) {
-    if (!s || !*s || !is_alpha_(*s)) return 0;
-    if (s[0] == '_' && s[1] == '_') return 0;
+    if (!s || !*s || !is_alpha_(*s))
+        return 0;
+    if (s[0] == '_' && s[1] == '_')
+        return 0;
     for (const char *p = s + 1; *p; p++)
-        if (!is_alpha_(*p) && !is_digit(*p)) return 0;
+        if (!is_alpha_(*p) && !is_digit(*p))
+            return 0;
     return 1;
 }
 
 metrics_family *metrics_family_find(const metrics_registry *r, const char *name) {
     for (metrics_family *f = r->families; f; f = f->next)
-        if (strcmp(f->name, name) == 0) return f;
+        if (strcmp(f->name, name) == 0)
+            return f;
     return NULL;
 }
 
@@ -115,8 +123,8 @@ fc_status metrics_family_add(metrics_registry *r, metrics_type type, const char 
     if (metrics_family_find(r, name))
         return fc_error_set(err, FC_ERR_EXISTS, "metrics: '%s' is already registered", name);
     if (nlabels > METRICS_MAX_LABELS || (nlabels && !label_names))
-        return fc_error_set(err, FC_ERR_INVALID, "metrics: '%s' has %zu labels, at most %d",
-                            name, nlabels, METRICS_MAX_LABELS);
+        return fc_error_set(err, FC_ERR_INVALID, "metrics: '%s' has %zu labels, at most %d", name,
+                            nlabels, METRICS_MAX_LABELS);
     for (size_t i = 0; i < nlabels; i++) {
         if (!valid_label_name(label_names[i]) ||
             (type == METRICS_HISTOGRAM && strcmp(label_names[i], "le") == 0))
@@ -124,9 +132,8 @@ fc_status metrics_family_add(metrics_registry *r, metrics_type type, const char 
                                 name, label_names[i] ? label_names[i] : "(null)");
         for (size_t j = 0; j < i; j++)
             if (strcmp(label_names[i], label_names[j]) == 0)
-                return fc_error_set(err, FC_ERR_INVALID,
-                                    "metrics: '%s' repeats label name '%s'", name,
-                                    label_names[i]);
+                return fc_error_set(err, FC_ERR_INVALID, "metrics: '%s' repeats label name '%s'",
+                                    name, label_names[i]);
     }
     if (type == METRICS_HISTOGRAM) {
         if (nbuckets < 1 || nbuckets > METRICS_MAX_BUCKETS || !buckets)
@@ -144,27 +151,33 @@ fc_status metrics_family_add(metrics_registry *r, metrics_type type, const char 
                             name);
     }
     metrics_family *f = fc_calloc(1, sizeof *f);
-    if (!f) goto nomem;
+    if (!f)
+        goto nomem;
     f->reg = r;
     f->type = type;
     f->name = fc_strdup(name);
     f->help = fc_strdup(help ? help : "");
-    if (!f->name || !f->help) goto nomem;
+    if (!f->name || !f->help)
+        goto nomem;
     for (size_t i = 0; i < nlabels; i++) {
-        if (!(f->label_names[i] = fc_strdup(label_names[i]))) goto nomem;
+        if (!(f->label_names[i] = fc_strdup(label_names[i])))
+            goto nomem;
         f->nlabels = i + 1;
     }
-    if (nbuckets) memcpy(f->buckets, buckets, nbuckets * sizeof *buckets);
+    if (nbuckets)
+        memcpy(f->buckets, buckets, nbuckets * sizeof *buckets);
     f->nbuckets = nbuckets;
     if (r->tail)
         r->tail->next = f;
     else
         r->families = f;
     r->tail = f;
-    if (out) *out = f;
+    if (out)
+        *out = f;
     return FC_OK;
 nomem:
-    if (f) family_free(f);
+    if (f)
+        family_free(f);
     return fc_error_set(err, FC_ERR_NOMEM, "metrics: no memory for '%s'", name);
 }
 
@@ -173,7 +186,8 @@ metrics_series *metrics_series_find(const metrics_family *f, const char *const *
         size_t i = 0;
         while (i < f->nlabels && strcmp(s->label_values[i], label_values[i]) == 0)
             i++;
-        if (i == f->nlabels) return s;
+        if (i == f->nlabels)
+            return s;
     }
     return NULL;
 }
@@ -181,8 +195,8 @@ metrics_series *metrics_series_find(const metrics_family *f, const char *const *
 fc_status metrics_series_add(metrics_family *f, const char *const *label_values,
                              metrics_series **out, fc_error *err) {
     if (f->nlabels && !label_values)
-        return fc_error_set(err, FC_ERR_INVALID, "metrics: '%s' needs %zu label values",
-                            f->name, f->nlabels);
+        return fc_error_set(err, FC_ERR_INVALID, "metrics: '%s' needs %zu label values", f->name,
+                            f->nlabels);
     for (size_t i = 0; i < f->nlabels; i++)
         if (!label_values[i])
             return fc_error_set(err, FC_ERR_INVALID, "metrics: '%s' label '%s' has no value",
@@ -191,25 +205,30 @@ fc_status metrics_series_add(metrics_family *f, const char *const *label_values,
         return fc_error_set(err, FC_ERR_EXISTS, "metrics: '%s' already has that label set",
                             f->name);
     metrics_series *s = fc_calloc(1, sizeof *s);
-    if (!s) goto nomem;
+    if (!s)
+        goto nomem;
     s->family = f;
     for (size_t i = 0; i < f->nlabels; i++)
-        if (!(s->label_values[i] = fc_strdup(label_values[i]))) goto nomem;
+        if (!(s->label_values[i] = fc_strdup(label_values[i])))
+            goto nomem;
     if (f->series_tail)
         f->series_tail->next = s;
     else
         f->series = s;
     f->series_tail = s;
-    if (out) *out = s;
+    if (out)
+        *out = s;
     return FC_OK;
 nomem:
-    if (s) series_free(s);
+    if (s)
+        series_free(s);
     return fc_error_set(err, FC_ERR_NOMEM, "metrics: no memory for a series of '%s'", f->name);
 }
 
 void metrics_counter_add(metrics_series *s, double v) {
     assert(s->family->type == METRICS_COUNTER);
-    if (!(v >= 0) || !isfinite(v)) return;
+    if (!(v >= 0) || !isfinite(v))
+        return;
     s->value += v;
 }
 
@@ -226,11 +245,13 @@ void metrics_gauge_add(metrics_series *s, double v) {
 void metrics_histogram_observe(metrics_series *s, double v) {
     const metrics_family *f = s->family;
     assert(f->type == METRICS_HISTOGRAM);
-    if (isnan(v)) return;
+    if (isnan(v))
+        return;
     size_t i = 0;
     while (i < f->nbuckets && v > f->buckets[i])
         i++;
-    if (i < f->nbuckets) s->bucket_counts[i]++; /* else only the implicit +Inf bucket */
+    if (i < f->nbuckets)
+        s->bucket_counts[i]++; /* else only the implicit +Inf bucket */
     s->count++;
     s->value += v;
 }
@@ -247,7 +268,8 @@ char *metrics_format_value(double v, char *buf, size_t size) {
         /* The shortest %g precision that reads back exactly. */
         for (int prec = 1; prec <= 17; prec++) {
             snprintf(buf, size, "%.*g", prec, v);
-            if (strtod(buf, NULL) == v) break;
+            if (strtod(buf, NULL) == v)
+                break;
         }
     }
     return buf;
@@ -269,44 +291,60 @@ static fc_status put_escaped(fc_buf *b, const char *s, int quote) {
             st = put(b, "\\\"");
         else
             st = fc_buf_append(b, p, 1);
-        if (st != FC_OK) return st;
+        if (st != FC_OK)
+            return st;
     }
     return FC_OK;
 }
 
 /* name{labels[,le="x"]} value\n */
-static fc_status put_sample(fc_buf *b, const metrics_series *s, const char *suffix,
-                            const char *le, double value) {
+static fc_status put_sample(fc_buf *b, const metrics_series *s, const char *suffix, const char *le,
+                            double value) {
     const metrics_family *f = s->family;
     char num[32];
     fc_status st = put(b, f->name);
-    if (st == FC_OK) st = put(b, suffix);
+    if (st == FC_OK)
+        st = put(b, suffix);
     if (st == FC_OK && (f->nlabels || le)) {
         st = put(b, "{");
         for (size_t i = 0; st == FC_OK && i < f->nlabels; i++) {
-            if (i) st = put(b, ",");
-            if (st == FC_OK) st = put(b, f->label_names[i]);
-            if (st == FC_OK) st = put(b, "=\"");
-            if (st == FC_OK) st = put_escaped(b, s->label_values[i], 1);
-            if (st == FC_OK) st = put(b, "\"");
+            if (i)
+                st = put(b, ",");
+            if (st == FC_OK)
+                st = put(b, f->label_names[i]);
+            if (st == FC_OK)
+                st = put(b, "=\"");
+            if (st == FC_OK)
+                st = put_escaped(b, s->label_values[i], 1);
+            if (st == FC_OK)
+                st = put(b, "\"");
         }
         if (st == FC_OK && le) {
-            if (f->nlabels) st = put(b, ",");
-            if (st == FC_OK) st = put(b, "le=\"");
-            if (st == FC_OK) st = put(b, le);
-            if (st == FC_OK) st = put(b, "\"");
+            if (f->nlabels)
+                st = put(b, ",");
+            if (st == FC_OK)
+                st = put(b, "le=\"");
+            if (st == FC_OK)
+                st = put(b, le);
+            if (st == FC_OK)
+                st = put(b, "\"");
         }
-        if (st == FC_OK) st = put(b, "}");
+        if (st == FC_OK)
+            st = put(b, "}");
     }
-    if (st == FC_OK) st = put(b, " ");
-    if (st == FC_OK) st = put(b, metrics_format_value(value, num, sizeof num));
-    if (st == FC_OK) st = put(b, "\n");
+    if (st == FC_OK)
+        st = put(b, " ");
+    if (st == FC_OK)
+        st = put(b, metrics_format_value(value, num, sizeof num));
+    if (st == FC_OK)
+        st = put(b, "\n");
     return st;
 }
 
 static fc_status render_series(fc_buf *b, const metrics_series *s) {
     const metrics_family *f = s->family;
-    if (f->type != METRICS_HISTOGRAM) return put_sample(b, s, "", NULL, s->value);
+    if (f->type != METRICS_HISTOGRAM)
+        return put_sample(b, s, "", NULL, s->value);
     uint64_t cumulative = 0;
     char le[32];
     fc_status st = FC_OK;
@@ -315,9 +353,12 @@ static fc_status render_series(fc_buf *b, const metrics_series *s) {
         st = put_sample(b, s, "_bucket", metrics_format_value(f->buckets[i], le, sizeof le),
                         (double)cumulative);
     }
-    if (st == FC_OK) st = put_sample(b, s, "_bucket", "+Inf", (double)s->count);
-    if (st == FC_OK) st = put_sample(b, s, "_sum", NULL, s->value);
-    if (st == FC_OK) st = put_sample(b, s, "_count", NULL, (double)s->count);
+    if (st == FC_OK)
+        st = put_sample(b, s, "_bucket", "+Inf", (double)s->count);
+    if (st == FC_OK)
+        st = put_sample(b, s, "_sum", NULL, s->value);
+    if (st == FC_OK)
+        st = put_sample(b, s, "_count", NULL, (double)s->count);
     return st;
 }
 
@@ -337,27 +378,36 @@ fc_status metrics_render(const metrics_registry *r, fc_buf *out, fc_error *err) 
     fc_status st = FC_OK;
     for (const metrics_family *f = r->families; st == FC_OK && f; f = f->next) {
         st = put(out, "# HELP ");
-        if (st == FC_OK) st = put(out, f->name);
-        if (st == FC_OK) st = put(out, " ");
-        if (st == FC_OK) st = put_escaped(out, f->help, 0);
-        if (st == FC_OK) st = put(out, "\n# TYPE ");
-        if (st == FC_OK) st = put(out, f->name);
-        if (st == FC_OK) st = put(out, " ");
-        if (st == FC_OK) st = put(out, type_name(f->type));
-        if (st == FC_OK) st = put(out, "\n");
+        if (st == FC_OK)
+            st = put(out, f->name);
+        if (st == FC_OK)
+            st = put(out, " ");
+        if (st == FC_OK)
+            st = put_escaped(out, f->help, 0);
+        if (st == FC_OK)
+            st = put(out, "\n# TYPE ");
+        if (st == FC_OK)
+            st = put(out, f->name);
+        if (st == FC_OK)
+            st = put(out, " ");
+        if (st == FC_OK)
+            st = put(out, type_name(f->type));
+        if (st == FC_OK)
+            st = put(out, "\n");
         for (const metrics_series *s = f->series; st == FC_OK && s; s = s->next)
             st = render_series(out, s);
     }
-    if (st != FC_OK) return fc_error_set(err, st, "metrics: rendering the exposition text");
+    if (st != FC_OK)
+        return fc_error_set(err, st, "metrics: rendering the exposition text");
     return FC_OK;
 }
 
 /* ---- the daemon's metric set ---- */
 
 const char *const metrics_reject_reasons[] = {
-    "malformed",         "limit_exceeded", "bad_chunk",       "hash_mismatch",
-    "shape_mismatch",    "unsupported_dtype", "size_overflow", "non_finite",
-    "update_rejected",   "wrong_state",    "already_exists",  "other",
+    "malformed",       "limit_exceeded",    "bad_chunk",      "hash_mismatch",
+    "shape_mismatch",  "unsupported_dtype", "size_overflow",  "non_finite",
+    "update_rejected", "wrong_state",       "already_exists", "other",
 };
 const size_t metrics_reject_reason_count =
     sizeof metrics_reject_reasons / sizeof metrics_reject_reasons[0];
@@ -368,11 +418,11 @@ static const double fast_buckets[] = {0.001, 0.005, 0.01, 0.05, 0.1, 0.25, 0.5,
                                       1,     2.5,   5,    10,   30,  60,   300};
 
 static fc_status add1(metrics_registry *r, metrics_type t, const char *name, const char *help,
-                      const double *buckets, size_t nbuckets, metrics_series **out,
-                      fc_error *err) {
+                      const double *buckets, size_t nbuckets, metrics_series **out, fc_error *err) {
     metrics_family *f;
     fc_status st = metrics_family_add(r, t, name, help, NULL, 0, buckets, nbuckets, &f, err);
-    if (st == FC_OK) st = metrics_series_add(f, NULL, out, err);
+    if (st == FC_OK)
+        st = metrics_series_add(f, NULL, out, err);
     return st;
 }
 
@@ -380,7 +430,8 @@ fc_status metrics_fedcoord_new(metrics_fedcoord *m, fc_error *err) {
     memset(m, 0, sizeof *m);
     metrics_registry *r;
     fc_status st = metrics_new(&r, err);
-    if (st != FC_OK) return st;
+    if (st != FC_OK)
+        return st;
     metrics_family *f;
     const char *state[] = {"state"}, *reason[] = {"reason"}, *code[] = {"code"};
     const char *committed[] = {"committed"}, *failed[] = {"failed"};
@@ -391,8 +442,8 @@ fc_status metrics_fedcoord_new(metrics_fedcoord *m, fc_error *err) {
         (st = metrics_series_add(f, failed, &m->rounds_failed, err)) != FC_OK)
         goto fail;
     if ((st = add1(r, METRICS_COUNTER, "fedcoord_updates_accepted_total",
-                   "Client updates accepted into a round.", NULL, 0, &m->updates_accepted,
-                   err)) != FC_OK)
+                   "Client updates accepted into a round.", NULL, 0, &m->updates_accepted, err)) !=
+        FC_OK)
         goto fail;
     if ((st = metrics_family_add(r, METRICS_COUNTER, "fedcoord_updates_rejected_total",
                                  "Client updates rejected, by reason.", reason, 1, NULL, 0,
@@ -400,7 +451,8 @@ fc_status metrics_fedcoord_new(metrics_fedcoord *m, fc_error *err) {
         goto fail;
     for (size_t i = 0; i < metrics_reject_reason_count; i++) {
         const char *v[] = {metrics_reject_reasons[i]};
-        if ((st = metrics_series_add(m->updates_rejected, v, NULL, err)) != FC_OK) goto fail;
+        if ((st = metrics_series_add(m->updates_rejected, v, NULL, err)) != FC_OK)
+            goto fail;
     }
     if ((st = add1(r, METRICS_COUNTER, "fedcoord_bytes_received_total",
                    "Bytes of update data received from clients.", NULL, 0, &m->bytes_received,
@@ -418,11 +470,11 @@ fc_status metrics_fedcoord_new(metrics_fedcoord *m, fc_error *err) {
                    fast_buckets, sizeof fast_buckets / sizeof *fast_buckets, &m->commit_latency,
                    err)) != FC_OK ||
         (st = add1(r, METRICS_GAUGE, "fedcoord_connected_clients",
-                   "Client sessions currently connected.", NULL, 0, &m->connected_clients,
-                   err)) != FC_OK ||
+                   "Client sessions currently connected.", NULL, 0, &m->connected_clients, err)) !=
+            FC_OK ||
         (st = add1(r, METRICS_GAUGE, "fedcoord_staging_bytes",
-                   "Bytes of update data currently held in staging.", NULL, 0,
-                   &m->staging_bytes, err)) != FC_OK ||
+                   "Bytes of update data currently held in staging.", NULL, 0, &m->staging_bytes,
+                   err)) != FC_OK ||
         (st = add1(r, METRICS_GAUGE, "fedcoord_current_round",
                    "Id of the running or last round, 0 before the first.", NULL, 0,
                    &m->current_round, err)) != FC_OK ||
@@ -436,7 +488,8 @@ fc_status metrics_fedcoord_new(metrics_fedcoord *m, fc_error *err) {
     for (int i = 0; i < 5; i++) {
         char cls[4] = {(char)('1' + i), 'x', 'x', 0};
         const char *v[] = {cls};
-        if ((st = metrics_series_add(f, v, &m->http_requests[i], err)) != FC_OK) goto fail;
+        if ((st = metrics_series_add(f, v, &m->http_requests[i], err)) != FC_OK)
+            goto fail;
     }
     m->reg = r;
     return FC_OK;
@@ -458,6 +511,7 @@ void metrics_fedcoord_reject(metrics_fedcoord *m, const char *reason) {
 }
 
 void metrics_fedcoord_http(metrics_fedcoord *m, int status) {
-    if (status < 100 || status > 599) return;
+    if (status < 100 || status > 599)
+        return;
     metrics_counter_add(m->http_requests[status / 100 - 1], 1);
 }

@@ -83,20 +83,20 @@ extern const char *const metrics_reject_reasons[];
 extern const size_t metrics_reject_reason_count;
 
 typedef struct metrics_fedcoord {
-    metrics_registry *reg;                /* owned by the caller of metrics_fedcoord_new */
-    metrics_series *rounds_committed;     /* fedcoord_rounds_total{state="committed"} */
-    metrics_series *rounds_failed;        /* fedcoord_rounds_total{state="failed"} */
-    metrics_series *updates_accepted;     /* fedcoord_updates_accepted_total */
-    metrics_family *updates_rejected;     /* fedcoord_updates_rejected_total{reason} */
-    metrics_series *bytes_received;       /* fedcoord_bytes_received_total */
-    metrics_series *round_duration;       /* fedcoord_round_duration_seconds (histogram) */
-    metrics_series *aggregation_time;     /* fedcoord_aggregation_seconds (histogram) */
-    metrics_series *commit_latency;       /* fedcoord_commit_latency_seconds (histogram) */
-    metrics_series *connected_clients;    /* fedcoord_connected_clients (gauge) */
-    metrics_series *staging_bytes;        /* fedcoord_staging_bytes (gauge) */
-    metrics_series *current_round;        /* fedcoord_current_round (gauge) */
-    metrics_series *model_version;        /* fedcoord_model_version (gauge) */
-    metrics_series *http_requests[5];     /* fedcoord_http_requests_total{code="1xx".."5xx"} */
+    metrics_registry *reg;             /* owned by the caller of metrics_fedcoord_new */
+    metrics_series *rounds_committed;  /* fedcoord_rounds_total{state="committed"} */
+    metrics_series *rounds_failed;     /* fedcoord_rounds_total{state="failed"} */
+    metrics_series *updates_accepted;  /* fedcoord_updates_accepted_total */
+    metrics_family *updates_rejected;  /* fedcoord_updates_rejected_total{reason} */
+    metrics_series *bytes_received;    /* fedcoord_bytes_received_total */
+    metrics_series *round_duration;    /* fedcoord_round_duration_seconds (histogram) */
+    metrics_series *aggregation_time;  /* fedcoord_aggregation_seconds (histogram) */
+    metrics_series *commit_latency;    /* fedcoord_commit_latency_seconds (histogram) */
+    metrics_series *connected_clients; /* fedcoord_connected_clients (gauge) */
+    metrics_series *staging_bytes;     /* fedcoord_staging_bytes (gauge) */
+    metrics_series *current_round;     /* fedcoord_current_round (gauge) */
+    metrics_series *model_version;     /* fedcoord_model_version (gauge) */
+    metrics_series *http_requests[5];  /* fedcoord_http_requests_total{code="1xx".."5xx"} */
 } metrics_fedcoord;
 
 /* Creates a registry holding the daemon's metric set (names, help, buckets in

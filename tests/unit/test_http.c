@@ -31,6 +31,8 @@
 
 #include <jansson.h>
 #include <openssl/evp.h>
+#include <openssl/ssl.h>
+#include <sqlite3.h>
 #include <uv.h>
 
 #include "core/alloc.h"
@@ -40,6 +42,7 @@
 #include "server/metrics.h"
 #include "storage/store.h"
 #include "tests/lib/testutil.h"
+#include "tests/lib/tlsgen.h"
 
 #define ADMIN "s3cret-admin-token"
 
@@ -97,7 +100,8 @@ static int setup_db(void **state) {
     store *s;
     fc_error err = {0};
     store_options opt = {.version = STORE_OPTIONS_V1, .chunk_size = 1 << 20};
-    if (store_open(g_db, &opt, &s, &err) != FC_OK) return -1;
+    if (store_open(g_db, &opt, &s, &err) != FC_OK)
+        return -1;
     memset(g_client_sha, 0xab, 32);
     uint8_t other[32];
     memset(other, 0xcd, 32);
@@ -111,27 +115,47 @@ static int setup_db(void **state) {
     fill(g_v2, V2_SIZE, 2);
     src s1 = {g_v1, V1_SIZE, 0}, s2 = {g_v2, V2_SIZE, 0};
     store_participant parts[2] = {
-        {.client = "alice", .outcome = STORE_OUTCOME_ACCEPTED, .num_examples = 10, .bytes = 40,
+        {.client = "alice",
+         .outcome = STORE_OUTCOME_ACCEPTED,
+         .num_examples = 10,
+         .bytes = 40,
          .metrics_json = "{\"loss\":0.25}"},
         {.client = "bob", .outcome = STORE_OUTCOME_REJECTED, .reason = "norm too large"},
     };
-    store_commit c1 = {
-        .round_id = 1, .version = 1, .tensor_specs_json =
-            "[{\"name\":\"w\",\"dtype\":\"f32\",\"shape\":[30,40]},"
-            "{\"name\":\"b\",\"dtype\":\"f32\",\"shape\":[40]}]",
-        .model_size = V1_SIZE, .source = src_read, .source_ud = &s1, .started_at = 1000,
-        .ended_at = 4000, .config_json = "{\"lr\":0.1}",
-        .report_json = "{\"selected\":[\"alice\"],\"trimmed\":0}",
-        .metrics_json = "{\"loss\":0.5,\"accuracy\":0.8}", .participants = parts,
-        .num_participants = 2, .rule_name = "fedavg", .optimizer_name = "sgd"};
-    if (store_commit_round(s, &c1, NULL, &err) != FC_OK) return -1;
-    store_commit c2 = {
-        .round_id = 2, .version = 2, .parent_version = 1,
-        .tensor_specs_json = "[{\"name\":\"big\",\"dtype\":\"F32\",\"shape\":[3145728]}]",
-        .model_size = V2_SIZE, .source = src_read, .source_ud = &s2, .started_at = 5000,
-        .ended_at = 9000, .rule_name = "fedavg", .optimizer_name = "sgd"};
-    if (store_commit_round(s, &c2, NULL, &err) != FC_OK) return -1;
-    if (store_round_fail(s, 3, "too few clients", NULL, 0, 12000, &err) != FC_OK) return -1;
+    store_commit c1 = {.round_id = 1,
+                       .version = 1,
+                       .tensor_specs_json = "[{\"name\":\"w\",\"dtype\":\"f32\",\"shape\":[30,40]},"
+                                            "{\"name\":\"b\",\"dtype\":\"f32\",\"shape\":[40]}]",
+                       .model_size = V1_SIZE,
+                       .source = src_read,
+                       .source_ud = &s1,
+                       .started_at = 1000,
+                       .ended_at = 4000,
+                       .config_json = "{\"lr\":0.1}",
+                       .report_json = "{\"selected\":[\"alice\"],\"trimmed\":0}",
+                       .metrics_json = "{\"loss\":0.5,\"accuracy\":0.8}",
+                       .participants = parts,
+                       .num_participants = 2,
+                       .rule_name = "fedavg",
+                       .optimizer_name = "sgd"};
+    if (store_commit_round(s, &c1, NULL, &err) != FC_OK)
+        return -1;
+    store_commit c2 = {.round_id = 2,
+                       .version = 2,
+                       .parent_version = 1,
+                       .tensor_specs_json =
+                           "[{\"name\":\"big\",\"dtype\":\"F32\",\"shape\":[3145728]}]",
+                       .model_size = V2_SIZE,
+                       .source = src_read,
+                       .source_ud = &s2,
+                       .started_at = 5000,
+                       .ended_at = 9000,
+                       .rule_name = "fedavg",
+                       .optimizer_name = "sgd"};
+    if (store_commit_round(s, &c2, NULL, &err) != FC_OK)
+        return -1;
+    if (store_round_fail(s, 3, "too few clients", NULL, 0, 12000, &err) != FC_OK)
+        return -1;
     store_close(s);
     return 0;
 }
@@ -157,14 +181,16 @@ static fc_status fd_status(void *ctx, json_t *out, fc_error *err) {
     (void)err;
     json_object_set_new(out, "mode", json_string("sync"));
     json_object_set_new(out, "state", json_string("training"));
-    json_object_set_new(out, "round", json_pack("{s:i,s:s,s:i,s:i}", "id", 4, "phase", "training",
-                                                "selected", 3, "received", 1));
+    json_object_set_new(
+        out, "round",
+        json_pack("{s:i,s:s,s:i,s:i}", "id", 4, "phase", "training", "selected", 3, "received", 1));
     return FC_OK;
 }
 
 static int fd_ready(void *ctx, const char **why) {
     fake_daemon *d = ctx;
-    if (!d->ready) *why = "model not loaded yet";
+    if (!d->ready)
+        *why = "model not loaded yet";
     return d->ready;
 }
 
@@ -172,7 +198,8 @@ static fc_status fd_control(void *ctx, const char *action, fc_error *err) {
     fake_daemon *d = ctx;
     if (strcmp(action, "pause") == 0 && d->paused)
         return fc_error_set(err, FC_ERR_STATE, "already paused");
-    if (strcmp(action, "pause") == 0) d->paused = 1;
+    if (strcmp(action, "pause") == 0)
+        d->paused = 1;
     snprintf(d->last_action, sizeof d->last_action, "%s", action);
     d->controls++;
     return FC_OK;
@@ -180,7 +207,8 @@ static fc_status fd_control(void *ctx, const char *action, fc_error *err) {
 
 static void fd_client_live(void *ctx, const char *name, json_t *out) {
     (void)ctx;
-    if (strcmp(name, "alice") == 0) json_object_set_new(out, "connected", json_true());
+    if (strcmp(name, "alice") == 0)
+        json_object_set_new(out, "connected", json_true());
 }
 
 typedef struct harness {
@@ -195,6 +223,7 @@ typedef struct harness {
 } harness;
 
 static harness *H;
+static const char *g_serve_db; /* NULL: g_db */
 
 static void *loop_main(void *arg) {
     harness *h = arg;
@@ -208,19 +237,31 @@ static void stop_cb(uv_async_t *a) {
     uv_close((uv_handle_t *)a, NULL);
 }
 
-static void h_start_with(harness *h, const http_limits *lim, int auth_reads) {
+static void h_start_tls(harness *h, const http_limits *lim, int auth_reads,
+                        const net_tls_config *tls) {
     memset(h, 0, sizeof *h);
     fc_error err = {0};
     assert_int_equal(uv_loop_init(&h->loop), 0);
     assert_int_equal(metrics_fedcoord_new(&h->m, &err), FC_OK);
     h->d.ready = 1;
-    api_config ac = {.version = API_CONFIG_V1, .store_path = g_db, .admin_token = ADMIN,
-                     .auth_reads = auth_reads, .metrics = h->m.reg, .http_metrics = &h->m,
-                     .provider = {.version = API_PROVIDER_V1, .ctx = &h->d, .status = fd_status,
-                                  .ready = fd_ready, .control = fd_control,
+    api_config ac = {.version = API_CONFIG_V1,
+                     .store_path = g_serve_db ? g_serve_db : g_db,
+                     .admin_token = ADMIN,
+                     .auth_reads = auth_reads,
+                     .metrics = h->m.reg,
+                     .http_metrics = &h->m,
+                     .provider = {.version = API_PROVIDER_V1,
+                                  .ctx = &h->d,
+                                  .status = fd_status,
+                                  .ready = fd_ready,
+                                  .control = fd_control,
                                   .client_live = fd_client_live}};
     assert_int_equal(api_new(&ac, &h->api, &err), FC_OK);
     http_server_config hc = {.version = HTTP_SERVER_CONFIG_V1, .host = "127.0.0.1"};
+    if (tls) {
+        hc.tls = 1;
+        hc.tls_cfg = *tls;
+    }
     if (lim)
         hc.limits = *lim;
     else
@@ -230,6 +271,10 @@ static void h_start_with(harness *h, const http_limits *lim, int auth_reads) {
     assert_int_equal(uv_async_init(&h->loop, &h->stop, stop_cb), 0);
     h->stop.data = h;
     assert_int_equal(pthread_create(&h->th, NULL, loop_main, h), 0);
+}
+
+static void h_start_with(harness *h, const http_limits *lim, int auth_reads) {
+    h_start_tls(h, lim, auth_reads, NULL);
 }
 
 static void h_stop(harness *h) {
@@ -275,7 +320,8 @@ static void conn_open_rcvbuf(conn *c, int port, int rcvbuf) {
     c->len = 0;
     c->fd = socket(AF_INET, SOCK_STREAM, 0);
     assert_true(c->fd >= 0);
-    if (rcvbuf) setsockopt(c->fd, SOL_SOCKET, SO_RCVBUF, &rcvbuf, sizeof rcvbuf);
+    if (rcvbuf)
+        setsockopt(c->fd, SOL_SOCKET, SO_RCVBUF, &rcvbuf, sizeof rcvbuf);
     struct timeval tv = {.tv_sec = 10};
     setsockopt(c->fd, SOL_SOCKET, SO_RCVTIMEO, &tv, sizeof tv);
     struct sockaddr_in sa = {.sin_family = AF_INET, .sin_port = htons((uint16_t)port)};
@@ -298,9 +344,11 @@ static void conn_sends(conn *c, const char *s) { conn_send(c, s, strlen(s)); }
 
 /* Reads more bytes into c->buf; returns bytes read (0 = EOF, -1 = error/timeout). */
 static ssize_t conn_fill(conn *c) {
-    if (c->len == sizeof c->buf) return -1;
+    if (c->len == sizeof c->buf)
+        return -1;
     ssize_t n = recv(c->fd, c->buf + c->len, sizeof c->buf - c->len, 0);
-    if (n > 0) c->len += (size_t)n;
+    if (n > 0)
+        c->len += (size_t)n;
     return n;
 }
 
@@ -321,7 +369,8 @@ static const char *header_value(const resp *r, const char *name, char *out, size
                 v++;
             const char *e = strstr(v, "\r\n");
             size_t n = e ? (size_t)(e - v) : strlen(v);
-            if (n >= size) n = size - 1;
+            if (n >= size)
+                n = size - 1;
             memcpy(out, v, n);
             out[n] = 0;
             return out;
@@ -336,7 +385,8 @@ static int conn_read(conn *c, resp *r) {
     memset(r, 0, sizeof *r);
     char *end;
     while (!(c->len && (end = memmem(c->buf, c->len, "\r\n\r\n", 4))))
-        if (conn_fill(c) <= 0) return -1;
+        if (conn_fill(c) <= 0)
+            return -1;
     size_t hl = (size_t)(end - c->buf) + 4;
     assert_true(hl < sizeof r->head);
     conn_take(c, r->head, hl);
@@ -348,9 +398,10 @@ static int conn_read(conn *c, resp *r) {
     r->body = malloc((size_t)r->content_length + 1);
     size_t got = 0;
     while (got < (size_t)r->content_length) {
-        if (!c->len && conn_fill(c) <= 0) break;
-        size_t n = c->len < (size_t)r->content_length - got ? c->len
-                                                            : (size_t)r->content_length - got;
+        if (!c->len && conn_fill(c) <= 0)
+            break;
+        size_t n =
+            c->len < (size_t)r->content_length - got ? c->len : (size_t)r->content_length - got;
         conn_take(c, r->body + got, n);
         got += n;
     }
@@ -365,7 +416,8 @@ static void resp_free(resp *r) {
 }
 
 static int conn_at_eof(conn *c) {
-    if (c->len) return 0;
+    if (c->len)
+        return 0;
     return conn_fill(c) == 0;
 }
 
@@ -382,14 +434,15 @@ static void request(const char *raw, resp *r) {
 
 static void get(const char *path, const char *auth, resp *r) {
     char raw[2048];
-    snprintf(raw, sizeof raw, "GET %s HTTP/1.1\r\nHost: t\r\n%s%s%sConnection: close\r\n\r\n",
-             path, auth ? "Authorization: " : "", auth ? auth : "", auth ? "\r\n" : "");
+    snprintf(raw, sizeof raw, "GET %s HTTP/1.1\r\nHost: t\r\n%s%s%sConnection: close\r\n\r\n", path,
+             auth ? "Authorization: " : "", auth ? auth : "", auth ? "\r\n" : "");
     request(raw, r);
 }
 
 /* The "code" of a JSON error body. */
 static void assert_error(const resp *r, int status, const char *code) {
-    if (r->status != status) print_message("unexpected response:\n%s%s\n", r->head, r->body);
+    if (r->status != status)
+        print_message("unexpected response:\n%s%s\n", r->head, r->body);
     assert_int_equal(r->status, status);
     json_error_t e;
     json_t *j = json_loads(r->body, 0, &e);
@@ -407,7 +460,8 @@ static void assert_error(const resp *r, int status, const char *code) {
 static json_t *body_json(const resp *r) {
     json_error_t e;
     json_t *j = json_loads(r->body, 0, &e);
-    if (!j) print_message("not JSON: %s (%s)\n", r->body, e.text);
+    if (!j)
+        print_message("not JSON: %s (%s)\n", r->body, e.text);
     assert_non_null(j);
     return j;
 }
@@ -418,7 +472,8 @@ static void test_keep_alive_serves_pipelined_requests_on_one_connection(void **s
     (void)state;
     conn c;
     conn_open(&c, H->port);
-    conn_sends(&c, "GET /healthz HTTP/1.1\r\nHost: t\r\n\r\nGET /readyz HTTP/1.1\r\nHost: t\r\n\r\n");
+    conn_sends(&c,
+               "GET /healthz HTTP/1.1\r\nHost: t\r\n\r\nGET /readyz HTTP/1.1\r\nHost: t\r\n\r\n");
     resp r1, r2, r3;
     assert_int_equal(conn_read(&c, &r1), 0);
     assert_int_equal(r1.status, 200);
@@ -469,7 +524,7 @@ static void test_bad_methods_get_405(void **state) {
     request("DELETE /v1/status HTTP/1.1\r\nHost: t\r\nConnection: close\r\n\r\n", &r);
     assert_error(&r, 405, "method_not_allowed");
     char v[32];
-    assert_string_equal(header_value(&r, "Allow", v, sizeof v), "GET");
+    assert_string_equal(header_value(&r, "Allow", v, sizeof v), "GET, HEAD");
     resp_free(&r);
     request("GET /v1/control/pause HTTP/1.1\r\nHost: t\r\nConnection: close\r\n\r\n", &r);
     assert_error(&r, 405, "method_not_allowed");
@@ -480,10 +535,21 @@ static void test_bad_methods_get_405(void **state) {
 static void test_unknown_paths_and_traversal_get_404(void **state) {
     (void)state;
     const char *paths[] = {
-        "/nope", "/v1/models/../../etc/passwd/safetensors", "/v1/models/%2e%2e/safetensors",
-        "/v1/models/01", "/v1/models/1a", "/v1/models/-1", "/v1/models/+1", "/v1/rounds/",
-        "//v1/status", "/v1/status/", "/v1/models/1/safetensors/x", "/v1/models/99",
-        "/v1/rounds/1234567890123456789", "/etc/passwd", "/v1/models/1%00/safetensors",
+        "/nope",
+        "/v1/models/../../etc/passwd/safetensors",
+        "/v1/models/%2e%2e/safetensors",
+        "/v1/models/01",
+        "/v1/models/1a",
+        "/v1/models/-1",
+        "/v1/models/+1",
+        "/v1/rounds/",
+        "//v1/status",
+        "/v1/status/",
+        "/v1/models/1/safetensors/x",
+        "/v1/models/99",
+        "/v1/rounds/1234567890123456789",
+        "/etc/passwd",
+        "/v1/models/1%00/safetensors",
     };
     for (size_t i = 0; i < sizeof paths / sizeof paths[0]; i++) {
         resp r;
@@ -558,7 +624,8 @@ static void test_oversize_body_gets_413(void **state) {
     memcpy(chunk + hl + 0x2000, "\r\n", 2);
     int got_413 = 0;
     for (int i = 0; i < 10 && !got_413; i++) {
-        if (send(c.fd, chunk, (size_t)hl + 0x2000 + 2, MSG_NOSIGNAL) <= 0) break;
+        if (send(c.fd, chunk, (size_t)hl + 0x2000 + 2, MSG_NOSIGNAL) <= 0)
+            break;
     }
     assert_int_equal(conn_read(&c, &r), 0);
     assert_error(&r, 413, "body_too_large");
@@ -656,6 +723,54 @@ static void test_client_that_disconnects_mid_export_releases_the_stream(void **s
     /* teardown's api_free and the leak checker under ASan verify the streams were freed. */
 }
 
+static void test_head_gives_the_length_without_the_body(void **state) {
+    (void)state;
+    conn c;
+    conn_open(&c, H->port);
+    conn_sends(&c, "HEAD /v1/models/1/safetensors HTTP/1.1\r\nHost: t\r\n\r\n"
+                   "GET /healthz HTTP/1.1\r\nHost: t\r\nConnection: close\r\n\r\n");
+    char *end;
+    while (!(c.len && (end = memmem(c.buf, c.len, "\r\n\r\n", 4))))
+        assert_true(conn_fill(&c) > 0);
+    resp h = {0};
+    size_t hl = (size_t)(end - c.buf) + 4;
+    conn_take(&c, h.head, hl);
+    assert_int_equal(sscanf(h.head, "HTTP/1.1 %d", &h.status), 1);
+    assert_int_equal(h.status, 200);
+    char v[64];
+    /* The same length a GET sends: 8-byte length + JSON header + the model bytes. */
+    resp g;
+    get("/v1/models/1/safetensors", NULL, &g);
+    assert_non_null(header_value(&h, "Content-Length", v, sizeof v));
+    assert_int_equal(atol(v), g.content_length);
+    resp_free(&g);
+    /* The next bytes are the next response, not a body. */
+    resp r;
+    assert_int_equal(conn_read(&c, &r), 0);
+    assert_int_equal(r.status, 200);
+    assert_string_equal(r.body, "{\"status\":\"ok\"}\n");
+    resp_free(&r);
+    conn_close(&c);
+}
+
+static void test_stopping_the_server_mid_export_releases_the_streams(void **state) {
+    (void)state;
+    harness h;
+    h_start_with(&h, NULL, 0);
+    conn c[2];
+    for (int i = 0; i < 2; i++) {
+        conn_open_rcvbuf(&c[i], h.port, 4096);
+        conn_sends(&c[i], "GET /v1/models/2/safetensors HTTP/1.1\r\nHost: t\r\n\r\n");
+        char buf[100];
+        assert_true(recv(c[i].fd, buf, sizeof buf, 0) > 0); /* streaming has begun */
+    }
+    /* The clients read nothing more; stop must still finish (linger bounds the flush), and
+     * the streams' store references must be released (ASan checks for leaks). */
+    h_stop(&h);
+    for (int i = 0; i < 2; i++)
+        conn_close(&c[i]);
+}
+
 static void test_rounds_list_pages_newest_first(void **state) {
     (void)state;
     resp r;
@@ -685,9 +800,10 @@ static void test_rounds_list_pages_newest_first(void **state) {
     assert_true(json_is_null(json_object_get(j, "next_before")));
     json_decref(j);
     resp_free(&r);
-    const char *bad[] = {"/v1/rounds?limit=0", "/v1/rounds?limit=abc", "/v1/rounds?limit=1001",
-                         "/v1/rounds?foo=1", "/v1/rounds?limit=1&limit=2", "/v1/rounds?before",
-                         "/v1/rounds?limit=1&", "/v1/status?x=1"};
+    const char *bad[] = {"/v1/rounds?limit=0",         "/v1/rounds?limit=abc",
+                         "/v1/rounds?limit=1001",      "/v1/rounds?foo=1",
+                         "/v1/rounds?limit=1&limit=2", "/v1/rounds?before",
+                         "/v1/rounds?limit=1&",        "/v1/status?x=1"};
     for (size_t i = 0; i < sizeof bad / sizeof bad[0]; i++) {
         get(bad[i], NULL, &r);
         assert_error(&r, 400, "bad_request");
@@ -705,8 +821,7 @@ static void test_round_detail_has_participants_report_and_metrics(void **state) 
     json_t *rep = json_object_get(j, "report");
     assert_string_equal(json_string_value(json_array_get(json_object_get(rep, "selected"), 0)),
                         "alice");
-    assert_true(json_real_value(json_object_get(json_object_get(j, "metrics"), "accuracy")) ==
-                0.8);
+    assert_true(json_real_value(json_object_get(json_object_get(j, "metrics"), "accuracy")) == 0.8);
     assert_true(json_real_value(json_object_get(json_object_get(j, "config"), "lr")) == 0.1);
     json_t *parts = json_object_get(j, "participants");
     assert_int_equal(json_array_size(parts), 2);
@@ -774,8 +889,7 @@ static void test_models_list_detail_and_parent_chain(void **state) {
     json_t *chain = json_object_get(j, "parent_chain");
     assert_int_equal(json_array_size(chain), 1);
     assert_int_equal(json_integer_value(json_object_get(json_array_get(chain, 0), "version")), 1);
-    assert_string_equal(
-        json_string_value(json_object_get(json_array_get(chain, 0), "sha256")), x1);
+    assert_string_equal(json_string_value(json_object_get(json_array_get(chain, 0), "sha256")), x1);
     json_t *t = json_array_get(json_object_get(j, "tensors"), 0);
     assert_string_equal(json_string_value(json_object_get(t, "name")), "big");
     json_decref(j);
@@ -818,8 +932,8 @@ static void test_store_missing_gives_503(void **state) {
     char path[512];
     fc_test_path(path, sizeof path, "missing.db");
     api *a;
-    api_config ac = {.version = API_CONFIG_V1, .store_path = path,
-                     .provider = {.version = API_PROVIDER_V1}};
+    api_config ac = {
+        .version = API_CONFIG_V1, .store_path = path, .provider = {.version = API_PROVIDER_V1}};
     assert_int_equal(api_new(&ac, &a, &err), FC_OK);
     http_limits lim;
     http_limits_default(&lim);
@@ -827,16 +941,16 @@ static void test_store_missing_gives_503(void **state) {
     const char *raw = "GET /v1/rounds HTTP/1.1\r\n\r\nGET /v1/status HTTP/1.1\r\n\r\n"
                       "POST /v1/control/stop HTTP/1.1\r\nContent-Length: 0\r\n\r\n"
                       "GET /metrics HTTP/1.1\r\n\r\n";
-    assert_int_equal(http_process_bytes(&lim, api_handle, a, (const uint8_t *)raw, strlen(raw),
-                                        &out, &err),
-                     FC_OK);
+    assert_int_equal(
+        http_process_bytes(&lim, api_handle, a, (const uint8_t *)raw, strlen(raw), &out, &err),
+        FC_OK);
     assert_int_equal(fc_buf_append(&out, "", 1), FC_OK);
     const char *text = (const char *)out.data;
     const char *p1 = strstr(text, "HTTP/1.1 503 Service Unavailable");
     assert_non_null(p1);
     assert_non_null(strstr(text, "\"store_unavailable\""));
     const char *p2 = strstr(p1 + 1, "HTTP/1.1 503 Service Unavailable");
-    assert_non_null(p2); /* no status provider */
+    assert_non_null(p2);                                       /* no status provider */
     const char *p3 = strstr(p2 + 1, "HTTP/1.1 403 Forbidden"); /* no admin token */
     assert_non_null(p3);
     assert_non_null(strstr(p3 + 1, "HTTP/1.1 503 Service Unavailable")); /* no registry */
@@ -849,17 +963,17 @@ static void test_process_bytes_answers_like_a_connection(void **state) {
     (void)state;
     api *a;
     fc_error err = {0};
-    api_config ac = {.version = API_CONFIG_V1, .store_path = g_db,
-                     .provider = {.version = API_PROVIDER_V1}};
+    api_config ac = {
+        .version = API_CONFIG_V1, .store_path = g_db, .provider = {.version = API_PROVIDER_V1}};
     assert_int_equal(api_new(&ac, &a, &err), FC_OK);
     http_limits lim;
     http_limits_default(&lim);
     fc_buf out = FC_BUF_INIT;
     const char *raw = "GET /healthz HTTP/1.1\r\n\r\nGET /healthz HTTP/1.0\r\n\r\n"
                       "GET /healthz HTTP/1.1\r\n\r\n";
-    assert_int_equal(http_process_bytes(&lim, api_handle, a, (const uint8_t *)raw, strlen(raw),
-                                        &out, &err),
-                     FC_OK);
+    assert_int_equal(
+        http_process_bytes(&lim, api_handle, a, (const uint8_t *)raw, strlen(raw), &out, &err),
+        FC_OK);
     assert_int_equal(fc_buf_append(&out, "", 1), FC_OK);
     const char *expect1 = "HTTP/1.1 200 OK\r\nContent-Length: 16\r\nConnection: keep-alive\r\n"
                           "Cache-Control: no-store\r\nX-Content-Type-Options: nosniff\r\n"
@@ -871,6 +985,56 @@ static void test_process_bytes_answers_like_a_connection(void **state) {
     assert_null(strstr(second + 1, "HTTP/1.1"));
     fc_buf_free(&out);
     api_free(a);
+}
+
+static void test_allocation_failures_give_clean_errors_without_leaks(void **state) {
+    (void)state;
+    const char *raw = "GET /v1/rounds?limit=2 HTTP/1.1\r\n\r\nGET /v1/rounds/1 HTTP/1.1\r\n\r\n"
+                      "GET /v1/models/2 HTTP/1.1\r\n\r\nGET /v1/clients HTTP/1.1\r\n\r\n"
+                      "GET /metrics HTTP/1.1\r\n\r\n"
+                      "POST /v1/control/pause HTTP/1.1\r\nAuthorization: Bearer " ADMIN
+                      "\r\nTransfer-Encoding: chunked\r\n\r\n3\r\nabc\r\n0\r\n\r\n"
+                      "GET /v1/models/1/safetensors HTTP/1.1\r\n\r\n";
+    fake_daemon d = {.ready = 1};
+    int completed = 0;
+    for (int n = 0; n < 2000 && !completed; n++) {
+        metrics_fedcoord m;
+        fc_error err = {0};
+        assert_int_equal(metrics_fedcoord_new(&m, &err), FC_OK);
+        api *a;
+        api_config ac = {
+            .version = API_CONFIG_V1,
+            .store_path = g_db,
+            .admin_token = ADMIN,
+            .metrics = m.reg,
+            .http_metrics = &m,
+            .provider = {
+                .version = API_PROVIDER_V1, .ctx = &d, .status = fd_status, .control = fd_control}};
+        assert_int_equal(api_new(&ac, &a, &err), FC_OK);
+        http_limits lim;
+        http_limits_default(&lim);
+        fc_buf out = FC_BUF_INIT;
+        fc_alloc_fail_after(n);
+        fc_status st =
+            http_process_bytes(&lim, api_handle, a, (const uint8_t *)raw, strlen(raw), &out, &err);
+        fc_alloc_fail_after(-1);
+        assert_true(st == FC_OK || st == FC_ERR_NOMEM);
+        if (st == FC_OK) {
+            /* Every response that went out is complete; the last one is the export (200) or
+             * an error. Count the heads. */
+            size_t heads = 0;
+            for (size_t i = 0; i + 8 < out.len; i++)
+                heads += memcmp(out.data + i, "HTTP/1.1", 8) == 0;
+            assert_true(heads >= 1 && heads <= 7);
+            if (heads == 7 && d.paused)
+                completed = 1;
+        }
+        d.paused = 0;
+        fc_buf_free(&out);
+        api_free(a);
+        metrics_free(m.reg);
+    }
+    assert_true(completed);
 }
 
 static void test_specs_json_round_trips_and_rejects_bad_entries(void **state) {
@@ -968,12 +1132,137 @@ static void test_slow_request_gets_408_and_idle_connection_is_closed(void **stat
     h_stop(&h);
 }
 
+static void test_https_serves_the_export_over_tls(void **state) {
+    (void)state;
+    tlsgen_pki pki;
+    fc_error err = {0};
+    assert_int_equal(tlsgen_create(NULL, &pki, &err), FC_OK);
+    net_tls_config tls = {.cert_file = pki.server_cert, .key_file = pki.server_key};
+    harness h;
+    h_start_tls(&h, NULL, 0, &tls);
+    SSL_CTX *ctx = SSL_CTX_new(TLS_client_method());
+    assert_non_null(ctx);
+    assert_int_equal(SSL_CTX_load_verify_locations(ctx, pki.ca_cert, NULL), 1);
+    SSL_CTX_set_verify(ctx, SSL_VERIFY_PEER, NULL);
+    conn c;
+    conn_open(&c, h.port);
+    SSL *ssl = SSL_new(ctx);
+    SSL_set_fd(ssl, c.fd);
+    SSL_set1_host(ssl, "localhost");
+    assert_int_equal(SSL_connect(ssl), 1);
+    const char *req = "GET /v1/models/1/safetensors HTTP/1.1\r\nHost: t\r\n"
+                      "Connection: close\r\n\r\n";
+    assert_int_equal(SSL_write(ssl, req, (int)strlen(req)), (int)strlen(req));
+    size_t cap = V1_SIZE + 4096, len = 0;
+    char *all = malloc(cap);
+    int n;
+    while (len < cap && (n = SSL_read(ssl, all + len, (int)(cap - len))) > 0)
+        len += (size_t)n;
+    char *end = memmem(all, len, "\r\n\r\n", 4);
+    assert_non_null(end);
+    resp r = {0};
+    size_t hl = (size_t)(end - all) + 4;
+    memcpy(r.head, all, hl);
+    assert_int_equal(sscanf(r.head, "HTTP/1.1 %d", &r.status), 1);
+    r.body = all + hl;
+    r.body_len = len - hl;
+    check_export(&r, g_v1, V1_SIZE, 1);
+    SSL_free(ssl);
+    conn_close(&c);
+    free(all);
+    /* Plain HTTP to the TLS port gets no HTTP response. */
+    conn_open(&c, h.port);
+    conn_sends(&c, "GET /healthz HTTP/1.1\r\nHost: t\r\n\r\n");
+    char buf[64];
+    ssize_t got = recv(c.fd, buf, sizeof buf - 1, 0);
+    if (got > 0) {
+        buf[got] = 0;
+        assert_null(strstr(buf, "HTTP/1.1 200"));
+    }
+    conn_close(&c);
+    SSL_CTX_free(ctx);
+    h_stop(&h);
+}
+
+/* A database with versions 1..3 of V1's layout; 1 and 2 pruned, 3's bytes corrupted in place
+ * (same length, so only the whole-model SHA-256 can tell). */
+static void make_damaged_db(char *path, size_t size) {
+    fc_test_path(path, size, "damaged.db");
+    unlink(path);
+    store *s;
+    fc_error err = {0};
+    store_options opt = {.version = STORE_OPTIONS_V1, .chunk_size = 1024};
+    assert_int_equal(store_open(path, &opt, &s, &err), FC_OK);
+    for (int v = 1; v <= 3; v++) {
+        src sr = {g_v1, V1_SIZE, 0};
+        store_commit c = {.round_id = v,
+                          .version = v,
+                          .parent_version = v - 1,
+                          .tensor_specs_json =
+                              "[{\"name\":\"w\",\"dtype\":\"f32\",\"shape\":[30,40]},"
+                              "{\"name\":\"b\",\"dtype\":\"f32\",\"shape\":[40]}]",
+                          .model_size = V1_SIZE,
+                          .source = src_read,
+                          .source_ud = &sr,
+                          .started_at = v,
+                          .ended_at = v + 1};
+        assert_int_equal(store_commit_round(s, &c, NULL, &err), FC_OK);
+    }
+    uint64_t pruned = 0;
+    assert_int_equal(store_prune(s, 1, 0, 0, 100, &pruned, &err), FC_OK);
+    assert_int_equal(pruned, 2);
+    store_close(s);
+    sqlite3 *db;
+    assert_int_equal(sqlite3_open(path, &db), SQLITE_OK);
+    assert_int_equal(sqlite3_exec(db,
+                                  "UPDATE model_chunks SET data = zeroblob(length(data)) "
+                                  "WHERE version = 3 AND seq = 4",
+                                  NULL, NULL, NULL),
+                     SQLITE_OK);
+    assert_int_equal(sqlite3_changes(db), 1);
+    sqlite3_close(db);
+}
+
+static void test_corrupt_model_never_arrives_whole_and_pruned_is_gone(void **state) {
+    (void)state;
+    char path[512];
+    make_damaged_db(path, sizeof path);
+    g_serve_db = path;
+    harness h;
+    h_start_with(&h, NULL, 0);
+    g_serve_db = NULL;
+    harness *saved = H;
+    H = &h;
+    resp r;
+    get("/v1/models/1/safetensors", NULL, &r);
+    assert_error(&r, 410, "gone");
+    resp_free(&r);
+    get("/v1/models/1", NULL, &r);
+    assert_int_equal(r.status, 200); /* metadata stays */
+    assert_non_null(strstr(r.body, "\"pruned\":true"));
+    resp_free(&r);
+    /* Version 3: the head promises the full length; the connection ends short of it. */
+    conn c;
+    conn_open(&c, h.port);
+    conn_sends(&c, "GET /v1/models/3/safetensors HTTP/1.1\r\nHost: t\r\n\r\n");
+    assert_int_equal(conn_read(&c, &r), -1);
+    assert_int_equal(r.status, 200);
+    assert_true(r.body_len < (size_t)r.content_length);
+    /* The header went out in its own pull; the data (4960 bytes, one 64 KiB pull) was read,
+     * failed the SHA-256 check, and never left. */
+    assert_int_equal(r.content_length - (long)r.body_len, V1_SIZE);
+    resp_free(&r);
+    conn_close(&c);
+    H = saved;
+    h_stop(&h);
+}
+
 static void test_bad_limits_and_configs_are_refused(void **state) {
     (void)state;
     uv_loop_t loop;
     assert_int_equal(uv_loop_init(&loop), 0);
-    http_server_config hc = {.version = HTTP_SERVER_CONFIG_V1, .host = "0.0.0.0",
-                             .handler = api_handle};
+    http_server_config hc = {
+        .version = HTTP_SERVER_CONFIG_V1, .host = "0.0.0.0", .handler = api_handle};
     http_limits_default(&hc.limits);
     http_server *s;
     fc_error err = {0};
@@ -983,7 +1272,9 @@ static void test_bad_limits_and_configs_are_refused(void **state) {
     hc.limits.max_body_bytes = 0;
     assert_int_equal(http_server_start(&loop, &hc, &s, &err), FC_ERR_CONFIG);
     api *a;
-    api_config ac = {.version = API_CONFIG_V1, .store_path = g_db, .auth_reads = 1,
+    api_config ac = {.version = API_CONFIG_V1,
+                     .store_path = g_db,
+                     .auth_reads = 1,
                      .provider = {.version = API_PROVIDER_V1}};
     assert_int_equal(api_new(&ac, &a, &err), FC_ERR_CONFIG);
     ac.auth_reads = 0;
@@ -1004,15 +1295,16 @@ int main(void) {
                                         teardown_server),
         cmocka_unit_test_setup_teardown(test_control_needs_the_admin_token, setup_server,
                                         teardown_server),
-        cmocka_unit_test_setup_teardown(test_oversize_body_gets_413, setup_server,
-                                        teardown_server),
+        cmocka_unit_test_setup_teardown(test_oversize_body_gets_413, setup_server, teardown_server),
         cmocka_unit_test_setup_teardown(
             test_safetensors_export_parses_back_and_equals_the_committed_model, setup_server,
             teardown_server),
-        cmocka_unit_test_setup_teardown(test_slow_client_does_not_stop_other_requests,
-                                        setup_server, teardown_server),
+        cmocka_unit_test_setup_teardown(test_slow_client_does_not_stop_other_requests, setup_server,
+                                        teardown_server),
         cmocka_unit_test_setup_teardown(test_client_that_disconnects_mid_export_releases_the_stream,
                                         setup_server, teardown_server),
+        cmocka_unit_test_setup_teardown(test_head_gives_the_length_without_the_body, setup_server,
+                                        teardown_server),
         cmocka_unit_test_setup_teardown(test_rounds_list_pages_newest_first, setup_server,
                                         teardown_server),
         cmocka_unit_test_setup_teardown(test_round_detail_has_participants_report_and_metrics,
@@ -1023,11 +1315,15 @@ int main(void) {
                                         teardown_server),
         cmocka_unit_test_setup_teardown(test_status_readyz_and_metrics_come_from_the_daemon,
                                         setup_server, teardown_server),
+        cmocka_unit_test(test_stopping_the_server_mid_export_releases_the_streams),
         cmocka_unit_test(test_store_missing_gives_503),
         cmocka_unit_test(test_process_bytes_answers_like_a_connection),
         cmocka_unit_test(test_specs_json_round_trips_and_rejects_bad_entries),
+        cmocka_unit_test(test_allocation_failures_give_clean_errors_without_leaks),
         cmocka_unit_test(test_auth_reads_protects_everything_but_health),
         cmocka_unit_test(test_slow_request_gets_408_and_idle_connection_is_closed),
+        cmocka_unit_test(test_https_serves_the_export_over_tls),
+        cmocka_unit_test(test_corrupt_model_never_arrives_whole_and_pruned_is_gone),
         cmocka_unit_test(test_bad_limits_and_configs_are_refused),
     };
     return cmocka_run_group_tests(tests, setup_db, teardown_db);

@@ -38,8 +38,8 @@ static void test_counter_and_gauge_render_exact_text(void **state) {
     metrics_family *c, *g;
     metrics_series *a, *b, *gs;
     const char *ln[] = {"reason"};
-    assert_int_equal(metrics_family_add(r, METRICS_COUNTER, "x_total", "Help with \\ and\nline",
-                                        ln, 1, NULL, 0, &c, &err),
+    assert_int_equal(metrics_family_add(r, METRICS_COUNTER, "x_total", "Help with \\ and\nline", ln,
+                                        1, NULL, 0, &c, &err),
                      FC_OK);
     const char *v1[] = {"a\"b"}, *v2[] = {"back\\slash\nnl"};
     assert_int_equal(metrics_series_add(c, v1, &a, &err), FC_OK);
@@ -49,7 +49,7 @@ static void test_counter_and_gauge_render_exact_text(void **state) {
     assert_int_equal(metrics_series_add(g, NULL, &gs, &err), FC_OK);
     metrics_counter_add(a, 2);
     metrics_counter_add(a, 0.5);
-    metrics_counter_add(a, -1);      /* ignored: counters never decrease */
+    metrics_counter_add(a, -1);       /* ignored: counters never decrease */
     metrics_counter_add(b, INFINITY); /* ignored */
     metrics_gauge_set(gs, 10);
     metrics_gauge_add(gs, -10.25);
@@ -74,9 +74,9 @@ static void test_histogram_buckets_are_cumulative_with_inf_sum_and_count(void **
     metrics_series *s;
     const double buckets[] = {0.1, 1, 5};
     const char *ln[] = {"kind"}, *lv[] = {"k"};
-    assert_int_equal(metrics_family_add(r, METRICS_HISTOGRAM, "h_seconds", "H.", ln, 1, buckets,
-                                        3, &h, &err),
-                     FC_OK);
+    assert_int_equal(
+        metrics_family_add(r, METRICS_HISTOGRAM, "h_seconds", "H.", ln, 1, buckets, 3, &h, &err),
+        FC_OK);
     assert_int_equal(metrics_series_add(h, lv, &s, &err), FC_OK);
     /* 0.1 lands in le=0.1 (upper bounds are inclusive), 0.5 and 1 in le=1, 7 only in +Inf. */
     metrics_histogram_observe(s, 0.1);
@@ -104,30 +104,24 @@ static void test_bad_names_buckets_and_duplicates_are_refused(void **state) {
     fc_error err = {0};
     assert_int_equal(metrics_new(&r, &err), FC_OK);
     metrics_family *f;
-    assert_int_equal(metrics_family_add(r, METRICS_COUNTER, "1bad", "", NULL, 0, NULL, 0, &f,
-                                        &err),
+    assert_int_equal(metrics_family_add(r, METRICS_COUNTER, "1bad", "", NULL, 0, NULL, 0, &f, &err),
                      FC_ERR_INVALID);
     assert_non_null(strstr(err.msg, "1bad"));
-    assert_int_equal(metrics_family_add(r, METRICS_COUNTER, "a-b", "", NULL, 0, NULL, 0, &f,
-                                        &err),
+    assert_int_equal(metrics_family_add(r, METRICS_COUNTER, "a-b", "", NULL, 0, NULL, 0, &f, &err),
                      FC_ERR_INVALID);
     const char *reserved[] = {"__x"}, *le[] = {"le"}, *dup[] = {"a", "a"};
-    assert_int_equal(metrics_family_add(r, METRICS_GAUGE, "g", "", reserved, 1, NULL, 0, &f,
-                                        &err),
+    assert_int_equal(metrics_family_add(r, METRICS_GAUGE, "g", "", reserved, 1, NULL, 0, &f, &err),
                      FC_ERR_INVALID);
     assert_int_equal(metrics_family_add(r, METRICS_GAUGE, "g", "", dup, 2, NULL, 0, &f, &err),
                      FC_ERR_INVALID);
     const double b_bad[] = {1, 1}, b_inf[] = {INFINITY}, b_ok[] = {1};
     assert_int_equal(metrics_family_add(r, METRICS_HISTOGRAM, "h", "", le, 1, b_ok, 1, &f, &err),
                      FC_ERR_INVALID);
-    assert_int_equal(metrics_family_add(r, METRICS_HISTOGRAM, "h", "", NULL, 0, b_bad, 2, &f,
-                                        &err),
+    assert_int_equal(metrics_family_add(r, METRICS_HISTOGRAM, "h", "", NULL, 0, b_bad, 2, &f, &err),
                      FC_ERR_INVALID);
-    assert_int_equal(metrics_family_add(r, METRICS_HISTOGRAM, "h", "", NULL, 0, b_inf, 1, &f,
-                                        &err),
+    assert_int_equal(metrics_family_add(r, METRICS_HISTOGRAM, "h", "", NULL, 0, b_inf, 1, &f, &err),
                      FC_ERR_INVALID);
-    assert_int_equal(metrics_family_add(r, METRICS_HISTOGRAM, "h", "", NULL, 0, NULL, 0, &f,
-                                        &err),
+    assert_int_equal(metrics_family_add(r, METRICS_HISTOGRAM, "h", "", NULL, 0, NULL, 0, &f, &err),
                      FC_ERR_INVALID);
     assert_int_equal(metrics_family_add(r, METRICS_GAUGE, "g", "", NULL, 0, b_ok, 1, &f, &err),
                      FC_ERR_INVALID);
@@ -205,7 +199,8 @@ static void test_daemon_set_counts_rejections_by_reason(void **state) {
 }
 
 static int have_promtool(void) {
-    return access("/usr/bin/promtool", X_OK) == 0 || system("command -v promtool >/dev/null 2>&1") == 0;
+    return access("/usr/bin/promtool", X_OK) == 0 ||
+           system("command -v promtool >/dev/null 2>&1") == 0;
 }
 
 static void test_daemon_set_passes_promtool_check_metrics(void **state) {
@@ -237,7 +232,8 @@ static void test_daemon_set_passes_promtool_check_metrics(void **state) {
     const char *argv[] = {"/bin/sh", "-c", cmd, NULL};
     int rc = fc_test_run(argv, out, out, 30);
     char *report = fc_test_slurp(out, NULL);
-    if (rc != 0) print_message("promtool said:\n%s\n", report ? report : "");
+    if (rc != 0)
+        print_message("promtool said:\n%s\n", report ? report : "");
     assert_int_equal(rc, 0);
     free(report);
     /* And a broken text is refused, so the check above can fail. */
