@@ -10,6 +10,8 @@
 #include <netdb.h>
 #include <netinet/in.h>
 #include <poll.h>
+#include <pthread.h>
+#include <signal.h>
 #include <stddef.h>
 #include <stdio.h>
 #include <string.h>
@@ -179,6 +181,41 @@ fc_status conn_configure(fc_client *c, const fc_client_config *in) {
 
 /* ---- connection ---- */
 
+/* A write to a socket whose peer is gone raises SIGPIPE, which kills a process that did not
+ * ignore it. A library must not impose that choice on its host program, so every OpenSSL call
+ * that may write blocks SIGPIPE in the calling thread and discards one that it raised (one that
+ * was already pending before the call is left for the program). */
+typedef struct pipe_guard {
+    sigset_t old;
+    int was_pending;
+} pipe_guard;
+
+static void pipe_block(pipe_guard *g) {
+    sigset_t set, pending;
+    sigemptyset(&set);
+    sigaddset(&set, SIGPIPE);
+    sigemptyset(&pending);
+    g->was_pending = sigpending(&pending) == 0 && sigismember(&pending, SIGPIPE) == 1;
+    pthread_sigmask(SIG_BLOCK, &set, &g->old);
+}
+
+static void pipe_unblock(pipe_guard *g) {
+    if (!g->was_pending) {
+        sigset_t set, pending;
+        sigemptyset(&set);
+        sigaddset(&set, SIGPIPE);
+        sigemptyset(&pending);
+        if (sigpending(&pending) == 0 && sigismember(&pending, SIGPIPE) == 1) {
+            struct timespec zero = {0, 0};
+            int saved = errno;
+            while (sigtimedwait(&set, NULL, &zero) == SIGPIPE) {
+            }
+            errno = saved;
+        }
+    }
+    pthread_sigmask(SIG_SETMASK, &g->old, NULL);
+}
+
 void conn_drop(fc_client *c) {
     if (c->ssl) {
         SSL_free(c->ssl);
@@ -292,7 +329,10 @@ static fc_status tls_handshake(fc_client *c, uint64_t deadline) {
             return tls_error(c, FC_ERR_TLS, "setting the expected server name");
     }
     for (;;) {
+        pipe_guard pg;
+        pipe_block(&pg);
         int r = SSL_connect(c->ssl);
+        pipe_unblock(&pg);
         if (r == 1)
             return FC_OK;
         int e = SSL_get_error(c->ssl, r);
@@ -332,7 +372,10 @@ static fc_status write_all(fc_client *c, const uint8_t *p, size_t len) {
     while (len > 0) {
         size_t done = 0;
         ERR_clear_error();
+        pipe_guard pg;
+        pipe_block(&pg);
         int r = SSL_write_ex(c->ssl, p, len, &done);
+        pipe_unblock(&pg);
         if (r == 1) {
             p += done;
             len -= done;
@@ -399,7 +442,10 @@ static fc_status fill(fc_client *c, uint64_t deadline) {
     for (;;) {
         size_t got = 0;
         ERR_clear_error();
+        pipe_guard pg;
+        pipe_block(&pg);
         int r = SSL_read_ex(c->ssl, c->in, CONN_IN_CAP, &got);
+        pipe_unblock(&pg);
         if (r == 1) {
             c->in_pos = 0;
             c->in_len = got;
@@ -414,9 +460,11 @@ static fc_status fill(fc_client *c, uint64_t deadline) {
             ev = POLLOUT;
         else if (e == SSL_ERROR_ZERO_RETURN)
             return lost(c, FC_ERR_CLOSED, "receiving", "the server closed the connection");
-        else if (e == SSL_ERROR_SSL && ERR_peek_error() != 0) {
+        else if (e == SSL_ERROR_SSL && ERR_peek_error() != 0 &&
+                 ERR_GET_REASON(ERR_peek_error()) != SSL_R_UNEXPECTED_EOF_WHILE_READING) {
             /* A TLS alert or record failure, e.g. the server refused our certificate after the
-             * TLS 1.3 handshake: a verdict, not a network accident, so it is not retried. */
+             * TLS 1.3 handshake: a verdict, not a network accident, so it is not retried. (An
+             * EOF without close_notify is the server process dying: lost, and retried below.) */
             fc_status st = tls_error(c, FC_ERR_TLS, "TLS error from the server");
             conn_drop(c);
             c->lost = 0;
