@@ -115,6 +115,7 @@ struct fcd {
     size_t opt_blob_len;
     /* proposal of the initial model (no [round] initial_model and no model yet) */
     uint64_t proposer; /* client asked to propose, 0 = none */
+    uint64_t last_round_at_start; /* highest round id in the store at start */
     int proposal_committing;
     /* rounds */
     round_sched *sched;

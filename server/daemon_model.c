@@ -327,6 +327,7 @@ static fc_status first_job(store *s, void *ud, fc_error *err) {
         .model_size = fc->bytes,
         .source = model_source,
         .source_ud = &src,
+        .ended_at = daemon_unix_ms(), /* the version's creation time */
     };
     return store_commit_round(s, &c, NULL, err);
 }
@@ -376,8 +377,15 @@ static void proposal_done(fcd *d, dwjob *j, fc_status st, const fc_error *err) {
     }
     first_commit_free(fc);
     fc_free(j);
-    if (d->models)
+    if (d->models) {
+        /* the scheduler started without a model: it counts versions from this one */
+        round_restore_info ri = {.last_round_id = d->last_round_at_start,
+                                 .model_version = d->models->version};
+        fc_error e = {0};
+        if (round_restore(d->sched, &ri, &e) != FC_OK)
+            FC_LOG(FC_LOG_ERROR, "scheduler not told of the initial model", FC_LS("error", e.msg));
         dround_model_ready(d);
+    }
     else
         dround_pump(d); /* ask another client */
 }

@@ -1167,6 +1167,7 @@ fc_status dround_init(fcd *d, const store_recovery *rec, fc_error *err) {
     fc_status st = round_create(&rc, &d->sched, err);
     if (st != FC_OK)
         return st;
+    d->last_round_at_start = (uint64_t)rec->last_round;
     round_restore_info ri = {
         .last_round_id = (uint64_t)rec->last_round,
         .model_version = (uint64_t)rec->latest_version,
