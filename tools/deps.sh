@@ -8,6 +8,7 @@ pkgs=(
     libsqlite3-dev sqlite3 libcmocka-dev libhttp-parser-dev libjansson-dev libinih-dev
     clang libclang-rt-dev llvm
     prometheus
+    chromium chromium-driver nodejs
 )
 missing=()
 for p in "${pkgs[@]}"; do
