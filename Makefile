@@ -2,9 +2,12 @@
 #
 #   make                 build everything into build/ (-O2 -g, warnings are errors)
 #   make test            install missing packages, then run every test suite twice:
-#                        plainly and under AddressSanitizer + UndefinedBehaviorSanitizer
+#                        plainly and under AddressSanitizer + UndefinedBehaviorSanitizer;
+#                        then the Python binding's tests (test-python) and the dashboard's
+#                        (test-dashboard)
 #   make check           run the test suites once, in the current configuration
-#   make test-dashboard  the dashboard in headless Chromium against a real daemon (make test runs it)
+#   make test-python     run the Python binding's tests against a real daemon (make test does)
+#   make test-dashboard  the dashboard in headless Chromium against a real daemon (make test does)
 #   make test-clang      run them built with clang (CI does)
 #   make fuzz            build the libFuzzer targets with clang and run each for FUZZ_TIME s
 #   make bench           build and run the benchmarks (BENCH_QUICK=1 for a short run)
@@ -118,7 +121,8 @@ FUZZERS := $(patsubst tests/fuzz/%.c,$(FUZZ_BUILD)/bin/%,$(FUZZ_SRC))
 ALL_OBJ := $(CORE_OBJ) $(AGG_OBJ) $(STORE_OBJ) $(SERVER_OBJ) $(CLIENT_OBJ) $(EXLIB_OBJ) \
            $(TESTLIB_OBJ)
 
-.PHONY: all libs tests benches check test test-plain test-asan test-dashboard test-clang fuzz fuzz-build bench deps \
+.PHONY: all libs tests benches check test test-plain test-asan test-python test-dashboard test-clang \
+        fuzz fuzz-build bench deps \
         install clean FORCE
 all: libs $(BINS) $(if $(CLIENT_SRC),$(SO_CLIENT))
 libs: $(LIBS_ALL)
@@ -214,7 +218,12 @@ test-asan:
 test: deps
 	@$(MAKE) --no-print-directory test-plain
 	@$(MAKE) --no-print-directory test-asan
+	@$(MAKE) --no-print-directory test-python
 	@$(MAKE) --no-print-directory test-dashboard
+
+# The Python binding (client/python) against libfedclient.so and a real fedcoord over TLS.
+test-python: all
+	@client/python/run-tests $(BUILD)
 
 # The dashboard in headless Chromium against a real daemon and SDK clients (tests/dashboard/run).
 DASH_CLIENT := $(BUILD)/tests/dashboard/dash_client

@@ -509,6 +509,48 @@ static fc_status commit_fn(store *s, void *ud, fc_error *err) {
     return store_commit_round(s, &cj->c, NULL, err);
 }
 
+typedef struct prune_job {
+    uint32_t keep_last, keep_every;
+    int64_t pinned;
+    uint64_t pruned;
+} prune_job;
+
+static fc_status prune_fn(store *s, void *ud, fc_error *err) {
+    prune_job *p = ud;
+    return store_prune(s, p->keep_last, p->keep_every, p->pinned, daemon_unix_ms(), &p->pruned,
+                       err);
+}
+
+static void prune_done(fcd *d, dwjob *j, fc_status st, const fc_error *err) {
+    (void)d;
+    prune_job *p = j->ud;
+    if (st != FC_OK)
+        FC_LOG(FC_LOG_WARN, "retention failed", FC_LS("error", err->msg));
+    else if (p->pruned)
+        FC_LOG(FC_LOG_INFO, "old model versions pruned", FC_LU("versions", p->pruned),
+               FC_LU("keep_last", p->keep_last), FC_LU("keep_every", p->keep_every));
+    fc_free(p);
+    fc_free(j);
+}
+
+/* [storage] keep_last / keep_every, after each new version (the current one is always kept). */
+static void queue_prune(fcd *d, uint64_t current) {
+    prune_job *p = fc_calloc(1, sizeof *p);
+    dwjob *j = fc_calloc(1, sizeof *j);
+    if (!p || !j) {
+        fc_free(p);
+        fc_free(j);
+        return;
+    }
+    p->keep_last = (uint32_t)d->cfg->storage.keep_last;
+    p->keep_every = (uint32_t)d->cfg->storage.keep_every;
+    p->pinned = (int64_t)current;
+    j->fn = prune_fn;
+    j->ud = p;
+    j->done = prune_done;
+    daemon_submit(d, j);
+}
+
 static void commit_done(fcd *d, dwjob *j, fc_status st, const fc_error *err) {
     commit_job *cj = j->ud;
     dround *rd = cj->rd;
@@ -545,8 +587,10 @@ static void commit_done(fcd *d, dwjob *j, fc_status st, const fc_error *err) {
         DMETRIC(d, metrics_histogram_observe, commit_latency, (double)took_us / 1e6);
         DMETRIC(d, metrics_histogram_observe, round_duration,
                 (double)(daemon_now_ms() - rd->started_mono) / 1e3);
-        if (rd->kind == ROUND_KIND_TRAIN)
+        if (rd->kind == ROUND_KIND_TRAIN) {
             DMETRIC(d, metrics_gauge_set, model_version, (double)cj->c.version);
+            queue_prune(d, (uint64_t)cj->c.version);
+        }
         FC_LOG(FC_LOG_INFO, "round committed", FC_LU("round", rd->id),
                FC_LS("kind", round_kind_name(rd->kind)),
                FC_LU("version", rd->kind == ROUND_KIND_TRAIN ? (uint64_t)cj->c.version

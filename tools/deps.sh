@@ -6,6 +6,7 @@ pkgs=(
     build-essential pkg-config bc
     libuv1-dev libprotobuf-c-dev protobuf-c-compiler libssl-dev openssl
     libsqlite3-dev sqlite3 libcmocka-dev libhttp-parser-dev libjansson-dev libinih-dev
+    python3 python3-numpy
     clang libclang-rt-dev llvm
     prometheus
     chromium chromium-driver nodejs
