@@ -6,7 +6,9 @@
  * train_loss = mean((w_task - t)^2) of the model it was given; evaluation reports
  * loss = mean((w - t)^2) and accuracy = 1 / (1 + loss). With --bad-round N it uploads a NaN
  * update in its N-th training task (counted from 1), which the daemon must reject. --delay-ms D
- * makes each task take at least D ms, so that a browser polling every 2 s sees rounds run. It exits 0
+ * makes each task take at least D ms, so that a browser polling every 2 s sees rounds run.
+ * --html-metric adds an evaluation metric whose name is markup (HTML_METRIC), which the
+ * dashboard must show as text. It exits 0
  * when the daemon says the federation is done. It owns nothing but its own process.
  */
 #include <math.h>
@@ -19,10 +21,11 @@
 #include <fedcoord/client.h>
 
 #define N 8
+#define HTML_METRIC "<img src=/xss onerror=alert(1)>"
 
 static int usage(void) {
     fprintf(stderr, "usage: dash_client --server HOST:PORT --ca CA.pem --name NAME "
-                    "--token-file FILE [--bad-round N] [--delay-ms D]\n");
+                    "--token-file FILE [--bad-round N] [--delay-ms D] [--html-metric]\n");
     return 2;
 }
 
@@ -54,7 +57,12 @@ static int read_token(const char *path, char *out, size_t size) {
 int main(int argc, char **argv) {
     const char *server = NULL, *ca = NULL, *name = NULL, *token_file = NULL;
     long bad_round = 0, delay_ms = 0;
+    int html_metric = 0;
     for (int i = 1; i < argc; i++) {
+        if (strcmp(argv[i], "--html-metric") == 0) {
+            html_metric = 1;
+            continue;
+        }
         if (i + 1 >= argc) return usage();
         if (strcmp(argv[i], "--server") == 0) server = argv[++i];
         else if (strcmp(argv[i], "--ca") == 0) ca = argv[++i];
@@ -133,8 +141,8 @@ int main(int argc, char **argv) {
                 break;
             }
         } else {
-            fc_metric m[2] = {{"loss", loss}, {"accuracy", 1.0 / (1.0 + loss)}};
-            if (fc_client_report_eval(c, t, 10, m, 2) != FC_OK) {
+            fc_metric m[3] = {{"loss", loss}, {"accuracy", 1.0 / (1.0 + loss)}, {HTML_METRIC, 1}};
+            if (fc_client_report_eval(c, t, 10, m, html_metric ? 3 : 2) != FC_OK) {
                 fprintf(stderr, "%s: eval: %s\n", name, fc_client_error(c));
                 fc_task_free(t);
                 break;
