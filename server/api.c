@@ -3,6 +3,8 @@
  * api owns its read-only store handle (opened on first use), strict path and query parsing,
  * the admin-token check (constant time), and the export stream, which reads the model from the
  * store one bounded piece per pull and checks the whole SHA-256 before the last byte goes out.
+ * It also serves the dashboard page (GET /) from the bytes compiled into the binary
+ * (server/dashboard.h), under a Content-Security-Policy that admits only that page's script.
  * Nothing from a request ever names a file: paths select routes and numbers only. It never
  * writes to the store and never exposes tokens or their hashes.
  */
@@ -22,6 +24,7 @@
 #include "core/alloc.h"
 #include "core/log.h"
 #include "core/safetensors.h"
+#include "server/dashboard.h"
 #include "storage/store.h"
 
 #define API_DEFAULT_LIST 50
@@ -30,6 +33,7 @@
 #define API_MAX_CHAIN 100
 #define API_MAX_TENSORS 1000000
 #define API_BUSY_TIMEOUT_MS 50
+#define API_CSP_MAX 512
 
 struct api {
     char *store_path;
@@ -42,6 +46,7 @@ struct api {
     size_t max_list, export_piece;
     store *st;
     int refs; /* 1 for the owner + 1 per running export */
+    char dashboard_csp[API_CSP_MAX]; /* the page's Content-Security-Policy (dashboard_csp) */
 };
 
 static void sha256(const void *d, size_t n, uint8_t out[32]) {
@@ -59,6 +64,41 @@ static void hex32(const uint8_t *h, char out[65]) {
     out[64] = 0;
 }
 
+/* The dashboard's Content-Security-Policy: nothing may load from anywhere but its own origin's
+ * API; the one inline script runs because of its SHA-256 (so an injected script would not), the
+ * inline style is allowed, images only as data: URLs. The hash covers the bytes between the
+ * page's first "<script>" and the following "</script>", as browsers hash them. */
+/* Offset of needle in hay[from..n), or n when absent. */
+static size_t find_bytes(const char *hay, size_t n, size_t from, const char *needle) {
+    size_t k = strlen(needle);
+    for (size_t i = from; i + k <= n; i++)
+        if (memcmp(hay + i, needle, k) == 0) return i;
+    return n;
+}
+
+static fc_status dashboard_csp(char *out, size_t size, fc_error *err) {
+    const char *page = (const char *)fc_dashboard_html;
+    size_t n = fc_dashboard_html_len;
+    size_t start = find_bytes(page, n, 0, "<script>");
+    if (start < n) start += strlen("<script>");
+    size_t end = start < n ? find_bytes(page, n, start, "</script>") : n;
+    if (end >= n)
+        return fc_error_set(err, FC_ERR_CORRUPT, "api: the dashboard page has no <script> block");
+    uint8_t h[32];
+    unsigned char b64[48];
+    sha256(page + start, end - start, h);
+    if (EVP_EncodeBlock(b64, h, 32) != 44)
+        return fc_error_set(err, FC_ERR_SYSTEM, "api: base64 of the dashboard hash failed");
+    int len = snprintf(out, size,
+                       "default-src 'none'; script-src 'sha256-%s'; style-src 'unsafe-inline'; "
+                       "img-src data:; connect-src 'self'; base-uri 'none'; form-action 'none'; "
+                       "frame-ancestors 'none'",
+                       (const char *)b64);
+    if (len < 0 || (size_t)len >= size)
+        return fc_error_set(err, FC_ERR_LIMIT, "api: the dashboard CSP does not fit");
+    return FC_OK;
+}
+
 fc_status api_new(const api_config *cfg, api **out, fc_error *err) {
     if (!cfg || cfg->version != API_CONFIG_V1 || !cfg->store_path || !*cfg->store_path)
         return fc_error_set(err, FC_ERR_CONFIG, "api: config version or store path missing");
@@ -68,6 +108,9 @@ fc_status api_new(const api_config *cfg, api **out, fc_error *err) {
     if (cfg->auth_reads && !(cfg->admin_token && *cfg->admin_token))
         return fc_error_set(err, FC_ERR_CONFIG,
                             "api: auth on reads needs an admin token, none is set");
+    char csp[API_CSP_MAX];
+    fc_status st = dashboard_csp(csp, sizeof csp, err);
+    if (st != FC_OK) return st;
     api *a = fc_calloc(1, sizeof *a);
     if (!a || !(a->store_path = fc_strdup(cfg->store_path))) {
         fc_free(a);
@@ -84,6 +127,7 @@ fc_status api_new(const api_config *cfg, api **out, fc_error *err) {
     a->max_list = cfg->max_list ? cfg->max_list : API_DEFAULT_MAX_LIST;
     a->export_piece = cfg->export_piece ? cfg->export_piece : API_DEFAULT_PIECE;
     a->refs = 1;
+    memcpy(a->dashboard_csp, csp, sizeof csp);
     *out = a;
     return FC_OK;
 }
@@ -428,6 +472,17 @@ static json_t *model_json(const store_model_info *m) {
 }
 
 /* ---- endpoints ---- */
+
+/* GET / and /index.html: the dashboard page from the binary, under its CSP. It holds no data,
+ * so it needs no token even with auth_reads; its script asks the operator for one. */
+static void get_dashboard(api *a, http_response *res) {
+    if (http_response_header(res, "Content-Security-Policy", a->dashboard_csp) != FC_OK ||
+        http_response_header(res, "X-Frame-Options", "DENY") != FC_OK ||
+        http_response_header(res, "Referrer-Policy", "no-referrer") != FC_OK ||
+        http_respond(res, 200, "text/html; charset=utf-8", fc_dashboard_html,
+                     fc_dashboard_html_len) != FC_OK)
+        http_respond_error(res, 503, "no_memory", "out of memory");
+}
 
 static void get_healthz(api *a, const http_request *req, http_response *res) {
     (void)a;
@@ -966,6 +1021,7 @@ static void post_control(api *a, const char *action, http_response *res) {
 /* ---- routing ---- */
 
 typedef enum route_id {
+    R_DASHBOARD,
     R_HEALTHZ,
     R_READYZ,
     R_METRICS,
@@ -991,6 +1047,8 @@ typedef struct route {
 } route;
 
 static const route routes[] = {
+    {R_DASHBOARD, "/", HTTP_GET, 1, 0, 0},
+    {R_DASHBOARD, "/index.html", HTTP_GET, 1, 0, 0},
     {R_HEALTHZ, "/healthz", HTTP_GET, 1, 0, 0},
     {R_READYZ, "/readyz", HTTP_GET, 1, 0, 0},
     {R_METRICS, "/metrics", HTTP_GET, 0, 0, 0},
@@ -1063,6 +1121,9 @@ void api_handle(void *api_ptr, const http_request *req, http_response *res) {
         return;
     }
     switch (found->id) {
+    case R_DASHBOARD:
+        get_dashboard(a, res);
+        break;
     case R_HEALTHZ:
         get_healthz(a, req, res);
         break;

@@ -1,4 +1,5 @@
-/* api.h: the operators' HTTP API (docs/http-api.md): routes, auth, JSON, model export.
+/* api.h: the operators' HTTP API (docs/http-api.md): routes, auth, JSON, model export, and the
+ * dashboard page at GET / (server/dashboard.html, compiled in).
  *
  * api owns routing and the JSON of every endpoint. History (rounds, clients, models, model
  * bytes) comes from its own read-only store handle; live state comes from the daemon through

@@ -161,8 +161,6 @@ void daemon_http_free(fcd *d);
     } while (0)
 
 /* ---- daemon_model.c ---- */
-char *dmodel_specs_json(const fc_tensor_spec *specs, size_t n);
-fc_status dmodel_specs_parse(const char *json, fc_tensor_spec **specs, size_t *n, fc_error *err);
 void dmodel_free(dmodel *m);
 /* Describes version from the store (read connection) and puts it at the head of d->models. */
 fc_status dmodel_load(fcd *d, uint64_t version, fc_error *err);
