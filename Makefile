@@ -87,6 +87,7 @@ EXLIB_SRC := $(wildcard client/examples/lib/*.c)
 TEST_SRC := $(wildcard tests/unit/test_*.c)
 FUZZ_SRC := $(wildcard tests/fuzz/fuzz_*.c)
 BENCH_SRC := $(wildcard tests/bench/bench_*.c)
+CHAOS_SRC := $(wildcard tests/chaos/*.c)
 TESTLIB_SRC := $(wildcard tests/lib/*.c)
 
 obj = $(patsubst %.c,$(BUILD)/obj/%.o,$(1))
@@ -122,8 +123,7 @@ ALL_OBJ := $(CORE_OBJ) $(AGG_OBJ) $(STORE_OBJ) $(SERVER_OBJ) $(CLIENT_OBJ) $(EXL
            $(TESTLIB_OBJ)
 
 .PHONY: all libs tests benches check test test-plain test-asan test-python test-dashboard test-clang \
-        fuzz fuzz-build bench deps \
-        install clean FORCE
+        fuzz fuzz-build bench deps install clean test-deploy test-chaos FORCE
 all: libs $(BINS) $(if $(CLIENT_SRC),$(SO_CLIENT))
 libs: $(LIBS_ALL)
 tests: $(TESTS)
@@ -198,6 +198,10 @@ $(BUILD)/tests/%: $(BUILD)/obj/tests/unit/%.o $(TESTLIB_OBJ) $(LIBS_ALL)
 	@mkdir -p $(dir $@)
 	$(CC) $(LDFLAGS_ALL) -o $@ $< $(TESTLIB_OBJ) $(LIBS_ALL) $(PKG_LIBS) $(CMOCKA_LIBS)
 
+$(BUILD)/chaos/%: $(BUILD)/obj/tests/chaos/%.o $(LIBS_ALL)
+	@mkdir -p $(dir $@)
+	$(CC) $(LDFLAGS_ALL) -o $@ $< $(LIBS_ALL) $(PKG_LIBS)
+
 $(BUILD)/bench/%: $(BUILD)/obj/tests/bench/%.o $(LIBS_ALL)
 	@mkdir -p $(dir $@)
 	$(CC) $(LDFLAGS_ALL) -o $@ $< $(LIBS_ALL) $(PKG_LIBS)
@@ -220,6 +224,7 @@ test: deps
 	@$(MAKE) --no-print-directory test-asan
 	@$(MAKE) --no-print-directory test-python
 	@$(MAKE) --no-print-directory test-dashboard
+	@$(MAKE) --no-print-directory test-deploy
 
 # The Python binding (client/python) against libfedclient.so and a real fedcoord over TLS.
 test-python: all
@@ -232,6 +237,16 @@ $(DASH_CLIENT): $(BUILD)/obj/tests/dashboard/dash_client.o $(LIB_CLIENT)
 	$(CC) $(LDFLAGS_ALL) -o $@ $< $(LIB_CLIENT) $(PKG_LIBS)
 test-dashboard: all $(DASH_CLIENT)
 	@tests/dashboard/run $(BUILD)
+
+# The deployment files (docker/, packaging/) against what `make install` produces.
+test-deploy: all
+	@tests/deploy/test-deploy.sh $(BUILD)
+
+# Chaos: a 50-round run whose daemon is SIGKILLed at random instants CHAOS_KILLS times
+# (default 100); every round must commit exactly once and the store must verify.
+CHAOS_KILLS ?= 100
+test-chaos: all $(patsubst tests/chaos/%.c,$(BUILD)/chaos/%,$(CHAOS_SRC))
+	@tests/chaos/run-chaos $(BUILD) $(CHAOS_KILLS)
 
 # The suites once more, built with clang (CI runs it; clang's warnings differ from gcc's).
 test-clang:
@@ -263,10 +278,12 @@ deps:
 	@tools/deps.sh
 
 # ---- install ----
+# The daemon, fedctl and the example trainer (the container's demo clients run it).
+INSTALL_BINS := $(BUILD)/bin/fedcoord $(BUILD)/bin/fedctl $(BUILD)/bin/fedtrain
 install: all
 	install -d $(DESTDIR)$(PREFIX)/bin
-	$(if $(filter $(BUILD)/bin/fedcoord $(BUILD)/bin/fedctl,$(BINS)),install -m 755 \
-	    $(filter $(BUILD)/bin/fedcoord $(BUILD)/bin/fedctl,$(BINS)) $(DESTDIR)$(PREFIX)/bin/)
+	$(if $(filter $(INSTALL_BINS),$(BINS)),install -m 755 \
+	    $(filter $(INSTALL_BINS),$(BINS)) $(DESTDIR)$(PREFIX)/bin/)
 ifneq ($(CLIENT_SRC),)
 	install -d $(DESTDIR)$(PREFIX)/lib/pkgconfig $(DESTDIR)$(PREFIX)/include/fedcoord
 	install -m 644 $(LIB_CLIENT) $(DESTDIR)$(PREFIX)/lib/
