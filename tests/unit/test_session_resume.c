@@ -295,7 +295,8 @@ typedef struct job {
     int delta2;          /* second connection: is_delta */
     uint64_t ack[4];     /* the offsets the UpdateBegins were answered with */
     uint64_t final;      /* offset of the Ack of UpdateEnd */
-    int replace;         /* reconnect while the first connection is still open */
+    int replace;         /* reconnect while the first connection is still open (c_two_sessions);
+                            break the sequence instead of saying Bye (c_stage_and_quit) */
 } job;
 
 #define CHECK(j, cond, ...)                                                                        \
@@ -525,6 +526,28 @@ static int c_stage_and_vanish(job *j) {
     return ok;
 }
 
+/* One session: stage cut_at bytes, then give the upload up: Bye (iarg 0) or a frame out of
+ * sequence, a protocol violation (iarg 1). */
+static int c_stage_and_quit(job *j) {
+    cl c;
+    uint64_t s = 0;
+    int ok = login(j, &c) && begin(j, &c, 0, 1, &s) && send_range(j, &c, 0, j->cut_at) &&
+             wait_acked(j, &c, j->cut_at);
+    if (ok) {
+        fc_wire_msg m;
+        fc_error err = {0};
+        fc_wire_bye(&m, 0, "giving up", &err);
+        if (j->replace)
+            c.seq += 5; /* seq gap: PROTOCOL_VIOLATION */
+        ok = cl_send(&c, &m);
+        fc_envelope *e;
+        while ((e = cl_recv(&c)) != NULL) /* until the server closes */
+            fc_envelope_free(e);
+    }
+    cl_free(&c);
+    return ok;
+}
+
 /* One whole upload from 0 in one session. */
 static int c_whole(job *j) {
     cl c;
@@ -722,6 +745,23 @@ static void test_resume_with_nothing_parked_starts_at_zero(void **state) {
     assert_int_equal(rs.parked, 0);
     assert_int_equal(rs.fresh, 1);
     h_finish(&h);
+}
+
+/* A client that gives its upload up (Bye), or breaks the stream, leaves nothing parked. */
+static void test_bye_or_protocol_violation_mid_upload_parks_nothing(void **state) {
+    (void)state;
+    for (int violation = 0; violation < 2; violation++) {
+        harness h;
+        opts o = {0};
+        h_start(&h, &o);
+        job j = {.fn = c_stage_and_quit, .cut_at = CUT, .replace = violation};
+        run_job(&h, &j);
+        sess_resume_stats rs = stats(&h);
+        assert_int_equal(rs.parked, 0);
+        assert_int_equal(rs.parked_now, 0);
+        assert_int_equal(sess_budget_memory_used(h.budget), 0);
+        h_finish(&h);
+    }
 }
 
 static void test_parked_stage_expires_and_returns_its_bytes_to_the_budget(void **state) {
@@ -1111,6 +1151,7 @@ int main(void) {
         cmocka_unit_test(test_resume_offset_zero_starts_fresh),
         cmocka_unit_test(test_resume_of_a_delta_as_weights_starts_fresh),
         cmocka_unit_test(test_resume_with_nothing_parked_starts_at_zero),
+        cmocka_unit_test(test_bye_or_protocol_violation_mid_upload_parks_nothing),
         cmocka_unit_test(test_parked_stage_expires_and_returns_its_bytes_to_the_budget),
         cmocka_unit_test(test_parked_stage_is_freed_when_the_round_moves_on),
         cmocka_unit_test(test_parked_bytes_are_capped_oldest_evicted_first),
