@@ -28,6 +28,14 @@ typedef struct sess_parked {
     uint64_t expires_ms; /* uv_now() */
 } sess_parked;
 
+/* A parked_gone report waiting for the park timer: reports never run inside the session or
+ * owner code that freed the stage. */
+typedef struct sess_gone_note {
+    struct sess_gone_note *next;
+    uint64_t client_id, round;
+    char why[256];
+} sess_gone_note;
+
 struct sess_server {
     sess_config cfg;
     sess *head;
@@ -49,6 +57,8 @@ struct sess_server {
     uv_timer_t *park_timer;
     uint64_t park_tick_ms;
     sess_resume_stats rs;
+    int shutting_down; /* sess_server_free: no more callbacks */
+    sess_gone_note *notes, *notes_tail;
 };
 
 struct sess {
@@ -439,15 +449,40 @@ static void parked_unlink(sess_server *sv, sess_parked *p) {
             p->next = NULL;
             sv->n_parked--;
             sv->parked_bytes -= fc_stage_total(p->stage);
-            if (!sv->parked)
+            if (!sv->parked && !sv->notes)
                 uv_timer_stop(sv->park_timer);
             return;
         }
     assert(!"parked stage not in the list");
 }
 
-/* Frees an unlinked parked stage (its bytes go back to the budget) and says why. */
-static void parked_free(sess_server *sv, sess_parked *p, int expired, const char *why) {
+static void park_tick(uv_timer_t *t);
+
+/* Queues a parked_gone report; the park timer delivers it on its next turn (at once). */
+static void note_gone(sess_server *sv, uint64_t client_id, uint64_t round, const char *why) {
+    if (!sv->cfg.parked_gone || sv->shutting_down)
+        return;
+    sess_gone_note *n = fc_calloc(1, sizeof *n);
+    if (!n) {
+        FC_LOG(FC_LOG_WARN, "parked upload report lost: out of memory", FC_LU("client", client_id),
+               FC_LU("round", round));
+        return;
+    }
+    n->client_id = client_id;
+    n->round = round;
+    snprintf(n->why, sizeof n->why, "%s", why);
+    if (sv->notes_tail)
+        sv->notes_tail->next = n;
+    else
+        sv->notes = n;
+    sv->notes_tail = n;
+    if (uv_timer_start(sv->park_timer, park_tick, 0, sv->park_tick_ms) != 0)
+        FC_LOG(FC_LOG_WARN, "park timer did not start", FC_LU("client", client_id));
+}
+
+/* Frees an unlinked parked stage (its bytes go back to the budget) and says why; notify: report
+ * it through parked_gone. */
+static void parked_free(sess_server *sv, sess_parked *p, int expired, int notify, const char *why) {
     FC_LOG(FC_LOG_INFO, "parked upload freed", FC_LU("client", p->client_id),
            FC_LU("round", p->round), FC_LU("staged", fc_stage_received(p->stage)),
            FC_LU("total", fc_stage_total(p->stage)), FC_LS("reason", why));
@@ -455,6 +490,8 @@ static void parked_free(sess_server *sv, sess_parked *p, int expired, const char
         sv->rs.expired++;
     else
         sv->rs.dropped++;
+    if (notify)
+        note_gone(sv, p->client_id, p->round, why);
     fc_stage_free(p->stage);
     fc_free(p);
 }
@@ -474,7 +511,7 @@ static int evict_oldest(sess_server *sv, const char *why) {
     if (!p)
         return 0;
     parked_unlink(sv, p);
-    parked_free(sv, p, 0, why);
+    parked_free(sv, p, 0, 1, why);
     return 1;
 }
 
@@ -508,14 +545,26 @@ static void sweep_parked(sess_server *sv) {
         }
         if (gone) {
             parked_unlink(sv, p);
-            parked_free(sv, p, expired, why);
+            parked_free(sv, p, expired, 1, why);
         }
     }
-    if (!sv->parked)
+    if (!sv->parked && !sv->notes)
         uv_timer_stop(sv->park_timer);
 }
 
-static void park_tick(uv_timer_t *t) { sweep_parked(t->data); }
+/* Delivers the queued parked_gone reports, then expires and checks what is parked. */
+static void park_tick(uv_timer_t *t) {
+    sess_server *sv = t->data;
+    sess_gone_note *n = sv->notes;
+    sv->notes = sv->notes_tail = NULL;
+    while (n) {
+        sess_gone_note *next = n->next;
+        sv->cfg.parked_gone(sv->cfg.parked_gone_ctx, n->client_id, n->round, n->why);
+        fc_free(n);
+        n = next;
+    }
+    sweep_parked(sv);
+}
 
 /* The session ends with an upload in progress that the client did not give up: keep its
  * staged bytes for the client's next session (takes s->stage), unless there is nothing worth
@@ -529,7 +578,7 @@ static void park_upload(sess *s) {
         return;
     sess_parked *old = take_parked(sv, s->client_id);
     if (old)
-        parked_free(sv, old, 0, "replaced by a newer broken upload of the same client");
+        parked_free(sv, old, 0, 0, "replaced by a newer broken upload of the same client");
     if (total > sv->resume_cap) {
         FC_LOG(FC_LOG_INFO, "upload not parked", FC_LS("session", s->id),
                FC_LU("client", s->client_id), FC_LU("round", s->up_round), FC_LU("total", total),
@@ -701,7 +750,7 @@ static int start_upload(sess *s, fc_envelope *env) {
                FC_LU("client", s->client_id), FC_LU("round", ub->round),
                FC_LU("resume_offset", ub->resume_offset), FC_LS("reason", why));
         sv->rs.fresh++;
-        parked_free(sv, p, 0, why); /* before asking the budget: its bytes are free again */
+        parked_free(sv, p, 0, 1, why); /* before asking the budget: its bytes are free again */
     } else if (ub->resume_offset > 0) {
         FC_LOG(FC_LOG_INFO, "upload starts afresh", FC_LS("session", s->id),
                FC_LU("client", s->client_id), FC_LU("round", ub->round),
@@ -1478,8 +1527,14 @@ void sess_server_free(sess_server *sv) {
     if (!sv)
         return;
     assert(sv->count == 0);
+    sv->shutting_down = 1;
     while (evict_oldest(sv, "the session server is shutting down"))
         ;
+    while (sv->notes) {
+        sess_gone_note *n = sv->notes;
+        sv->notes = n->next;
+        fc_free(n);
+    }
     uv_timer_stop(sv->hb);
     uv_close((uv_handle_t *)sv->hb, heartbeat_closed);
     uv_timer_stop(sv->park_timer);

@@ -169,6 +169,12 @@ typedef fc_status (*sess_eval_fn)(void *ctx, uint64_t client_id, uint64_t round,
 typedef void (*sess_peer_error_fn)(void *ctx, uint64_t client_id, fc_status st, int fatal,
                                    uint64_t ref_seq, const char *message);
 
+/* A parked upload of client_id for round was freed without being resumed (expired, round over,
+ * evicted, or the client started afresh); why says which. Not called from sess_server_free. A
+ * scheduler that keeps a disconnected client with a parked upload in its round (see
+ * sess_server_parked) can count the client as gone here when sess_find finds no session. */
+typedef void (*sess_parked_gone_fn)(void *ctx, uint64_t client_id, uint64_t round, const char *why);
+
 typedef struct sess_config {
     uv_loop_t *loop;
     sess_budget *budget; /* required */
@@ -205,6 +211,8 @@ typedef struct sess_config {
                                   0 = the budget's memory plus spill limits. A live upload that
                                   finds the budget full evicts parked stages, oldest first. */
     int resume_disabled;       /* 1: a broken upload's bytes are freed at once */
+    sess_parked_gone_fn parked_gone; /* may be NULL */
+    void *parked_gone_ctx;
 } sess_config;
 
 /* A session server: the sessions of one listener. Register it as the listener's user pointer

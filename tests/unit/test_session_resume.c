@@ -105,6 +105,9 @@ typedef struct harness {
     uint64_t sunk_len;
     int gone_parked;                  /* presence(up = 0) calls that found an upload parked */
     uint64_t gone_round, gone_staged; /* what sess_server_parked said then */
+    int parked_gone;                  /* parked_gone reports */
+    uint64_t pg_client, pg_round;
+    char pg_why[256];
 } harness;
 
 static fc_status round_cb(void *ctx, uint64_t client_id, sess_round_info *out, fc_error *err) {
@@ -148,6 +151,14 @@ static void presence_cb(void *ctx, uint64_t client_id, const char *name, int up)
     (void)name;
     if (!up && sess_server_parked(h->sv, client_id, &h->gone_round, &h->gone_staged))
         h->gone_parked++;
+}
+
+static void parked_gone_cb(void *ctx, uint64_t client_id, uint64_t round, const char *why) {
+    harness *h = ctx;
+    h->parked_gone++;
+    h->pg_client = client_id;
+    h->pg_round = round;
+    snprintf(h->pg_why, sizeof h->pg_why, "%s", why);
 }
 
 static void wake_cb(uv_async_t *a) { (void)a; }
@@ -209,6 +220,8 @@ static void h_start(harness *h, const opts *o) {
         .reject_ctx = h,
         .presence = presence_cb,
         .presence_ctx = h,
+        .parked_gone = parked_gone_cb,
+        .parked_gone_ctx = h,
         .max_num_examples = 1000,
         .ack_every_bytes = CHUNK,
         .max_chunk_bytes = CHUNK,
@@ -247,6 +260,7 @@ static int pred_parked(harness *h, void *arg) {
     sess_server_resume_stats(h->sv, &rs);
     return rs.parked_now == (size_t)(uintptr_t)arg;
 }
+static int pred_gone(harness *h, void *arg) { return h->parked_gone >= (int)(uintptr_t)arg; }
 static void listener_closed_cb(void *arg) { ((harness *)arg)->closed = 1; }
 static void close_cb(uv_handle_t *hd) { (void)hd; }
 
@@ -637,6 +651,7 @@ static void test_upload_resumes_from_the_staged_bytes_after_a_disconnect(void **
     assert_int_equal(h.gone_parked, 1);
     assert_int_equal(h.gone_round, ROUND);
     assert_int_equal(h.gone_staged, CUT);
+    assert_int_equal(h.parked_gone, 0); /* resumed, not gone */
     assert_int_equal(j.final, TOTAL);
     assert_int_equal(h.sinks, 1);
     assert_int_equal(h.sink_client, ALICE);
@@ -705,6 +720,10 @@ static void check_fresh(uint64_t resume_off, int delta2) {
     assert_int_equal(rs.fresh, 1);
     assert_int_equal(rs.dropped, 1);
     assert_int_equal(rs.parked_now, 0);
+    h_run_until(&h, pred_gone, (void *)(uintptr_t)1); /* reported from the timer, not inline */
+    assert_int_equal(h.parked_gone, 1);
+    assert_int_equal(h.pg_client, ALICE);
+    assert_int_equal(h.pg_round, ROUND);
     h_finish(&h);
 }
 
@@ -783,6 +802,10 @@ static void test_parked_stage_expires_and_returns_its_bytes_to_the_budget(void *
     assert_int_equal(rs.expired, 1);
     assert_int_equal(rs.dropped, 0);
     assert_int_equal(rs.parked_bytes_now, 0);
+    h_run_until(&h, pred_gone, (void *)(uintptr_t)1);
+    assert_int_equal(h.pg_client, ALICE);
+    assert_int_equal(h.pg_round, ROUND);
+    assert_non_null(strstr(h.pg_why, "not resumed within 150 ms"));
     h_finish(&h);
 }
 
@@ -801,6 +824,9 @@ static void test_parked_stage_is_freed_when_the_round_moves_on(void **state) {
     assert_int_equal(stats(&h).parked_now, 0);
     assert_int_equal(stats(&h).dropped, 1);
     assert_int_equal(sess_budget_memory_used(h.budget), 0);
+    assert_int_equal(h.parked_gone, 0); /* never inside the owner's own call */
+    h_run_until(&h, pred_gone, (void *)(uintptr_t)1);
+    assert_non_null(strstr(h.pg_why, "round 12 from version 7 is over"));
     /* the same through the timer alone (a sweep at least once a second) */
     h.round = ROUND;
     job j2 = {.fn = c_stage_and_vanish, .cut_at = CUT};
@@ -870,6 +896,9 @@ static void test_live_upload_evicts_parked_stages_when_the_budget_is_full(void *
     assert_int_equal(rs.parked_now, 0);
     assert_int_equal(rs.dropped, 1);
     assert_int_equal(sess_budget_waiting(h.budget), 0);
+    h_run_until(&h, pred_gone, (void *)(uintptr_t)1);
+    assert_int_equal(h.pg_client, ALICE);
+    assert_non_null(strstr(h.pg_why, "a live upload needs the staging budget"));
     assert_int_equal(sess_budget_memory_used(h.budget), 0);
     h_finish(&h);
 }
