@@ -39,8 +39,9 @@ typedef struct upload {
     uint64_t num_examples;
     const fc_wire_metric *metrics;
     size_t n_metrics;
-    uint64_t acked;
-    int is_delta; /* UpdateBegin.is_delta: 1 for results, 0 for an initial model proposal */
+    uint64_t acked; /* highest offset the server acknowledged */
+    uint64_t sent;  /* end of the last chunk handed to the connection */
+    int is_delta;   /* UpdateBegin.is_delta: 1 for results, 0 for an initial model proposal */
 } upload;
 
 /* ---- small helpers ---- */
@@ -797,7 +798,9 @@ static fc_status upload_once(fc_client *c, upload *u) {
     a.n_tensors = t->n_specs;
     a.total_bytes = t->total;
     a.is_delta = u->is_delta;
-    a.resume_offset = u->acked;
+    /* Offer to resume from everything sent so far: the server staged at most that much and
+     * answers with what it holds (S <= resume_offset), so nothing that arrived is sent again. */
+    a.resume_offset = u->sent > u->acked ? u->sent : u->acked;
     fc_wire_msg m;
     fc_status st = fc_wire_update_begin(&m, ++c->seq_out, &a, &c->err);
     if (st != FC_OK) {
@@ -810,13 +813,14 @@ static fc_status upload_once(fc_client *c, upload *u) {
     uint64_t start = 0;
     if ((st = wait_ack(c, begin_seq, NULL, t->total, &start, "starting the upload")) != FC_OK)
         return st;
-    if (start > u->acked) {
+    if (start > a.resume_offset) {
         fc_error_set(&c->err, FC_ERR_PROTOCOL,
                      "server asks to resume the upload at byte %llu, beyond the %llu offered",
-                     (unsigned long long)start, (unsigned long long)u->acked);
+                     (unsigned long long)start, (unsigned long long)a.resume_offset);
         return conn_violation(c, FC_ERR_PROTOCOL);
     }
     u->acked = start;
+    u->sent = start;
     fc_stream_splitter sp;
     st = fc_stream_split_specs(&sp, t->specs, t->n_specs, c->max_chunk, start, &c->err);
     if (st != FC_OK)
@@ -826,6 +830,7 @@ static fc_status upload_once(fc_client *c, upload *u) {
         const uint8_t *p = chunk_bytes(c, t, u->kind, u->tensors, &d);
         if ((st = conn_send_chunk(c, d.tensor_index, d.offset, p, d.len)) != FC_OK)
             return st;
+        u->sent = d.global_offset + d.len;
         if ((st = drain(c, &u->acked, t->total)) != FC_OK)
             return st;
     }

@@ -58,6 +58,13 @@ static fc_status tls_error(fc_client *c, fc_status code, const char *what) {
     return fc_ssl_error(&c->err, code, c->ssl, what);
 }
 
+/* OpenSSL 3 reports a TCP end without close_notify as an SSL error with this reason. */
+static int unexpected_eof(void) {
+    unsigned long e = ERR_peek_error();
+    return e != 0 && ERR_GET_LIB(e) == ERR_LIB_SSL &&
+           ERR_GET_REASON(e) == SSL_R_UNEXPECTED_EOF_WHILE_READING;
+}
+
 /* ---- configuration ---- */
 
 static fc_status dup_opt(fc_client *c, char **dst, const char *src) {
@@ -342,7 +349,7 @@ static fc_status tls_handshake(fc_client *c, uint64_t deadline) {
         else if (e == SSL_ERROR_WANT_WRITE)
             ev = POLLOUT;
         else if (e == SSL_ERROR_SYSCALL || e == SSL_ERROR_ZERO_RETURN ||
-                 (e == SSL_ERROR_SSL && ERR_peek_error() == 0 &&
+                 (e == SSL_ERROR_SSL && (ERR_peek_error() == 0 || unexpected_eof()) &&
                   SSL_get_verify_result(c->ssl) == X509_V_OK)) {
             c->lost = 1; /* the peer went away during the handshake: worth another attempt */
             fc_error_set(&c->err, FC_ERR_CLOSED,
@@ -460,11 +467,15 @@ static fc_status fill(fc_client *c, uint64_t deadline) {
             ev = POLLOUT;
         else if (e == SSL_ERROR_ZERO_RETURN)
             return lost(c, FC_ERR_CLOSED, "receiving", "the server closed the connection");
-        else if (e == SSL_ERROR_SSL && ERR_peek_error() != 0 &&
-                 ERR_GET_REASON(ERR_peek_error()) != SSL_R_UNEXPECTED_EOF_WHILE_READING) {
+        else if (e == SSL_ERROR_SSL && unexpected_eof()) {
+            /* TCP ended without close_notify (a middlebox or the server's host cut the
+             * connection): a network accident like a reset, so it is retried */
+            ERR_clear_error();
+            return lost(c, FC_ERR_CLOSED, "receiving from the server",
+                        "the connection ended without a TLS close_notify");
+        } else if (e == SSL_ERROR_SSL && ERR_peek_error() != 0) {
             /* A TLS alert or record failure, e.g. the server refused our certificate after the
-             * TLS 1.3 handshake: a verdict, not a network accident, so it is not retried. (An
-             * EOF without close_notify is the server process dying: lost, and retried below.) */
+             * TLS 1.3 handshake: a verdict, not a network accident, so it is not retried. */
             fc_status st = tls_error(c, FC_ERR_TLS, "TLS error from the server");
             conn_drop(c);
             c->lost = 0;

@@ -17,6 +17,25 @@
 
 #define SESS_NAME_MAX 257
 
+/* The staged bytes of an upload whose connection broke, kept for the client's next session.
+ * Counted against the budget (the stage's buffer came from it) and by sess_server.parked_bytes
+ * (whole buffers). */
+typedef struct sess_parked {
+    struct sess_parked *next;
+    uint64_t client_id, round, base;
+    int is_delta, proposal;
+    fc_stage *stage;
+    uint64_t expires_ms; /* uv_now() */
+} sess_parked;
+
+/* A parked_gone report waiting for the park timer: reports never run inside the session or
+ * owner code that freed the stage. */
+typedef struct sess_gone_note {
+    struct sess_gone_note *next;
+    uint64_t client_id, round;
+    char why[256];
+} sess_gone_note;
+
 struct sess_server {
     sess_config cfg;
     sess *head;
@@ -29,6 +48,17 @@ struct sess_server {
     uv_timer_t *hb;
     uint64_t hb_tick_ms;
     uint64_t heartbeats;
+    /* Parked uploads, oldest first (at most one per client), and the timer that expires them
+     * and asks the round callback whether they are still wanted; it runs only while something
+     * is parked. */
+    sess_parked *parked;
+    uint64_t parked_bytes, resume_cap;
+    size_t n_parked;
+    uv_timer_t *park_timer;
+    uint64_t park_tick_ms;
+    sess_resume_stats rs;
+    int shutting_down; /* sess_server_free: no more callbacks */
+    sess_gone_note *notes, *notes_tail;
 };
 
 struct sess {
@@ -179,11 +209,17 @@ static void announce(sess *s, int up) {
         sv->cfg.presence(sv->cfg.presence_ctx, s->client_id, s->name, up);
 }
 
-/* Every error and every orderly end leads here; idempotent. Resources go in on_close. */
-static void begin_close(sess *s, fc_status reason, const char *detail) {
+static void park_upload(sess *s);
+
+/* Every error and every orderly end leads here; idempotent. Resources go in on_close. keep: the
+ * connection ended without the client giving the upload up (lost, replaced, timed out), so its
+ * staged bytes are parked for a resume instead of freed. */
+static void begin_close(sess *s, fc_status reason, const char *detail, int keep) {
     if (s->state == SESS_CLOSING)
         return;
     set_state(s, SESS_CLOSING);
+    if (keep)
+        park_upload(s); /* before the presence report, which may ask sess_server_parked() */
     announce(s, 0);
     s->gen++;
     abort_upload(s);
@@ -199,7 +235,7 @@ static void fail(sess *s, fc_status st, uint64_t ref_seq, const char *msg) {
            FC_LS("peer", net_conn_peer(s->c)), FC_LS("code", fc_wire_error_for_status(st)->name),
            FC_LS("detail", msg));
     send_error(s, st, 1, ref_seq, msg);
-    begin_close(s, st, msg);
+    begin_close(s, st, msg, 0); /* the stream is broken: nothing of it is trusted later */
 }
 
 void sess_close(sess *s, fc_status reason, const char *detail) {
@@ -211,7 +247,7 @@ void sess_close(sess *s, fc_status reason, const char *detail) {
         send_msg(s, &m);
     else
         fc_wire_msg_free(&m);
-    begin_close(s, reason, detail);
+    begin_close(s, reason, detail, reason == FC_ERR_EXISTS); /* a replaced session may resume */
 }
 
 /* A non-fatal refusal of the upload in progress (or being started): Error, rejection report,
@@ -325,6 +361,13 @@ static void h_model_request(sess *s, const fc_envelope *env) {
     }
     if (send_msg(s, &m) != FC_OK)
         return;
+    if (r->offset > 0) {
+        sv->rs.downloads_resumed++;
+        sv->rs.download_resumed_bytes += r->offset;
+        FC_LOG(FC_LOG_INFO, "model download resumed", FC_LS("session", s->id),
+               FC_LU("client", s->client_id), FC_LU("version", s->dl.version),
+               FC_LU("offset", r->offset), FC_LU("total", s->dl.total_bytes));
+    }
     set_state(s, SESS_DOWNLOADING);
     pump_download(s);
 }
@@ -396,6 +439,257 @@ static int check_proposal(const Fedcoord__V1__UpdateBegin *ub, fc_status *st, ch
     return 1;
 }
 
+/* ---- parked uploads: resume across connections ---- */
+
+/* Removes p from the list; the caller frees or adopts it. */
+static void parked_unlink(sess_server *sv, sess_parked *p) {
+    for (sess_parked **pp = &sv->parked; *pp; pp = &(*pp)->next)
+        if (*pp == p) {
+            *pp = p->next;
+            p->next = NULL;
+            sv->n_parked--;
+            sv->parked_bytes -= fc_stage_total(p->stage);
+            if (!sv->parked && !sv->notes)
+                uv_timer_stop(sv->park_timer);
+            return;
+        }
+    assert(!"parked stage not in the list");
+}
+
+static void park_tick(uv_timer_t *t);
+
+/* Queues a parked_gone report; the park timer delivers it on its next turn (at once). */
+static void note_gone(sess_server *sv, uint64_t client_id, uint64_t round, const char *why) {
+    if (!sv->cfg.parked_gone || sv->shutting_down)
+        return;
+    sess_gone_note *n = fc_calloc(1, sizeof *n);
+    if (!n) {
+        FC_LOG(FC_LOG_WARN, "parked upload report lost: out of memory", FC_LU("client", client_id),
+               FC_LU("round", round));
+        return;
+    }
+    n->client_id = client_id;
+    n->round = round;
+    snprintf(n->why, sizeof n->why, "%s", why);
+    if (sv->notes_tail)
+        sv->notes_tail->next = n;
+    else
+        sv->notes = n;
+    sv->notes_tail = n;
+    if (uv_timer_start(sv->park_timer, park_tick, 0, sv->park_tick_ms) != 0)
+        FC_LOG(FC_LOG_WARN, "park timer did not start", FC_LU("client", client_id));
+}
+
+/* Frees an unlinked parked stage (its bytes go back to the budget) and says why; notify: report
+ * it through parked_gone. */
+static void parked_free(sess_server *sv, sess_parked *p, int expired, int notify, const char *why) {
+    FC_LOG(FC_LOG_INFO, "parked upload freed", FC_LU("client", p->client_id),
+           FC_LU("round", p->round), FC_LU("staged", fc_stage_received(p->stage)),
+           FC_LU("total", fc_stage_total(p->stage)), FC_LS("reason", why));
+    if (expired)
+        sv->rs.expired++;
+    else
+        sv->rs.dropped++;
+    if (notify)
+        note_gone(sv, p->client_id, p->round, why);
+    fc_stage_free(p->stage);
+    fc_free(p);
+}
+
+static sess_parked *take_parked(sess_server *sv, uint64_t client_id) {
+    for (sess_parked *p = sv->parked; p; p = p->next)
+        if (p->client_id == client_id) {
+            parked_unlink(sv, p);
+            return p;
+        }
+    return NULL;
+}
+
+/* Frees the oldest parked stage; 0 if there was none. */
+static int evict_oldest(sess_server *sv, const char *why) {
+    sess_parked *p = sv->parked;
+    if (!p)
+        return 0;
+    parked_unlink(sv, p);
+    parked_free(sv, p, 0, 1, why);
+    return 1;
+}
+
+/* Expires parked stages and frees those the round callback no longer expects. */
+static void sweep_parked(sess_server *sv) {
+    uint64_t now = uv_now(sv->cfg.loop);
+    sess_parked *next;
+    for (sess_parked *p = sv->parked; p; p = next) {
+        next = p->next;
+        char why[FC_ERROR_MSG_MAX + 96];
+        int gone = 0, expired = 0;
+        if (now >= p->expires_ms) {
+            gone = expired = 1;
+            snprintf(why, sizeof why, "not resumed within %u ms", sv->cfg.resume_keep_ms);
+        } else if (sv->cfg.round) {
+            sess_round_info ri;
+            fc_error err = {0};
+            memset(&ri, 0, sizeof ri);
+            fc_status st = sv->cfg.round(sv->cfg.round_ctx, p->client_id, &ri, &err);
+            if (st != FC_OK) {
+                gone = 1;
+                snprintf(why, sizeof why, "the round no longer expects this client: %s",
+                         err.msg[0] ? err.msg : fc_strerror(st));
+            } else if (ri.round != p->round || ri.base_version != p->base) {
+                gone = 1;
+                snprintf(why, sizeof why,
+                         "round %llu from version %llu is over (current round %llu, version %llu)",
+                         (unsigned long long)p->round, (unsigned long long)p->base,
+                         (unsigned long long)ri.round, (unsigned long long)ri.base_version);
+            }
+        }
+        if (gone) {
+            parked_unlink(sv, p);
+            parked_free(sv, p, expired, 1, why);
+        }
+    }
+    if (!sv->parked && !sv->notes)
+        uv_timer_stop(sv->park_timer);
+}
+
+/* Delivers the queued parked_gone reports, then expires and checks what is parked. */
+static void park_tick(uv_timer_t *t) {
+    sess_server *sv = t->data;
+    sess_gone_note *n = sv->notes;
+    sv->notes = sv->notes_tail = NULL;
+    while (n) {
+        sess_gone_note *next = n->next;
+        sv->cfg.parked_gone(sv->cfg.parked_gone_ctx, n->client_id, n->round, n->why);
+        fc_free(n);
+        n = next;
+    }
+    sweep_parked(sv);
+}
+
+/* The session ends with an upload in progress that the client did not give up: keep its
+ * staged bytes for the client's next session (takes s->stage), unless there is nothing worth
+ * keeping or no room under resume_max_bytes. */
+static void park_upload(sess *s) {
+    sess_server *sv = s->sv;
+    if (!s->stage || s->validating || sv->cfg.resume_disabled)
+        return;
+    uint64_t got = fc_stage_received(s->stage), total = fc_stage_total(s->stage);
+    if (got == 0 || fc_stage_complete(s->stage))
+        return;
+    sess_parked *old = take_parked(sv, s->client_id);
+    if (old)
+        parked_free(sv, old, 0, 0, "replaced by a newer broken upload of the same client");
+    if (total > sv->resume_cap) {
+        FC_LOG(FC_LOG_INFO, "upload not parked", FC_LS("session", s->id),
+               FC_LU("client", s->client_id), FC_LU("round", s->up_round), FC_LU("total", total),
+               FC_LU("resume_max_bytes", sv->resume_cap));
+        return;
+    }
+    while (sv->parked_bytes > sv->resume_cap - total)
+        evict_oldest(sv, "evicted to park a newer upload (resume_max_bytes)");
+    sess_parked *p = fc_calloc(1, sizeof *p);
+    if (!p)
+        return; /* the caller frees the stage */
+    if (!uv_is_active((uv_handle_t *)sv->park_timer) &&
+        uv_timer_start(sv->park_timer, park_tick, sv->park_tick_ms, sv->park_tick_ms) != 0) {
+        fc_free(p);
+        return;
+    }
+    p->client_id = s->client_id;
+    p->round = s->up_round;
+    p->base = s->up_base;
+    p->is_delta = s->up_delta;
+    p->proposal = s->up_proposal;
+    p->stage = s->stage;
+    p->expires_ms = uv_now(sv->cfg.loop) + sv->cfg.resume_keep_ms;
+    s->stage = NULL;
+    sess_parked **tail = &sv->parked;
+    while (*tail)
+        tail = &(*tail)->next;
+    *tail = p;
+    sv->n_parked++;
+    sv->parked_bytes += total;
+    sv->rs.parked++;
+    FC_LOG(FC_LOG_INFO, "upload parked for resume", FC_LS("session", s->id),
+           FC_LU("client", s->client_id), FC_LU("round", s->up_round), FC_LU("staged", got),
+           FC_LU("total", total), FC_LU("keep_ms", sv->cfg.resume_keep_ms));
+}
+
+/* Whether UpdateBegin ub (layout specs/total, proposal or not) continues parked upload p. On 0,
+ * why says what differs: the upload then starts at 0 and p is freed. */
+static int resume_matches(const sess_parked *p, const Fedcoord__V1__UpdateBegin *ub,
+                          const fc_tensor_spec *specs, uint64_t total, int proposal, char *why,
+                          size_t cap) {
+    uint64_t got = fc_stage_received(p->stage);
+    if (ub->resume_offset == 0) {
+        snprintf(why, cap, "the client starts the upload afresh (resume_offset 0)");
+        return 0;
+    }
+    if (ub->round != p->round || ub->base_version != p->base) {
+        snprintf(why, cap,
+                 "the parked bytes are for round %llu from version %llu, the upload for round "
+                 "%llu from version %llu",
+                 (unsigned long long)p->round, (unsigned long long)p->base,
+                 (unsigned long long)ub->round, (unsigned long long)ub->base_version);
+        return 0;
+    }
+    if ((ub->is_delta != 0) != (p->is_delta != 0) || proposal != p->proposal) {
+        snprintf(why, cap, "the parked upload was %s, this one is %s",
+                 p->proposal   ? "a proposal"
+                 : p->is_delta ? "a delta"
+                               : "weights",
+                 proposal       ? "a proposal"
+                 : ub->is_delta ? "a delta"
+                                : "weights");
+        return 0;
+    }
+    if (total != fc_stage_total(p->stage) || ub->n_tensors != fc_stage_tensor_count(p->stage)) {
+        snprintf(why, cap, "%zu tensors of %llu bytes announced, the parked upload has %zu of %llu",
+                 ub->n_tensors, (unsigned long long)total, fc_stage_tensor_count(p->stage),
+                 (unsigned long long)fc_stage_total(p->stage));
+        return 0;
+    }
+    for (size_t i = 0; i < ub->n_tensors; i++) {
+        const fc_tensor_spec *a = &specs[i], *b = fc_stage_spec(p->stage, i);
+        if (strcmp(a->name, b->name) != 0 || a->dtype != b->dtype || a->ndim != b->ndim ||
+            memcmp(a->shape, b->shape, a->ndim * sizeof a->shape[0]) != 0) {
+            snprintf(why, cap, "tensor %zu ('%.200s') differs from the parked upload's ('%.200s')",
+                     i, a->name, b->name);
+            return 0;
+        }
+    }
+    if (got > ub->resume_offset) {
+        snprintf(why, cap,
+                 "the client resumes at byte %llu but %llu bytes are staged, and staged bytes "
+                 "cannot be taken back (the SHA-256 runs as they arrive)",
+                 (unsigned long long)ub->resume_offset, (unsigned long long)got);
+        return 0;
+    }
+    return 1;
+}
+
+/* Continues parked upload p in session s (takes p): Ack{offset = staged bytes}. */
+static void resume_upload(sess *s, sess_parked *p, uint64_t begin_seq) {
+    sess_server *sv = s->sv;
+    uint64_t at = fc_stage_received(p->stage);
+    s->stage = p->stage;
+    s->up_round = p->round;
+    s->up_base = p->base;
+    s->up_delta = p->is_delta;
+    s->up_proposal = p->proposal;
+    s->up_last_ack = at;
+    s->validating = 0;
+    s->discard_chunks = 0;
+    fc_free(p);
+    sv->rs.resumed++;
+    sv->rs.resumed_bytes += at;
+    FC_LOG(FC_LOG_INFO, "upload resumed", FC_LS("session", s->id), FC_LU("client", s->client_id),
+           FC_LU("round", s->up_round), FC_LU("offset", at),
+           FC_LU("total", fc_stage_total(s->stage)));
+    set_state(s, SESS_UPLOADING);
+    send_ack(s, begin_seq, at);
+}
+
 static void budget_wake(sess_waiter *w);
 
 /* Returns 1 if the upload started or was refused, 0 if it waits for budget (env kept). */
@@ -444,9 +738,33 @@ static int start_upload(sess *s, fc_envelope *env) {
         reject_upload(s, st, env->seq, ub->round, msg);
         return 1;
     }
+    sess_parked *p = take_parked(sv, s->client_id);
+    if (p) {
+        char why[FC_ERROR_MSG_MAX];
+        if (resume_matches(p, ub, specs, total, proposal, why, sizeof why)) {
+            fc_wire_specs_free(specs, ub->n_tensors);
+            resume_upload(s, p, env->seq);
+            return 1;
+        }
+        FC_LOG(FC_LOG_INFO, "upload starts afresh", FC_LS("session", s->id),
+               FC_LU("client", s->client_id), FC_LU("round", ub->round),
+               FC_LU("resume_offset", ub->resume_offset), FC_LS("reason", why));
+        sv->rs.fresh++;
+        parked_free(sv, p, 0, 1, why); /* before asking the budget: its bytes are free again */
+    } else if (ub->resume_offset > 0) {
+        FC_LOG(FC_LOG_INFO, "upload starts afresh", FC_LS("session", s->id),
+               FC_LU("client", s->client_id), FC_LU("round", ub->round),
+               FC_LU("resume_offset", ub->resume_offset),
+               FC_LS("reason", "nothing is parked for this client"));
+        sv->rs.fresh++;
+    }
     uint64_t max_total = sv->cfg.max_update_bytes ? sv->cfg.max_update_bytes : (uint64_t)16 << 30;
     fc_stage *stage = NULL;
     st = sess_budget_stage(sv->cfg.budget, specs, ub->n_tensors, total, max_total, &stage, &err);
+    /* A live upload comes before parked ones: make room by freeing them, oldest first. */
+    while (st == FC_ERR_BUSY && evict_oldest(sv, "evicted: a live upload needs the staging budget"))
+        st =
+            sess_budget_stage(sv->cfg.budget, specs, ub->n_tensors, total, max_total, &stage, &err);
     fc_wire_specs_free(specs, ub->n_tensors);
     if (st == FC_ERR_BUSY) {
         /* Both pools refused: stop reading this connection until a staging buffer is freed. */
@@ -472,8 +790,7 @@ static int start_upload(sess *s, fc_envelope *env) {
     s->validating = 0;
     s->discard_chunks = 0;
     set_state(s, SESS_UPLOADING);
-    /* No staged data survives a connection: a resumed upload restarts at 0 (protocol 5.4). */
-    send_ack(s, env->seq, 0);
+    send_ack(s, env->seq, 0); /* a fresh upload starts at byte 0 (protocol 5.4) */
     return 1;
 }
 
@@ -861,7 +1178,7 @@ static void h_error(sess *s, const fc_envelope *env) {
                               fc_wire_status_for_code(e->code), e->fatal, e->ref_seq,
                               e->message ? e->message : "");
     if (e->fatal) {
-        begin_close(s, FC_ERR_CLOSED, "client sent a fatal error");
+        begin_close(s, FC_ERR_CLOSED, "client sent a fatal error", 0);
         return;
     }
     if (s->state == SESS_DOWNLOADING)
@@ -874,7 +1191,7 @@ static void h_error(sess *s, const fc_envelope *env) {
 
 static void h_bye(sess *s, const fc_envelope *env) {
     (void)env;
-    begin_close(s, FC_OK, "client said bye");
+    begin_close(s, FC_OK, "client said bye", 0);
 }
 
 /* ---- dispatch ---- */
@@ -1049,7 +1366,7 @@ static void cb_limit(net_conn *c, fc_status st, const char *detail) {
     if (!s || s->state == SESS_CLOSING)
         return;
     send_error(s, st, 1, 0, detail);
-    begin_close(s, st, detail);
+    begin_close(s, st, detail, 1); /* idle or too slow: a network problem, resumable */
 }
 
 static void cb_backpressure(net_conn *c, int blocked) {
@@ -1068,6 +1385,7 @@ static void cb_close(net_conn *c, fc_status reason, const char *detail) {
     (void)reason;
     if (s->state != SESS_CLOSING) { /* closed by net (peer gone, limit): same cleanup */
         set_state(s, SESS_CLOSING);
+        park_upload(s);
         announce(s, 0);
         s->gen++;
         abort_upload(s);
@@ -1185,6 +1503,22 @@ fc_status sess_server_new(const sess_config *cfg, sess_server **out, fc_error *e
         return fc_error_set(err, FC_ERR_SYSTEM, "session heartbeat timer: %s", uv_strerror(rc));
     }
     uv_unref((uv_handle_t *)sv->hb); /* heartbeats alone must not keep the loop running */
+    if (!sv->cfg.resume_keep_ms)
+        sv->cfg.resume_keep_ms = 60000;
+    sv->resume_cap =
+        sv->cfg.resume_max_bytes ? sv->cfg.resume_max_bytes : sess_budget_capacity(cfg->budget);
+    sv->park_tick_ms = sv->cfg.resume_keep_ms < 1000 ? sv->cfg.resume_keep_ms : 1000;
+    sv->park_timer = fc_malloc(sizeof *sv->park_timer);
+    if (!sv->park_timer || (rc = uv_timer_init(sv->cfg.loop, sv->park_timer)) != 0) {
+        fc_status st = sv->park_timer ? FC_ERR_SYSTEM : FC_ERR_NOMEM;
+        fc_free(sv->park_timer);
+        uv_timer_stop(sv->hb);
+        uv_close((uv_handle_t *)sv->hb, heartbeat_closed);
+        fc_free(sv);
+        return fc_error_set(err, st, "session resume timer");
+    }
+    sv->park_timer->data = sv;
+    uv_unref((uv_handle_t *)sv->park_timer);
     *out = sv;
     return FC_OK;
 }
@@ -1193,8 +1527,18 @@ void sess_server_free(sess_server *sv) {
     if (!sv)
         return;
     assert(sv->count == 0);
+    sv->shutting_down = 1;
+    while (evict_oldest(sv, "the session server is shutting down"))
+        ;
+    while (sv->notes) {
+        sess_gone_note *n = sv->notes;
+        sv->notes = n->next;
+        fc_free(n);
+    }
     uv_timer_stop(sv->hb);
     uv_close((uv_handle_t *)sv->hb, heartbeat_closed);
+    uv_timer_stop(sv->park_timer);
+    uv_close((uv_handle_t *)sv->park_timer, heartbeat_closed);
     fc_free(sv);
 }
 
@@ -1202,6 +1546,28 @@ size_t sess_server_count(const sess_server *sv) { return sv->count; }
 uint64_t sess_server_accepted(const sess_server *sv) { return sv->accepted; }
 uint64_t sess_server_rejected(const sess_server *sv) { return sv->rejected; }
 uint64_t sess_server_heartbeats(const sess_server *sv) { return sv->heartbeats; }
+uint64_t sess_server_resumed_bytes(const sess_server *sv) { return sv->rs.resumed_bytes; }
+
+void sess_server_resume_stats(const sess_server *sv, sess_resume_stats *out) {
+    *out = sv->rs;
+    out->parked_now = sv->n_parked;
+    out->parked_bytes_now = sv->parked_bytes;
+}
+
+void sess_server_round_changed(sess_server *sv) { sweep_parked(sv); }
+
+int sess_server_parked(const sess_server *sv, uint64_t client_id, uint64_t *round,
+                       uint64_t *staged) {
+    for (const sess_parked *p = sv->parked; p; p = p->next)
+        if (p->client_id == client_id) {
+            if (round)
+                *round = p->round;
+            if (staged)
+                *staged = fc_stage_received(p->stage);
+            return 1;
+        }
+    return 0;
+}
 
 sess *sess_find(sess_server *sv, uint64_t client_id) {
     for (sess *s = sv->head; s; s = s->next)

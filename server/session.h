@@ -4,12 +4,13 @@
  * and the state in which each message is allowed (a dispatch table), runs the handshake
  * (version, authentication, mTLS identity, replacement of an older session of the same client),
  * streams model downloads as the output queue drains, stages update uploads into memory counted
- * against a shared budget (or a spill file), validates completed updates on the thread pool and
- * hands accepted ones to a sink. It owns no socket (net does), no database (the injected callbacks
- * reach storage) and no round logic (the scheduler decides; the session only asks what the
- * current round expects). It never blocks the loop, never logs a token, and never lets a partial
- * or unvalidated update reach the sink. Everything runs on the loop thread except the validation
- * work function, which touches only the data handed to it.
+ * against a shared budget (or a spill file), parks the staged bytes of an upload whose
+ * connection broke so that the client's next session can resume it, validates completed updates
+ * on the thread pool and hands accepted ones to a sink. It owns no socket (net does), no database
+ * (the injected callbacks reach storage) and no round logic (the scheduler decides; the session
+ * only asks what the current round expects). It never blocks the loop, never logs a token, and
+ * never lets a partial or unvalidated update reach the sink. Everything runs on the loop thread
+ * except the validation work function, which touches only the data handed to it.
  */
 #ifndef FC_SERVER_SESSION_H
 #define FC_SERVER_SESSION_H
@@ -168,6 +169,12 @@ typedef fc_status (*sess_eval_fn)(void *ctx, uint64_t client_id, uint64_t round,
 typedef void (*sess_peer_error_fn)(void *ctx, uint64_t client_id, fc_status st, int fatal,
                                    uint64_t ref_seq, const char *message);
 
+/* A parked upload of client_id for round was freed without being resumed (expired, round over,
+ * evicted, or the client started afresh); why says which. Not called from sess_server_free. A
+ * scheduler that keeps a disconnected client with a parked upload in its round (see
+ * sess_server_parked) can count the client as gone here when sess_find finds no session. */
+typedef void (*sess_parked_gone_fn)(void *ctx, uint64_t client_id, uint64_t round, const char *why);
+
 typedef struct sess_config {
     uv_loop_t *loop;
     sess_budget *budget; /* required */
@@ -196,6 +203,16 @@ typedef struct sess_config {
     void *eval_ctx;
     sess_peer_error_fn peer_error; /* may be NULL */
     void *peer_error_ctx;
+    /* Upload resume (docs/daemon-sessions.md, "Resumable uploads"): when a connection breaks
+     * mid-upload, the staged bytes stay parked under (client, round) for resume_keep_ms, so
+     * that the client's next session continues where the bytes stopped. */
+    uint32_t resume_keep_ms;   /* 0 = 60000 */
+    uint64_t resume_max_bytes; /* parked bytes of all clients together (whole staging buffers);
+                                  0 = the budget's memory plus spill limits. A live upload that
+                                  finds the budget full evicts parked stages, oldest first. */
+    int resume_disabled;       /* 1: a broken upload's bytes are freed at once */
+    sess_parked_gone_fn parked_gone; /* may be NULL */
+    void *parked_gone_ctx;
 } sess_config;
 
 /* A session server: the sessions of one listener. Register it as the listener's user pointer
@@ -220,6 +237,33 @@ uint64_t sess_server_accepted(const sess_server *sv);
 uint64_t sess_server_rejected(const sess_server *sv);
 /* Heartbeat frames the server has sent so far. */
 uint64_t sess_server_heartbeats(const sess_server *sv);
+
+/* Resume counters (since sess_server_new) and what is parked now. */
+typedef struct sess_resume_stats {
+    uint64_t parked;                 /* uploads parked when their connection broke */
+    uint64_t resumed;                /* uploads that continued from parked bytes */
+    uint64_t resumed_bytes;          /* sum of the offsets they continued from: bytes not resent */
+    uint64_t fresh;                  /* resume attempts (resume_offset > 0, or a parked stage)
+                                        that started at 0 instead */
+    uint64_t expired;                /* parked stages freed because nobody resumed in time */
+    uint64_t dropped;                /* freed for another reason (round moved on, evicted, ...) */
+    uint64_t downloads_resumed;      /* ModelRequests with offset > 0 that were served */
+    uint64_t download_resumed_bytes; /* sum of their offsets */
+    size_t parked_now;               /* stages parked at this moment */
+    uint64_t parked_bytes_now;       /* their staging buffers, in bytes (counted by the budget) */
+} sess_resume_stats;
+void sess_server_resume_stats(const sess_server *sv, sess_resume_stats *out);
+/* Bytes of uploads that were not resent because a parked stage was resumed. */
+uint64_t sess_server_resumed_bytes(const sess_server *sv);
+/* Checks every parked stage against the round callback now and frees those whose client and
+ * round are no longer expected (the daemon may call this when a round closes; a timer does the
+ * same once a second, or every resume_keep_ms when that is shorter). */
+void sess_server_round_changed(sess_server *sv);
+/* 1 if an upload of client_id is parked, with its round and staged bytes (either pointer may be
+ * NULL). The session parks before it reports presence(up = 0), so a presence callback can use
+ * this to keep the client's round open for a resume instead of counting it as dropped. */
+int sess_server_parked(const sess_server *sv, uint64_t client_id, uint64_t *round,
+                       uint64_t *staged);
 
 sess_state sess_get_state(const sess *s);
 uint64_t sess_client_id(const sess *s);

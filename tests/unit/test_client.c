@@ -948,7 +948,10 @@ static void test_upload_resumes_from_acked_offset_after_drop(void **state) {
     assert_int_equal(p.hellos, 2);
     assert_true(p.second_hello_had_resume_token);
     assert_int_equal(p.update_begins, 2);
-    assert_int_equal(p.last_resume_offset, 16);
+    /* the client offers what it sent (at least the 16 acknowledged bytes, at most all 44); the
+     * peer answered 16 (it fails the test if it would have to go back), the client went on
+     * from there and the delta arrived intact (check_uploaded_delta) */
+    assert_true(p.last_resume_offset >= 16 && p.last_resume_offset <= 44);
     peer_free(&p);
 }
 
