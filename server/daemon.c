@@ -439,6 +439,8 @@ static fc_status open_network(fcd *d, fc_error *err) {
         .eval_ctx = d,
         .peer_error = on_peer_error,
         .peer_error_ctx = d,
+        .parked_gone = dround_parked_gone,
+        .parked_gone_ctx = d,
         .max_num_examples = (uint64_t)cfg->limits.max_num_examples,
         .max_update_norm = cfg->limits.norm_bound,
         .max_update_bytes = cfg->limits.max_update_bytes,

@@ -131,6 +131,7 @@ struct fcd {
     int http_closed;
     char *admin_token;
     uint64_t registered_count; /* clients in the table, not revoked (last count) */
+    int round_changed; /* a round closed: the session layer may free parked uploads */
     int stopping;  /* SIGTERM/SIGINT received */
     int exit_code;
     uint64_t started_ms;
@@ -186,6 +187,7 @@ void dround_presence(fcd *d, uint64_t client_id, int up);
 void dround_refresh_registered(fcd *d);
 fc_status dround_round_info(void *ctx, uint64_t client_id, sess_round_info *out, fc_error *err);
 void dround_sink(void *ctx, sess_update *u);
+void dround_parked_gone(void *ctx, uint64_t client_id, uint64_t round, const char *why);
 void dround_reject(void *ctx, uint64_t client_id, uint64_t round, fc_status st,
                    const char *reason);
 fc_status dround_eval(void *ctx, uint64_t client_id, uint64_t round, uint64_t model_version,

@@ -822,6 +822,8 @@ static void handle(fcd *d, const round_action *a, int *agg_failed) {
         }
         if (a->to == ROUND_AGGREGATING && d->cur)
             d->cur->closed_us = uv_hrtime() / 1000;
+        if (a->to == ROUND_AGGREGATING || a->to == ROUND_FAILED)
+            d->round_changed = 1; /* parked uploads of this round are now useless */
         if (a->to == ROUND_STOPPED) {
             for (size_t i = 0; i < d->n_clients; i++)
                 if (d->clients[i].connected)
@@ -912,6 +914,10 @@ void dround_pump(fcd *d) {
         int agg_failed = 0;
         while (round_next_action(d->sched, &a))
             handle(d, &a, &agg_failed);
+        if (d->round_changed && d->sv) {
+            d->round_changed = 0;
+            sess_server_round_changed(d->sv);
+        }
         if (d->cur && d->cur->begin_pending) {
             if (!d->cur->expected)
                 expect_selected(d->cur);
@@ -963,6 +969,14 @@ static void maybe_ask_proposal(fcd *d) {
 
 /* ---- events from sessions ---- */
 
+static void client_gone(fcd *d, uint64_t client_id, const char *reason) {
+    fc_error err = {0};
+    if (d->models)
+        round_client_gone(d->sched, daemon_now_ms(), client_id, &err);
+    if (d->cur)
+        queue_drop(d->cur, client_id, reason);
+}
+
 void dround_presence(fcd *d, uint64_t client_id, int up) {
     fc_error err = {0};
     uint64_t now = daemon_now_ms();
@@ -976,11 +990,27 @@ void dround_presence(fcd *d, uint64_t client_id, int up) {
     } else {
         if (d->proposer == client_id)
             d->proposer = 0;
-        if (d->models)
-            round_client_gone(d->sched, now, client_id, &err);
-        if (d->cur)
-            queue_drop(d->cur, client_id, "disconnected");
+        uint64_t parked_round = 0;
+        if (d->cur && sess_server_parked(d->sv, client_id, &parked_round, NULL) &&
+            parked_round == d->cur->id) {
+            /* Its upload is kept for a resume: the client stays in the round until it comes
+             * back, the deadline passes, or the kept bytes are freed (dround_parked_gone). */
+            FC_LOG(FC_LOG_INFO, "client left mid-upload; its round waits for a resume",
+                   FC_LU("client", client_id), FC_LU("round", parked_round));
+        } else {
+            client_gone(d, client_id, "disconnected");
+        }
     }
+    dround_pump(d);
+}
+
+void dround_parked_gone(void *ctx, uint64_t client_id, uint64_t round, const char *why) {
+    fcd *d = ctx;
+    if (sess_find(d->sv, client_id))
+        return; /* it is back and uploading afresh */
+    FC_LOG(FC_LOG_INFO, "kept upload freed without a resume", FC_LU("client", client_id),
+           FC_LU("round", round), FC_LS("why", why));
+    client_gone(d, client_id, "disconnected mid-upload and did not resume");
     dround_pump(d);
 }
 
