@@ -7,7 +7,7 @@ pkgs=(
     libuv1-dev libprotobuf-c-dev protobuf-c-compiler libssl-dev openssl
     libsqlite3-dev sqlite3 libcmocka-dev libhttp-parser-dev libjansson-dev libinih-dev
     clang libclang-rt-dev llvm
-    prometheus
+    prometheus wrk
 )
 missing=()
 for p in "${pkgs[@]}"; do
