@@ -495,6 +495,48 @@ static void test_keep_alive_serves_pipelined_requests_on_one_connection(void **s
     resp_free(&r3);
 }
 
+static void test_pipelined_store_reads_answer_in_order(void **state) {
+    (void)state;
+    /* /v1/rounds, /v1/clients and /v1/models/1 are read on the thread pool; /healthz is not.
+     * The answers still come back in request order. */
+    conn c;
+    conn_open(&c, H->port);
+    conn_sends(&c, "GET /v1/rounds/1 HTTP/1.1\r\nHost: t\r\n\r\n"
+                   "GET /healthz HTTP/1.1\r\nHost: t\r\n\r\n"
+                   "GET /v1/clients HTTP/1.1\r\nHost: t\r\n\r\n"
+                   "GET /v1/models/1 HTTP/1.1\r\nHost: t\r\n\r\n"
+                   "GET /v1/rounds/99 HTTP/1.1\r\nHost: t\r\nConnection: close\r\n\r\n");
+    resp r;
+    assert_int_equal(conn_read(&c, &r), 0);
+    assert_non_null(strstr(r.body, "\"participants\""));
+    resp_free(&r);
+    assert_int_equal(conn_read(&c, &r), 0);
+    assert_string_equal(r.body, "{\"status\":\"ok\"}\n");
+    resp_free(&r);
+    assert_int_equal(conn_read(&c, &r), 0);
+    assert_non_null(strstr(r.body, "\"clients\""));
+    assert_non_null(strstr(r.body, "\"connected\":true")); /* live field added on the loop */
+    resp_free(&r);
+    assert_int_equal(conn_read(&c, &r), 0);
+    assert_non_null(strstr(r.body, "\"version\":1"));
+    resp_free(&r);
+    assert_int_equal(conn_read(&c, &r), 0);
+    assert_error(&r, 404, "not_found");
+    resp_free(&r);
+    assert_true(conn_at_eof(&c));
+    conn_close(&c);
+    /* Connections that leave with store reads in flight. */
+    for (int i = 0; i < 20; i++) {
+        conn_open(&c, H->port);
+        conn_sends(&c, "GET /v1/rounds HTTP/1.1\r\nHost: t\r\n\r\n"
+                       "GET /v1/clients HTTP/1.1\r\nHost: t\r\n\r\n");
+        conn_close(&c);
+    }
+    get("/v1/models", NULL, &r);
+    assert_int_equal(r.status, 200);
+    resp_free(&r);
+}
+
 static void test_huge_headers_get_431_and_close(void **state) {
     (void)state;
     size_t n = 20000;
@@ -1288,6 +1330,8 @@ int main(void) {
     const struct CMUnitTest tests[] = {
         cmocka_unit_test_setup_teardown(test_keep_alive_serves_pipelined_requests_on_one_connection,
                                         setup_server, teardown_server),
+        cmocka_unit_test_setup_teardown(test_pipelined_store_reads_answer_in_order, setup_server,
+                                        teardown_server),
         cmocka_unit_test_setup_teardown(test_huge_headers_get_431_and_close, setup_server,
                                         teardown_server),
         cmocka_unit_test_setup_teardown(test_bad_methods_get_405, setup_server, teardown_server),
