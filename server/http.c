@@ -771,6 +771,8 @@ void http_deferred_finish(http_deferred *d) {
         send_response(c, res, d->want_keep, d->head_only);
         drive(c); /* pipelined requests, and reading again */
     } else {
+        if (c && c->pending == d)
+            c->pending = NULL; /* closing, not yet closed: cb_close must not see d */
         if (res->streaming && res->stream.release)
             res->stream.release(res->stream.ud);
         response_reset(res);

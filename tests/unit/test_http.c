@@ -214,6 +214,8 @@ static void fd_client_live(void *ctx, const char *name, json_t *out) {
 typedef struct harness {
     uv_loop_t loop;
     uv_async_t stop;
+    uv_async_t busy; /* fills the thread pool with sleepers (see pool_busy_cb) */
+    uv_work_t sleepers[4];
     pthread_t th;
     http_server *srv;
     api *api;
@@ -231,10 +233,29 @@ static void *loop_main(void *arg) {
     return NULL;
 }
 
+static void sleeper_work(uv_work_t *w) {
+    (void)w;
+    struct timespec ts = {.tv_nsec = 600 * 1000000L};
+    nanosleep(&ts, NULL);
+}
+
+static void sleeper_done(uv_work_t *w, int status) {
+    (void)w;
+    (void)status;
+}
+
+/* Occupies libuv's 4 pool threads for 600 ms, so store reads queued now wait that long. */
+static void pool_busy_cb(uv_async_t *a) {
+    harness *h = a->data;
+    for (int i = 0; i < 4; i++)
+        uv_queue_work(&h->loop, &h->sleepers[i], sleeper_work, sleeper_done);
+}
+
 static void stop_cb(uv_async_t *a) {
     harness *h = a->data;
     http_server_stop(h->srv, NULL, NULL);
     uv_close((uv_handle_t *)a, NULL);
+    uv_close((uv_handle_t *)&h->busy, NULL);
 }
 
 static void h_start_tls(harness *h, const http_limits *lim, int auth_reads,
@@ -270,6 +291,8 @@ static void h_start_tls(harness *h, const http_limits *lim, int auth_reads,
     h->port = http_server_port(h->srv);
     assert_int_equal(uv_async_init(&h->loop, &h->stop, stop_cb), 0);
     h->stop.data = h;
+    assert_int_equal(uv_async_init(&h->loop, &h->busy, pool_busy_cb), 0);
+    h->busy.data = h;
     assert_int_equal(pthread_create(&h->th, NULL, loop_main, h), 0);
 }
 
@@ -535,6 +558,28 @@ static void test_pipelined_store_reads_answer_in_order(void **state) {
     get("/v1/models", NULL, &r);
     assert_int_equal(r.status, 200);
     resp_free(&r);
+}
+
+static void test_stop_while_a_store_read_waits_drops_its_answer(void **state) {
+    (void)state;
+    harness h;
+    h_start_with(&h, NULL, 0);
+    uv_async_send(&h.busy);
+    struct timespec ts = {.tv_nsec = 50 * 1000000L};
+    nanosleep(&ts, NULL);
+    /* This read queues behind the sleepers; the server stops before it runs. The connection
+     * is then closing (its linger waits for our FIN, which we do not send) when the read
+     * finishes: the answer must be dropped, and the connection's close later must not touch
+     * the finished work (ASan would see a use after free). */
+    conn c;
+    conn_open(&c, h.port);
+    conn_sends(&c, "GET /v1/rounds HTTP/1.1\r\nHost: t\r\n\r\n");
+    nanosleep(&ts, NULL);
+    h_stop(&h);
+    char buf[64];
+    ssize_t n = recv(c.fd, buf, sizeof buf, 0);
+    assert_true(n <= 0); /* no response, only the close */
+    conn_close(&c);
 }
 
 static void test_huge_headers_get_431_and_close(void **state) {
@@ -1332,6 +1377,7 @@ int main(void) {
                                         setup_server, teardown_server),
         cmocka_unit_test_setup_teardown(test_pipelined_store_reads_answer_in_order, setup_server,
                                         teardown_server),
+        cmocka_unit_test(test_stop_while_a_store_read_waits_drops_its_answer),
         cmocka_unit_test_setup_teardown(test_huge_headers_get_431_and_close, setup_server,
                                         teardown_server),
         cmocka_unit_test_setup_teardown(test_bad_methods_get_405, setup_server, teardown_server),
