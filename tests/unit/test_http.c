@@ -233,8 +233,11 @@ static void *loop_main(void *arg) {
     return NULL;
 }
 
+static atomic_int g_sleeping;
+
 static void sleeper_work(uv_work_t *w) {
     (void)w;
+    g_sleeping++;
     struct timespec ts = {.tv_nsec = 600 * 1000000L};
     nanosleep(&ts, NULL);
 }
@@ -564,9 +567,12 @@ static void test_stop_while_a_store_read_waits_drops_its_answer(void **state) {
     (void)state;
     harness h;
     h_start_with(&h, NULL, 0);
+    g_sleeping = 0;
     uv_async_send(&h.busy);
     struct timespec ts = {.tv_nsec = 50 * 1000000L};
-    nanosleep(&ts, NULL);
+    for (int i = 0; i < 2000 && g_sleeping < 4; i++)
+        nanosleep(&(struct timespec){.tv_nsec = 1000000L}, NULL);
+    assert_int_equal(g_sleeping, 4); /* all pool threads are busy for 600 ms from now */
     /* This read queues behind the sleepers; the server stops before it runs. The connection
      * is then closing (its linger waits for our FIN, which we do not send) when the read
      * finishes: the answer must be dropped, and the connection's close later must not touch
@@ -1372,6 +1378,7 @@ static void test_bad_limits_and_configs_are_refused(void **state) {
 
 int main(void) {
     signal(SIGPIPE, SIG_IGN);
+    setenv("UV_THREADPOOL_SIZE", "4", 1); /* pool_busy_cb fills exactly this many threads */
     const struct CMUnitTest tests[] = {
         cmocka_unit_test_setup_teardown(test_keep_alive_serves_pipelined_requests_on_one_connection,
                                         setup_server, teardown_server),
