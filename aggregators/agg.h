@@ -179,6 +179,10 @@ typedef struct agg_rule {
     fc_status (*save_state)(const agg_state *s, fc_buf *out, fc_error *err);
     fc_status (*load_state)(agg_state *s, const void *blob, size_t len, fc_error *err);
     void (*destroy)(agg_state *s);
+    /* Optional. A buffer of dim doubles owned by the state that finish() may write D into
+     * (finish must then work when out_delta aliases it, e.g. an accumulator scaled in place).
+     * Lets agg_round_finish_shared avoid a second dim-sized buffer. NULL: no such buffer. */
+    double *(*result_buffer)(agg_state *s);
 } agg_rule;
 
 /* ---- server optimizers ---- */
@@ -248,6 +252,12 @@ fc_status agg_round_drop(agg_round *r, uint64_t client_id, const char *client_na
  * step the optimizer nor publish a new model version; agg_round_save_state gives back the blob
  * loaded at begin unchanged. Callable once (FC_ERR_STATE after). */
 fc_status agg_round_finish(agg_round *r, double *out_delta, agg_report *rep, fc_error *err);
+/* As agg_round_finish, but D is written into a buffer owned by the round and *out_delta points
+ * at it, valid until agg_round_free: the rule's own accumulator when the rule lends it
+ * (agg_rule.result_buffer: fedavg, fedau), so a streaming round needs one dim-sized buffer of
+ * doubles instead of two; else a buffer the round allocates. *out_delta is NULL on error. */
+fc_status agg_round_finish_shared(agg_round *r, double **out_delta, agg_report *rep,
+                                  fc_error *err);
 /* The rule's state after a successful finish, for persisting, appended to out: nothing for
  * stateless rules; on an empty round the blob given to agg_round_begin (possibly nothing).
  * FC_ERR_STATE before finish or after a failed one. */

@@ -50,6 +50,7 @@ struct agg_round {
     fc_status failed; /* first error from the rule's add(), or a fatal driver error */
     fc_error fail_err;
     int finished; /* 0 open, 1 finished OK, 2 finished empty, 3 finished with failure */
+    double *result; /* agg_round_finish_shared's buffer when the rule lends none */
 };
 
 static fc_status fail_round(agg_round *r, fc_status st, const fc_error *e) {
@@ -423,7 +424,9 @@ static fc_status finish_failed(agg_round *r, double *out_delta, agg_report *rep,
     return st;
 }
 
-fc_status agg_round_finish(agg_round *r, double *out_delta, agg_report *rep, fc_error *err) {
+/* out_delta may be the rule's own accumulator (agg_round_finish_shared), so it is written
+ * (zeros included) only once every update has been fed. */
+static fc_status finish_into(agg_round *r, double *out_delta, agg_report *rep, fc_error *err) {
     fc_status st = FC_OK;
     fc_error e = {0};
     agg_report_free(rep);
@@ -431,7 +434,6 @@ fc_status agg_round_finish(agg_round *r, double *out_delta, agg_report *rep, fc_
         snprintf(rep->rule, sizeof rep->rule, "%s", r->rule->name);
         return fc_error_set(err, FC_ERR_STATE, "round already finished");
     }
-    zero(out_delta, r->ctx.dim);
     if (!r->failed) {
         if (r->expecting) {
             for (size_t i = r->cursor; i < r->n_slots; i++)
@@ -462,6 +464,7 @@ fc_status agg_round_finish(agg_round *r, double *out_delta, agg_report *rep, fc_
     }
     if (r->n_used == 0 || !(r->total_weight > 0)) {
         rep->empty = 1;
+        zero(out_delta, r->ctx.dim);
         set_note(rep, r->n_used == 0 ? "no valid update" : "total weight 0");
         r->finished = 2;
         return FC_OK;
@@ -477,6 +480,32 @@ fc_status agg_round_finish(agg_round *r, double *out_delta, agg_report *rep, fc_
     }
     r->finished = 1;
     return FC_OK;
+}
+
+fc_status agg_round_finish(agg_round *r, double *out_delta, agg_report *rep, fc_error *err) {
+    return finish_into(r, out_delta, rep, err);
+}
+
+fc_status agg_round_finish_shared(agg_round *r, double **out_delta, agg_report *rep,
+                                  fc_error *err) {
+    *out_delta = NULL;
+    double *buf = NULL;
+    if (!r->finished && r->st && r->rule->result_buffer)
+        buf = r->rule->result_buffer(r->st);
+    if (!buf) {
+        if (!r->result && !r->finished &&
+            !(r->result = fc_mallocarray(r->ctx.dim ? r->ctx.dim : 1, sizeof(double)))) {
+            agg_report_free(rep);
+            snprintf(rep->rule, sizeof rep->rule, "%s", r->rule->name);
+            return fc_error_set(err, FC_ERR_NOMEM, "rule %s: out of memory for %zu doubles",
+                                r->rule->name, r->ctx.dim);
+        }
+        buf = r->result;
+    }
+    fc_status st = finish_into(r, buf, rep, err);
+    if (st == FC_OK)
+        *out_delta = buf;
+    return st;
 }
 
 fc_status agg_round_save_state(const agg_round *r, fc_buf *out, fc_error *err) {
@@ -502,6 +531,7 @@ void agg_round_free(agg_round *r) {
     fc_free(r->used_ids);
     agg_report_free(&r->rep);
     fc_buf_free(&r->loaded);
+    fc_free(r->result);
     if (r->st)
         r->rule->destroy(r->st);
     fc_free(r);

@@ -252,6 +252,8 @@ static void fedau_destroy(agg_state *st) {
     fc_free(s);
 }
 
+static double *fedau_result_buffer(agg_state *st) { return ((fedau_state *)st)->acc; }
+
 const agg_rule agg_fedau = {
     .version = AGG_RULE_V1,
     .name = "fedau",
@@ -265,4 +267,5 @@ const agg_rule agg_fedau = {
     .save_state = fedau_save,
     .load_state = fedau_load,
     .destroy = fedau_destroy,
+    .result_buffer = fedau_result_buffer,
 };

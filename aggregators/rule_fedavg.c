@@ -69,6 +69,8 @@ static void fedavg_destroy(agg_state *st) {
     fc_free(s);
 }
 
+static double *fedavg_result_buffer(agg_state *st) { return ((fedavg_state *)st)->acc; }
+
 const agg_rule agg_fedavg = {
     .version = AGG_RULE_V1,
     .name = "fedavg",
@@ -82,4 +84,5 @@ const agg_rule agg_fedavg = {
     .save_state = NULL,
     .load_state = NULL,
     .destroy = fedavg_destroy,
+    .result_buffer = fedavg_result_buffer,
 };

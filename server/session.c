@@ -34,6 +34,7 @@ struct sess {
     uint64_t in_seq, out_seq;
     uint64_t client_id;
     char name[SESS_NAME_MAX];
+    int announced; /* presence(up = 1) was reported and presence(up = 0) not yet */
     char id[32];
     fc_buf out;     /* reused encode buffer */
     fc_buf pending; /* received bytes held while reading is paused for budget */
@@ -151,11 +152,23 @@ static void abort_upload(sess *s) {
     }
 }
 
+/* Tells the owner that an authenticated session came (up = 1) or went (up = 0); each session
+ * announces its going exactly once, and only if it announced its coming. */
+static void announce(sess *s, int up) {
+    sess_server *sv = s->sv;
+    if (up == s->announced)
+        return;
+    s->announced = up;
+    if (sv->cfg.presence)
+        sv->cfg.presence(sv->cfg.presence_ctx, s->client_id, s->name, up);
+}
+
 /* Every error and every orderly end leads here; idempotent. Resources go in on_close. */
 static void begin_close(sess *s, fc_status reason, const char *detail) {
     if (s->state == SESS_CLOSING)
         return;
     set_state(s, SESS_CLOSING);
+    announce(s, 0);
     s->gen++;
     abort_upload(s);
     if (s->c)
@@ -680,6 +693,7 @@ static void h_hello(sess *s, const fc_envelope *env) {
     FC_LOG(FC_LOG_INFO, "session authenticated", FC_LS("session", s->id), FC_LS("client", s->name),
            FC_LU("client_id", id), FC_LS("peer", net_conn_peer(s->c)));
     set_state(s, SESS_READY);
+    announce(s, 1);
 }
 
 static void h_heartbeat(sess *s, const fc_envelope *env) {
@@ -890,6 +904,7 @@ static void cb_close(net_conn *c, fc_status reason, const char *detail) {
     (void)reason;
     if (s->state != SESS_CLOSING) { /* closed by net (peer gone, limit): same cleanup */
         set_state(s, SESS_CLOSING);
+        announce(s, 0);
         s->gen++;
         abort_upload(s);
     }

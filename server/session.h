@@ -136,6 +136,13 @@ void sess_update_release(sess_update *u);
 typedef void (*sess_reject_fn)(void *ctx, uint64_t client_id, uint64_t round, fc_status st,
                                const char *reason);
 
+/* An authenticated session of client_id (display name `name`) became ready (up = 1: Welcome
+ * sent, the client may get tasks) or ended (up = 0: closed for any reason, including being
+ * replaced by a newer session of the same client, which announces its end before the new one
+ * announces itself). Called on the loop thread; the callback may call sess_send_task, but not
+ * sess_close on the session being announced. */
+typedef void (*sess_presence_fn)(void *ctx, uint64_t client_id, const char *name, int up);
+
 typedef struct sess_config {
     uv_loop_t *loop;
     sess_budget *budget; /* required */
@@ -148,6 +155,8 @@ typedef struct sess_config {
     void *sink_ctx;
     sess_reject_fn reject; /* may be NULL */
     void *reject_ctx;
+    sess_presence_fn presence; /* may be NULL */
+    void *presence_ctx;
     uint64_t max_num_examples;      /* 0 = no upper bound */
     double max_update_norm;         /* L2 bound over all values; 0 = none */
     uint64_t max_update_bytes;      /* largest UpdateBegin.total_bytes; 0 = 16 GiB */

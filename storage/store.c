@@ -636,6 +636,27 @@ fc_status store_round_fail(store *s, int64_t round_id, const char *reason,
     return st;
 }
 
+fc_status store_round_commit_eval(store *s, int64_t round_id, int64_t evaluated_version,
+                                  const char *config_json, const char *metrics_json,
+                                  const store_participant *participants, size_t num_participants,
+                                  int64_t started_at, int64_t ended_at, fc_error *err) {
+    if (round_id <= 0)
+        return fc_error_set(err, FC_ERR_INVALID, "round id %lld must be positive",
+                            (long long)round_id);
+    fc_status st = check_participants(participants, num_participants, err);
+    if (st != FC_OK) return st;
+    if ((st = store_begin_write(s, err)) != FC_OK) return st;
+    st = store_round_finish(s, round_id, STORE_ROUND_COMMITTED, started_at, ended_at,
+                            evaluated_version, config_json, NULL, metrics_json, NULL, err);
+    if (st == FC_OK)
+        st = store_participants_insert(s, round_id, participants, num_participants, err);
+    if (st == FC_OK)
+        st = store_event_append(s, ended_at, "round.evaluated", round_id, NULL, metrics_json, err);
+    if (st == FC_OK) return store_commit_tx(s, err);
+    store_rollback_tx(s);
+    return st;
+}
+
 void store_round_clear(store_round *r) {
     if (!r) return;
     fc_free(r->config_json);

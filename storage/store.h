@@ -130,6 +130,16 @@ fc_status store_round_fail(store *s, int64_t round_id, const char *reason,
                            const store_participant *participants, size_t num_participants,
                            int64_t now, fc_error *err);
 
+/* write. Ends an evaluation round as COMMITTED without a new model: the version it evaluated
+ * (recorded as its base_version), its config (which must carry "kind":"evaluate" so that
+ * store_verify does not expect a model for it), the example-weighted metrics and the
+ * participants, in one transaction, with a "round.evaluated" event. Creates the record if the
+ * round was never begun. FC_ERR_STATE if it is final. */
+fc_status store_round_commit_eval(store *s, int64_t round_id, int64_t evaluated_version,
+                                  const char *config_json, const char *metrics_json,
+                                  const store_participant *participants, size_t num_participants,
+                                  int64_t started_at, int64_t ended_at, fc_error *err);
+
 typedef struct store_round {
     int64_t id;
     store_round_state state;

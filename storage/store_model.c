@@ -797,7 +797,9 @@ static fc_status verify_all(store *s, store_verify_report *rep, fc_error *err) {
     }
     rc = sqlite3_prepare_v2(s->db,
                             "SELECT (SELECT count(*) FROM rounds), (SELECT min(id) FROM rounds r"
-                            " WHERE r.state = 'COMMITTED' AND NOT EXISTS"
+                            " WHERE r.state = 'COMMITTED'"
+                            " AND coalesce(json_extract(r.config_json, '$.kind'), '') <> 'evaluate'"
+                            " AND NOT EXISTS"
                             " (SELECT 1 FROM models m WHERE m.round_id = r.id))",
                             -1, &rows, NULL);
     if (rc == SQLITE_OK) rc = sqlite3_step(rows);

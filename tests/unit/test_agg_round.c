@@ -404,6 +404,47 @@ static void test_allocation_failures_fail_cleanly(void **state) {
 
 /* ---- report JSON ---- */
 
+/* finish_shared gives the same D as finish, in the rule's accumulator for fedavg (one buffer)
+ * and in a buffer of the round's own for a rule that lends none (median); an empty round gives
+ * zeros there too. */
+static void run_shared(const char *rule, const agg_update *ups, size_t n, double *copy,
+                       int *lent) {
+    agg_context ctx = {.dim = 3};
+    agg_round *r = NULL;
+    fc_error err = {0};
+    assert_int_equal(agg_round_begin(agg_rule_find(rule), NULL, &ctx, NULL, 0, &r, &err), FC_OK);
+    for (size_t i = 0; i < n; i++)
+        assert_int_equal(agg_round_add(r, &ups[i], &err), FC_OK);
+    agg_report rep;
+    agg_report_init(&rep);
+    double *D = NULL;
+    assert_int_equal(agg_round_finish_shared(r, &D, &rep, &err), FC_OK);
+    assert_non_null(D);
+    memcpy(copy, D, 3 * sizeof *D);
+    *lent = agg_rule_find(rule)->result_buffer != NULL;
+    double *again = NULL;
+    assert_int_equal(agg_round_finish_shared(r, &again, &rep, &err), FC_ERR_STATE);
+    assert_null(again);
+    agg_report_free(&rep);
+    agg_round_free(r);
+}
+
+static void test_finish_shared_gives_the_same_delta_as_finish(void **state) {
+    (void)state;
+    static const float a[3] = {1, 2, 3}, b[3] = {3, 0, -1}, c[3] = {0.5f, 0.5f, 0.5f};
+    agg_update ups[3] = {f32_update(10, a, 1), f32_update(20, b, 3), f32_update(30, c, 0)};
+    double D[3];
+    int lent = 0;
+    run_shared("fedavg", ups, 3, D, &lent);
+    assert_true(lent);
+    assert_true(D[0] == 2.5 && D[1] == 0.5 && D[2] == 0.0); /* as test_fedavg_weights_by_examples */
+    run_shared("median", ups, 3, D, &lent);
+    assert_false(lent);
+    assert_true(D[0] == 1.0 && D[1] == 0.5 && D[2] == 0.5); /* coordinate-wise medians */
+    run_shared("fedavg", ups, 0, D, &lent);
+    assert_true(D[0] == 0.0 && D[1] == 0.0 && D[2] == 0.0);
+}
+
 static void test_report_json_parses_back_with_nulls_for_non_finite(void **state) {
     (void)state;
     agg_report rep;
@@ -471,6 +512,7 @@ int main(void) {
         cmocka_unit_test(test_state_for_a_stateless_rule_is_refused),
         cmocka_unit_test(test_allocation_failures_fail_cleanly),
         cmocka_unit_test(test_report_json_parses_back_with_nulls_for_non_finite),
+        cmocka_unit_test(test_finish_shared_gives_the_same_delta_as_finish),
     };
     return cmocka_run_group_tests(tests, NULL, NULL);
 }

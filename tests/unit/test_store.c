@@ -621,6 +621,47 @@ static void test_round_lifecycle_and_failure_with_participants(void **state) {
     store_close(s);
 }
 
+/* An evaluation round ends COMMITTED without a model: metrics and participants in one
+ * transaction; verify accepts it (its config says kind evaluate) but still flags a committed
+ * training round without a model. */
+static void test_evaluation_round_commits_without_a_model(void **state) {
+    (void)state;
+    char path[600];
+    new_path(path, sizeof path, "evalround");
+    store *s = open_small(path, 64);
+    fc_error err = {0};
+    must_commit(s, 1, 100);
+    store_participant parts[1] = {{.client = "alice", .outcome = STORE_OUTCOME_ACCEPTED,
+                                   .num_examples = 7, .metrics_json = "{\"accuracy\":0.5}"}};
+    const char *cfg = "{\"kind\":\"evaluate\",\"model_version\":1}";
+    assert_int_equal(store_round_begin(s, 2, STORE_ROUND_TRAINING, 1, cfg, 50, &err), FC_OK);
+    assert_int_equal(store_round_commit_eval(s, 2, 1, cfg, "{\"accuracy\":0.5}", parts, 1, 50,
+                                             60, &err),
+                     FC_OK);
+    assert_int_equal(store_round_commit_eval(s, 2, 1, cfg, NULL, NULL, 0, 50, 70, &err),
+                     FC_ERR_STATE);
+    store_round r;
+    assert_int_equal(store_round_get(s, 2, &r, &err), FC_OK);
+    assert_int_equal(r.state, STORE_ROUND_COMMITTED);
+    assert_int_equal(r.base_version, 1);
+    assert_int_equal(r.model_version, 0);
+    assert_int_equal(r.ended_at, 60);
+    assert_string_equal(r.metrics_json, "{\"accuracy\":0.5}");
+    store_round_clear(&r);
+    part_list l = {0};
+    assert_int_equal(store_participants_list(s, 2, collect_part, &l, &err), FC_OK);
+    assert_int_equal(l.n, 1);
+    assert_int_equal(l.examples[0], 7);
+    assert_int_equal(store_verify(s, NULL, &err), FC_OK);
+    /* a training round marked committed without a model is still caught */
+    assert_int_equal(store_round_commit_eval(s, 3, 1, "{\"kind\":\"train\"}", NULL, NULL, 0, 80,
+                                             90, &err),
+                     FC_OK);
+    assert_int_equal(store_verify(s, NULL, &err), FC_ERR_CORRUPT);
+    assert_non_null(strstr(err.msg, "round 3 is COMMITTED but has no model"));
+    store_close(s);
+}
+
 /* ---- commit and reads ---- */
 
 static void test_commit_round_writes_model_round_participants_and_state(void **state) {
@@ -1667,6 +1708,7 @@ int main(void) {
         cmocka_unit_test(test_hot_journal_from_a_killed_creator_is_recovered),
         cmocka_unit_test(test_clients_add_lookup_revoke_list),
         cmocka_unit_test(test_round_lifecycle_and_failure_with_participants),
+        cmocka_unit_test(test_evaluation_round_commits_without_a_model),
         cmocka_unit_test(test_commit_round_writes_model_round_participants_and_state),
         cmocka_unit_test(test_failed_commits_leave_nothing_behind),
         cmocka_unit_test(test_commit_result_and_empty_model),

@@ -1,0 +1,163 @@
+/* daemon.h: the fedcoord daemon's internals, shared by daemon.c (start, loop, signals,
+ * authentication, presence), daemon_model.c (model versions as the daemon serves them) and
+ * daemon_round.c (the scheduler bridge: tasks, folding on the thread pool, finish, commit).
+ *
+ * One libuv loop thread owns every field of `daemon`. Work that may take long runs elsewhere:
+ * folding and finishing on the libuv thread pool (one job of a round at a time, so the round
+ * driver is never used from two threads), every write on the store's writer thread. Results come
+ * back to the loop (uv_after_work, or the writer bridge's uv_async) before they touch state.
+ * Nothing here is a public API: server/main.c calls daemon_run and nothing else.
+ */
+#ifndef FC_SERVER_DAEMON_H
+#define FC_SERVER_DAEMON_H
+
+#include <pthread.h>
+#include <stddef.h>
+#include <stdint.h>
+#include <uv.h>
+
+#include "aggregators/agg.h"
+#include "core/status.h"
+#include "core/tensor.h"
+#include "server/daemon_config.h"
+#include "server/net.h"
+#include "server/round.h"
+#include "server/session.h"
+#include "storage/store.h"
+
+#define DAEMON_NAME_MAX 128
+/* Model chunk size in the daemon's database: the size of one download read, so a read touches
+ * exactly one row. */
+#define DAEMON_CHUNK_BYTES (1u << 20)
+
+/* A committed model version as the daemon announces it. Kept until exit once announced, because
+ * downloads in flight borrow its specs (see docs/daemon.md). */
+typedef struct dmodel {
+    uint64_t version;
+    fc_tensor_spec *specs;
+    size_t n_specs;
+    uint64_t bytes, numel;
+    uint8_t sha256[32];
+    char *specs_json;
+    struct dmodel *next;
+} dmodel;
+
+typedef struct dclient {
+    uint64_t id;
+    char name[DAEMON_NAME_MAX];
+    uint64_t registered_round; /* fedau: round t from which its participation counts */
+    int counted;               /* seen in a registration scan */
+    int connected;             /* has an authenticated session */
+} dclient;
+
+/* A job for the writer thread whose completion is handled back on the loop. */
+typedef struct fcd fcd;
+typedef struct dwjob dwjob;
+typedef void (*dwjob_done)(struct fcd *d, dwjob *j, fc_status st, const fc_error *err);
+struct dwjob {
+    store_job_fn fn;
+    dwjob_done done; /* on the loop thread; may be NULL (then j is freed) */
+    void *ud;
+    void *ud2; /* the daemon, set by daemon_submit */
+    fc_status st;
+    fc_error err;
+    dwjob *next;
+};
+
+typedef struct dround dround; /* daemon_round.c */
+
+struct fcd {
+    dcfg *cfg;
+    uv_loop_t *loop;
+    store_writer *writer;
+    store *ro; /* loop thread's read connection */
+    char *db_path, *spill_dir;
+    /* writer -> loop bridge */
+    uv_async_t wake;
+    pthread_mutex_t done_mu;
+    dwjob *done_head, *done_tail;
+    size_t jobs_in_flight;
+    /* network */
+    sess_budget *budget;
+    sess_server *sv;
+    net_listener *listener;
+    int listener_closed;
+    uv_signal_t sig_term, sig_int;
+    uv_timer_t tick;     /* revocation tail and housekeeping, every second */
+    uv_timer_t deadline; /* the scheduler's timer */
+    uv_timer_t deferred; /* zero-delay work that may not run inside a callback */
+    int64_t last_event_id;
+    /* clients ever authenticated, sorted by id */
+    dclient *clients;
+    size_t n_clients, cap_clients;
+    int registration_scans;
+    uint64_t *bye_ids; /* sessions to end with Bye from the deferred timer */
+    size_t n_bye, cap_bye;
+    /* models */
+    dmodel *models; /* newest first; models->version is current */
+    const agg_opt *opt;
+    agg_opt_state *opt_state; /* created once the model's size is known */
+    uint8_t *rule_blob;       /* rule state of the current version */
+    size_t rule_blob_len;
+    uint8_t *opt_blob; /* optimizer state of the current version */
+    size_t opt_blob_len;
+    /* proposal of the initial model (no [round] initial_model and no model yet) */
+    uint64_t proposer; /* client asked to propose, 0 = none */
+    int proposal_committing;
+    /* rounds */
+    round_sched *sched;
+    dround *cur; /* the round in TRAINING/AGGREGATING, or NULL */
+    dround *zombies; /* rounds abandoned while a pool job still uses them */
+    uint64_t deferred_gone[64];
+    size_t n_deferred_gone;
+    int stopping;  /* SIGTERM/SIGINT received */
+    int exit_code;
+    uint64_t started_ms;
+};
+
+/* ---- daemon.c ---- */
+int daemon_run(dcfg *cfg);
+uint64_t daemon_now_ms(void);  /* monotonic */
+int64_t daemon_unix_ms(void);  /* wall clock */
+/* Queues j on the writer; j->done runs on the loop. On a submit error j->done runs from the
+ * next loop iteration with that error, so callers have one path. */
+void daemon_submit(fcd *d, dwjob *j);
+const dclient *daemon_client(const fcd *d, uint64_t id);
+/* Ends a session with Bye after the current callback (sessions may not be closed from inside
+ * their own presence callback). */
+void daemon_bye_later(fcd *d, uint64_t client_id);
+
+/* ---- daemon_model.c ---- */
+char *dmodel_specs_json(const fc_tensor_spec *specs, size_t n);
+fc_status dmodel_specs_parse(const char *json, fc_tensor_spec **specs, size_t *n, fc_error *err);
+void dmodel_free(dmodel *m);
+/* Describes version from the store (read connection) and puts it at the head of d->models. */
+fc_status dmodel_load(fcd *d, uint64_t version, fc_error *err);
+const dmodel *dmodel_current(const fcd *d);
+void dmodel_source(fcd *d, sess_model_source *src);
+/* Imports [round] initial_model as version 1 (f32) if the store has no model. */
+fc_status dmodel_import_initial(fcd *d, fc_error *err);
+/* Reads version's f32 values into w (numel floats) through s. */
+fc_status dmodel_read_f32(store *s, const dmodel *m, float *w, fc_error *err);
+/* Commits a proposed initial model (the stage of a round-0 update) as version 1. */
+void dmodel_commit_proposal(fcd *d, sess_update *u);
+
+/* ---- daemon_round.c ---- */
+fc_status dround_init(fcd *d, const store_recovery *rec, fc_error *err);
+void dround_free_all(fcd *d);
+void dround_pump(fcd *d);
+void dround_presence(fcd *d, uint64_t client_id, int up);
+void dround_tick(fcd *d);
+fc_status dround_round_info(void *ctx, uint64_t client_id, sess_round_info *out, fc_error *err);
+void dround_sink(void *ctx, sess_update *u);
+void dround_reject(void *ctx, uint64_t client_id, uint64_t round, fc_status st,
+                   const char *reason);
+fc_status dround_eval(void *ctx, uint64_t client_id, uint64_t round, uint64_t model_version,
+                      uint64_t num_examples, const char *const *names, const double *values,
+                      size_t n, fc_error *err);
+/* A model became current (initial import or proposal): start scheduling. */
+void dround_model_ready(fcd *d);
+/* Shutdown: stop the scheduler; returns 1 when nothing is in flight any more. */
+int dround_quiet(fcd *d);
+
+#endif
