@@ -414,6 +414,8 @@ static fc_status open_network(fcd *d, fc_error *err) {
         .reject_ctx = d,
         .presence = on_presence,
         .presence_ctx = d,
+        .eval = dround_eval,
+        .eval_ctx = d,
         .max_num_examples = (uint64_t)cfg->limits.max_num_examples,
         .max_update_norm = cfg->limits.norm_bound,
         .max_update_bytes = cfg->limits.max_update_bytes,

@@ -708,8 +708,46 @@ static void h_update_begin(sess *s, fc_envelope **envp) {
 }
 
 static void h_eval_result(sess *s, const fc_envelope *env) {
-    send_error(s, FC_ERR_UNSUPPORTED, 0, env->seq,
-               "this server does not collect evaluation results");
+    sess_server *sv = s->sv;
+    const Fedcoord__V1__EvalResult *r = env->eval_result;
+    char msg[FC_ERROR_MSG_MAX];
+    if (!sv->cfg.eval) {
+        send_error(s, FC_ERR_UNSUPPORTED, 0, env->seq,
+                   "this server does not collect evaluation results");
+        return;
+    }
+    if (r->num_examples == 0 ||
+        (sv->cfg.max_num_examples && r->num_examples > sv->cfg.max_num_examples)) {
+        snprintf(msg, sizeof msg,
+                 "evaluation result for round %llu claims %llu examples, allowed 1..%llu",
+                 (unsigned long long)r->round, (unsigned long long)r->num_examples,
+                 (unsigned long long)(sv->cfg.max_num_examples ? sv->cfg.max_num_examples
+                                                               : UINT64_MAX));
+        send_error(s, FC_ERR_REQUIREMENT, 0, env->seq, msg);
+        return;
+    }
+    /* The wire layer has checked the list (at most FC_WIRE_MAX_LIST, names, finite values). */
+    const char *names[FC_WIRE_MAX_LIST];
+    double values[FC_WIRE_MAX_LIST];
+    size_t n = r->n_metrics < FC_WIRE_MAX_LIST ? r->n_metrics : FC_WIRE_MAX_LIST;
+    for (size_t i = 0; i < n; i++) {
+        names[i] = r->metrics[i]->key;
+        values[i] = r->metrics[i]->value;
+    }
+    fc_error err = {0};
+    fc_status st = sv->cfg.eval(sv->cfg.eval_ctx, s->client_id, r->round, r->model_version,
+                                r->num_examples, names, values, n, &err);
+    if (st == FC_OK) {
+        FC_LOG(FC_LOG_INFO, "evaluation accepted", FC_LS("session", s->id),
+               FC_LU("client", s->client_id), FC_LU("round", r->round),
+               FC_LU("examples", r->num_examples));
+        send_ack(s, env->seq, 0);
+        return;
+    }
+    FC_LOG(FC_LOG_INFO, "evaluation refused", FC_LS("session", s->id),
+           FC_LU("client", s->client_id), FC_LU("round", r->round),
+           FC_LS("reason", fc_error_text(&err)));
+    send_error(s, st, 0, env->seq, fc_error_text(&err));
 }
 
 static void h_error(sess *s, const fc_envelope *env) {

@@ -143,6 +143,15 @@ typedef void (*sess_reject_fn)(void *ctx, uint64_t client_id, uint64_t round, fc
  * sess_close on the session being announced. */
 typedef void (*sess_presence_fn)(void *ctx, uint64_t client_id, const char *name, int up);
 
+/* An evaluation report (EvalResult) of client_id, with num_examples >= 1 and the metrics the wire
+ * layer has validated (names 1..256 bytes and unique, values finite; n <= 256). Called on the
+ * loop thread; names and values are borrowed for the call. FC_OK: the session answers Ack;
+ * otherwise it answers a non-fatal Error with that status and err's detail. */
+typedef fc_status (*sess_eval_fn)(void *ctx, uint64_t client_id, uint64_t round,
+                                  uint64_t model_version, uint64_t num_examples,
+                                  const char *const *names, const double *values, size_t n,
+                                  fc_error *err);
+
 typedef struct sess_config {
     uv_loop_t *loop;
     sess_budget *budget; /* required */
@@ -157,6 +166,8 @@ typedef struct sess_config {
     void *reject_ctx;
     sess_presence_fn presence; /* may be NULL */
     void *presence_ctx;
+    sess_eval_fn eval; /* NULL: every EvalResult is UNSUPPORTED */
+    void *eval_ctx;
     uint64_t max_num_examples;      /* 0 = no upper bound */
     double max_update_norm;         /* L2 bound over all values; 0 = none */
     uint64_t max_update_bytes;      /* largest UpdateBegin.total_bytes; 0 = 16 GiB */
