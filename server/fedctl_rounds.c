@@ -35,16 +35,17 @@ static const char usage_text[] =
     "usage: fedctl rounds --db PATH [--limit N] [--follow [--until N] [--while-pid PID]\n"
     "                     [--interval MS]]\n"
     "\n"
-    "Prints one row per training round: the model version it produced (round), the clients\n"
-    "whose updates were accepted, their example-weighted mean train loss (metric train_loss),\n"
-    "the federated evaluation accuracy of that model (the evaluation round's example-weighted\n"
-    "mean of metric accuracy; '-' if it was not evaluated) and the round's duration in\n"
-    "seconds. Failed rounds are printed as 'failed' lines with their reason. Opens the\n"
-    "database read-only, so it can run beside the daemon.\n"
+    "Prints one row per committed training round: its number (1, 2, ... counting committed\n"
+    "training rounds), the clients whose updates were accepted, their example-weighted mean\n"
+    "train loss (metric train_loss), the federated evaluation accuracy of the model it produced\n"
+    "(the evaluation round's example-weighted mean of metric accuracy; '-' if it was not\n"
+    "evaluated), the round's duration in seconds and the model version it produced. Failed\n"
+    "rounds are printed as 'failed' lines with their reason. Opens the database read-only, so\n"
+    "it can run beside the daemon.\n"
     "\n"
     "  --limit N       print only the last N rows of the history (then follow, with --follow)\n"
     "  --follow        keep polling and print rows as rounds complete\n"
-    "  --until N       with --follow: exit 0 once the row of model version N is printed\n"
+    "  --until N       with --follow: exit 0 once the row of training round N is printed\n"
     "  --while-pid PID with --follow: exit 0 once process PID is gone (e.g. the daemon)\n"
     "  --interval MS   with --follow: polling interval (default 500)\n"
     "\n"
@@ -62,6 +63,7 @@ typedef struct args {
 
 /* One training round's row. */
 typedef struct row {
+    int64_t ordinal; /* training rounds committed so far, this one included */
     int64_t round_id, version;
     size_t clients;
     double loss_sum, loss_examples; /* example-weighted train_loss */
@@ -78,7 +80,8 @@ typedef struct view {
     row pending;
     int64_t pending_since_ms; /* local clock when it became pending */
     int header_done;
-    int64_t last_version_printed;
+    int64_t trained;              /* committed training rounds consumed */
+    int64_t last_printed;         /* ordinal of the last row printed */
     /* --limit on the history: a ring of the last `limit` lines */
     int buffering;
     char **ring;
@@ -94,7 +97,8 @@ static int64_t now_ms(void) {
 
 static void emit(view *v, const char *line) {
     if (!v->header_done) {
-        printf("%6s %8s %11s %9s %8s\n", "round", "clients", "train_loss", "eval_acc", "time_s");
+        printf("%6s %8s %11s %9s %8s %8s\n", "round", "clients", "train_loss", "eval_acc",
+               "time_s", "version");
         v->header_done = 1;
     }
     if (v->buffering && v->a->limit) {
@@ -137,10 +141,10 @@ static void emit_row(view *v, const row *r) {
         snprintf(acc, sizeof acc, "%.4f", r->acc);
     else
         snprintf(acc, sizeof acc, "-");
-    snprintf(line, sizeof line, "%6" PRId64 " %8zu %11s %9s %8.2f\n", r->version, r->clients,
-             loss, acc, r->seconds);
+    snprintf(line, sizeof line, "%6" PRId64 " %8zu %11s %9s %8.2f %8" PRId64 "\n", r->ordinal,
+             r->clients, loss, acc, r->seconds, r->version);
     emit(v, line);
-    v->last_version_printed = r->version;
+    v->last_printed = r->ordinal;
 }
 
 /* A number from a metrics object: {"name": 0.5} or {"name": {"mean": 0.5, ...}}. */
@@ -245,7 +249,8 @@ static fc_status on_round(void *ud, const store_round *r) {
                      r->failure_reason ? r->failure_reason : "(no reason recorded)");
             emit(v, line);
         } else if (kind == 1) {
-            row nr = {.round_id = r->id, .version = r->model_version, .ended_at = r->ended_at};
+            row nr = {.ordinal = ++v->trained, .round_id = r->id, .version = r->model_version,
+                      .ended_at = r->ended_at};
             nr.seconds = r->ended_at > r->started_at ? (double)(r->ended_at - r->started_at) / 1e3
                                                      : 0;
             fc_status st = store_participants_list(w->s, r->id, add_participant, &nr, w->err);
@@ -383,7 +388,7 @@ static int run(int argc, char **argv) {
     if (v.buffering)
         flush_ring(&v);
     while (st == FC_OK && a.follow) {
-        if (a.until && v.last_version_printed >= a.until)
+        if (a.until && v.last_printed >= a.until)
             break;
         if (v.have_pending && !saw_later && now_ms() - v.pending_since_ms > EVAL_GRACE_MS)
             flush_pending(&v);
@@ -393,7 +398,7 @@ static int run(int argc, char **argv) {
             flush_pending(&v);
             break;
         }
-        if (a.until && v.last_version_printed >= a.until)
+        if (a.until && v.last_printed >= a.until)
             break;
         sleep_ms(a.interval_ms);
         st = poll_once(&v, s, &saw_later, &err);

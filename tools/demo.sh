@@ -140,58 +140,76 @@ done
 port_in_use "$p" && die "no free HTTP port in $HTTP_PORT..$((HTTP_PORT + 99))"
 HTTP_PORT=$p
 
-# The daemon's round limit: [round] max_rounds counts training rounds (it stops scheduling
-# after ROUNDS training rounds, each followed by its evaluation round).
-MAX_ROUNDS=$ROUNDS
+# The daemon's round limit: [round] max_rounds is the highest round id that runs, evaluation
+# rounds included (docs/rounds.md). The initial model is version 1 and, with eval_every = 1,
+# round 1 evaluates it; then every training round is followed by the evaluation of the version
+# it produced. So ROUNDS training rounds, all evaluated, end at round id 2 * ROUNDS + 1.
+MAX_ROUNDS=$((2 * ROUNDS + 1))
 MIN_UPDATES=$(((CLIENTS + 1) / 2))
 
 # ---- 5. the configuration file: a readable example for operators ----
 CONFIG=$DEMO/fedcoord.ini
 cat >"$CONFIG" <<EOF
 ; fedcoord.ini, written by tools/demo.sh for \`make demo\`.
-; A working example of a fedcoord configuration: every key is described in
-; docs/configuration.md. Paths are used as given, relative to the daemon's working folder;
-; the demo writes absolute ones. Start the daemon with
-;     build/bin/fedcoord --config $CONFIG
-; and check a configuration without starting anything with --check-config.
+;
+; A working example of a fedcoord configuration. Every key is described in
+; docs/configuration.md; keys left out keep their defaults. Paths are used as given, relative
+; to the daemon's working folder (the demo writes absolute ones). Check a configuration without
+; starting anything with:  fedcoord --config fedcoord.ini --check-config
 
 [server]
-listen    = 127.0.0.1          ; the demo's clients run on this machine
-port      = 0                  ; 0 = any free port; the daemon logs it (msg=listening port=N)
-data_dir  = $DEMO/data         ; the SQLite database (fedcoord.db) and upload staging
+; The demo's clients run on this machine. Port 0 picks any free port; the daemon logs it in
+; its "msg=listening port=N" line.
+listen    = 127.0.0.1
+port      = 0
+; The SQLite database (fedcoord.db) and the staging area of uploads live here.
+data_dir  = $DEMO/data
 log_level = info
 
 [tls]
-; A development CA made by the demo with the openssl command (demo/tls). In production use
-; certificates from your own CA; clients verify the server against ca.pem and the name
-; "localhost". Clients authenticate with tokens (fedctl client add), not certificates.
+; A development CA made by the demo with the openssl command (demo/tls). Clients verify the
+; server against ca.pem and the name "localhost". In production, use your own CA.
+; Clients authenticate with tokens (fedctl client add), not with certificates.
 cert = $DEMO/tls/server.pem
 key  = $DEMO/tls/server.key
 
 [round]
-min_clients       = $CLIENTS            ; wait until every demo client is connected
-clients_per_round = $CLIENTS            ; and train with all of them
-min_updates       = $MIN_UPDATES             ; quorum at the deadline
+; Start a round once every demo client is connected, and train with all of them.
+min_clients       = $CLIENTS
+clients_per_round = $CLIENTS
+; Quorum: a round that has fewer accepted updates at its deadline fails.
+min_updates       = $MIN_UPDATES
 round_timeout     = 60s
-max_rounds        = $MAX_ROUNDS            ; then clients are told the federation is done
-eval_every        = 1             ; evaluate every new model on the clients' test splits
-seed              = $SEED            ; client selection
-mu                = $MU             ; FedProx coefficient sent with each task (0 = off)
-initial_model     = $DEMO/initial.safetensors   ; fedtrain --write-initial
+; Evaluate every new model version on the clients' held-out test splits.
+eval_every        = 1
+; The highest round id that runs, evaluation rounds included: round 1 evaluates the initial
+; model, then $ROUNDS training rounds alternate with their evaluations. After it, clients are
+; told the federation is done.
+max_rounds        = $MAX_ROUNDS
+; Seed of the client selection.
+seed              = $SEED
+; FedProx coefficient sent to the clients with each task (0 = plain local SGD).
+mu                = $MU
+; The first model (fedtrain --write-initial). Used only while the database holds none.
+initial_model     = $DEMO/initial.safetensors
 
 [aggregator]
-rule   = $RULE          ; docs/aggregators.md lists every rule and its parameters
+; Any rule of docs/aggregators.md, with its parameters as KEY=VALUE,KEY=VALUE.
+rule   = $RULE
 params = $RULE_PARAMS
 
 [optimizer]
-name   = $OPT             ; server optimizer; sgd with lr=1 is plain FedAvg
+; The server optimizer applied to the aggregate: sgd with lr=1 is plain FedAvg.
+name   = $OPT
 params = $OPT_PARAMS
 
 [storage]
-keep_last = 5                  ; model versions whose tensors are kept
+; Model versions whose tensors are kept (older versions keep their metadata).
+keep_last = 5
 
 [http]
-enabled = true                 ; the dashboard and the operator API
+; The dashboard and the operator API, on this machine only.
+enabled = true
 listen  = 127.0.0.1
 port    = $HTTP_PORT
 EOF
@@ -250,17 +268,28 @@ alive_trainers() {
     done
     echo "$n"
 }
+# The daemon must outlive the run: it stops by itself only when signalled.
+daemon_gone() {
+    kill -0 "$DAEMON_PID" 2>/dev/null && return 0
+    local rc=0
+    wait "$DAEMON_PID" || rc=$?
+    DAEMON_PID=""
+    if [ "$rc" = 0 ]; then
+        # Ctrl-C reaches the whole process group, the daemon included.
+        say "fedcoord was stopped (interrupt or SIGTERM); stopping the demo"
+        cleanup
+        exit 130
+    fi
+    tail -n 20 "$DEMO/logs/fedcoord.log" >&2
+    die "fedcoord exited with status $rc during the run (demo/logs/fedcoord.log)"
+}
 DEADLINE=$((SECONDS + DEMO_TIMEOUT))
 all_done_at=""
 while kill -0 "$TABLE_PID" 2>/dev/null; do
     if [ "$SECONDS" -ge "$DEADLINE" ]; then
         die "no result after DEMO_TIMEOUT=$DEMO_TIMEOUT s (logs in demo/logs)"
     fi
-    if ! kill -0 "$DAEMON_PID" 2>/dev/null; then
-        sleep 1
-        tail -n 20 "$DEMO/logs/fedcoord.log" >&2
-        die "fedcoord exited during the run (demo/logs/fedcoord.log)"
-    fi
+    daemon_gone
     # Every client was told "done" (or failed): give the table one more poll, then end it.
     if [ "$(alive_trainers)" = 0 ]; then
         [ -n "$all_done_at" ] || all_done_at=$SECONDS
@@ -275,15 +304,16 @@ else
 fi
 TABLE_PID=""
 echo
+daemon_gone
 
 # ---- 11. the clients finish ("done" from the daemon), then the daemon is stopped ----
 failed_clients=0
+finish_by=$((SECONDS + 30))
+while [ "$(alive_trainers)" != 0 ] && [ "$SECONDS" -lt "$finish_by" ]; do
+    sleep 0.1
+done
 for ((i = 0; i < ${#TRAINER_PIDS[@]}; i++)); do
     p=${TRAINER_PIDS[$i]}
-    for ((k = 0; k < 300; k++)); do
-        kill -0 "$p" 2>/dev/null || break
-        sleep 0.1
-    done
     if kill -0 "$p" 2>/dev/null; then
         say "site-$i did not finish within 30 s of the last round; stopping it"
         stop_pid "$p"
@@ -304,7 +334,7 @@ DAEMON_PID=""
 # ---- 12. the result: A from the last evaluation round, the exported final model ----
 LAST=$("$BIN/fedctl" rounds --db "$DB" --limit 1 | tail -n 1)
 A=$(awk '{print $4}' <<<"$LAST")
-VERSION=$(awk '{print $1}' <<<"$LAST")
+VERSION=$(awk '{print $6}' <<<"$LAST")
 is_num "$A" || die "the last round ($LAST) has no evaluation accuracy"
 FINAL=$DEMO/final-model.safetensors
 "$BIN/fedctl" export --db "$DB" --version "$VERSION" --out "$FINAL" >/dev/null ||

@@ -137,17 +137,67 @@ static void test_table_has_weighted_loss_clients_and_time_per_training_round(voi
     const char *args[] = {"rounds", "--db", db, NULL};
     assert_int_equal(run_fedctl(args, "t.out"), 0);
     char *out = slurp_tmp("t.out");
-    assert_string_equal(out, " round  clients  train_loss  eval_acc   time_s\n"
-                             "     1        2      0.2000         -     1.50\n"
+    assert_string_equal(out, " round  clients  train_loss  eval_acc   time_s  version\n"
+                             "     1        2      0.2000         -     1.50        1\n"
                              "failed training round 2: deadline passed with 1 of 2 required "
                              "updates\n"
-                             "     2        2      1.7500         -     0.25\n");
+                             "     2        2      1.7500         -     0.25        2\n");
     free(out);
     const char *lim[] = {"rounds", "--db", db, "--limit", "1", NULL};
     assert_int_equal(run_fedctl(lim, "l.out"), 0);
     out = slurp_tmp("l.out");
-    assert_string_equal(out, " round  clients  train_loss  eval_acc   time_s\n"
-                             "     2        2      1.7500         -     0.25\n");
+    assert_string_equal(out, " round  clients  train_loss  eval_acc   time_s  version\n"
+                             "     2        2      1.7500         -     0.25        2\n");
+    free(out);
+}
+
+static void commit_eval(store *s, int64_t round_id, int64_t version, double acc) {
+    char cfg[96], met[96];
+    snprintf(cfg, sizeof cfg, "{\"kind\":\"evaluate\",\"model_version\":%lld}",
+             (long long)version);
+    snprintf(met, sizeof met, "{\"accuracy\":%.17g,\"loss\":0.3}", acc);
+    store_participant p[1] = {{.client = "alice", .outcome = STORE_OUTCOME_ACCEPTED,
+                               .num_examples = 20, .metrics_json = "{\"accuracy\":0.1}"}};
+    fc_error err = {0};
+    if (store_round_commit_eval(s, round_id, version, cfg, met, p, 1, 1000000 * round_id,
+                                1000000 * round_id + 5, &err) != FC_OK)
+        fail_msg("eval %lld: %s", (long long)round_id, fc_error_text(&err));
+}
+
+/* The daemon's layout with eval_every = 1: the initial model (version 1) is evaluated first,
+ * then each training round is followed by the evaluation of the version it produced. */
+static void test_each_row_carries_the_accuracy_of_its_evaluation_round(void **state) {
+    (void)state;
+    char db[512];
+    fc_test_path(db, sizeof db, "eval.db");
+    remove(db);
+    store *s = open_rw(db);
+    float m[9];
+    model_of(1, m);
+    source src = {(const uint8_t *)m, sizeof m, 0};
+    store_commit init = {.version = 1, .tensor_specs_json = SPECS, .model_size = sizeof m,
+                         .source = read_source, .source_ud = &src};
+    fc_error err = {0};
+    assert_int_equal(store_commit_round(s, &init, NULL, &err), FC_OK);
+    commit_eval(s, 1, 1, 0.125);
+    commit_train(s, 2, 2, 0.5, 0.1, 100);
+    commit_eval(s, 3, 2, 0.75);
+    commit_train(s, 4, 3, 1.0, 2.0, 200);
+    commit_eval(s, 5, 3, 0.875);
+    store_close(s);
+    const char *args[] = {"rounds", "--db", db, NULL};
+    assert_int_equal(run_fedctl(args, "ev.out"), 0);
+    char *out = slurp_tmp("ev.out");
+    assert_string_equal(out, " round  clients  train_loss  eval_acc   time_s  version\n"
+                             "     1        2      0.2000    0.7500     0.10        2\n"
+                             "     2        2      1.7500    0.8750     0.20        3\n");
+    free(out);
+    /* --until 2 returns as soon as round 2's evaluation is in. */
+    const char *until[] = {"rounds", "--db", db, "--follow", "--until", "2", "--interval", "10",
+                           NULL};
+    assert_int_equal(run_fedctl(until, "eu.out"), 0);
+    out = slurp_tmp("eu.out");
+    assert_non_null(strstr(out, "     2        2      1.7500    0.8750"));
     free(out);
 }
 
@@ -302,6 +352,7 @@ static void test_export_refuses_missing_pruned_and_corrupt_versions(void **state
 int main(void) {
     const struct CMUnitTest tests[] = {
         cmocka_unit_test(test_table_has_weighted_loss_clients_and_time_per_training_round),
+        cmocka_unit_test(test_each_row_carries_the_accuracy_of_its_evaluation_round),
         cmocka_unit_test(test_follow_until_returns_once_the_round_is_printed),
         cmocka_unit_test(test_rounds_bad_usage_and_missing_database_are_bad_input),
         cmocka_unit_test(test_export_writes_the_stored_version_as_safetensors),
