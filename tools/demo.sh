@@ -11,7 +11,7 @@
 # Knobs (environment, or `make demo KNOB=value`):
 #   RULE=fedavg ROUNDS=30 CLIENTS=10 ALPHA=0.5 MU=0 OPT=sgd SEED=42
 #   RULE_PARAMS= OPT_PARAMS=   (KEY=VALUE,... for [aggregator] / [optimizer] params)
-#   HTTP_PORT=7080 (the first free port from there is used)   DEMO_TIMEOUT=600 (seconds)
+#   HTTP_PORT=7080 (the first free port from there is used)   DEMO_TIMEOUT=300 (seconds)
 #   JOBS=2 (parallel build jobs)   DEMO_SKIP_BUILD=1 (use the existing build/)
 set -Eeuo pipefail
 
@@ -28,7 +28,7 @@ SEED=${SEED:-42}
 RULE_PARAMS=${RULE_PARAMS:-}
 OPT_PARAMS=${OPT_PARAMS:-}
 HTTP_PORT=${HTTP_PORT:-7080}
-DEMO_TIMEOUT=${DEMO_TIMEOUT:-600}
+DEMO_TIMEOUT=${DEMO_TIMEOUT:-300}
 JOBS=${JOBS:-2}
 
 DEMO=$ROOT/demo
@@ -206,6 +206,12 @@ params = $OPT_PARAMS
 [storage]
 ; Model versions whose tensors are kept (older versions keep their metadata).
 keep_last = 5
+
+[limits]
+; Every demo client connects from 127.0.0.1, and the default allows 16 connections per
+; address (a guard against one host hogging the daemon). Room for all of them, and for the
+; overlap while a client reconnects.
+max_connections_per_peer = $((2 * CLIENTS + 16))
 
 [http]
 ; The dashboard and the operator API, on this machine only.
