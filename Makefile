@@ -2,8 +2,12 @@
 #
 #   make                 build everything into build/ (-O2 -g, warnings are errors)
 #   make test            install missing packages, then run every test suite twice:
-#                        plainly and under AddressSanitizer + UndefinedBehaviorSanitizer
+#                        plainly and under AddressSanitizer + UndefinedBehaviorSanitizer;
+#                        then the Python binding's tests (test-python) and the dashboard's
+#                        (test-dashboard)
 #   make check           run the test suites once, in the current configuration
+#   make test-python     run the Python binding's tests against a real daemon (make test does)
+#   make test-dashboard  the dashboard in headless Chromium against a real daemon (make test does)
 #   make test-clang      run them built with clang (CI does)
 #   make fuzz            build the libFuzzer targets with clang and run each for FUZZ_TIME s
 #   make bench           build and run the benchmarks (BENCH_QUICK=1 for a short run)
@@ -71,6 +75,8 @@ LDFLAGS_ALL := $(SAN_FLAGS) $(LDFLAGS)
 PROTO_FILES := $(wildcard proto/*.proto)
 GEN_C := $(patsubst proto/%.proto,$(BUILD)/gen/%.pb-c.c,$(PROTO_FILES))
 GEN_H := $(GEN_C:.c=.h)
+# The dashboard page is compiled into the daemon: server/dashboard.html -> a byte array.
+DASH_GEN := $(if $(wildcard server/dashboard.html),$(BUILD)/gen/dashboard_html.c)
 
 CORE_SRC := $(wildcard core/*.c) $(wildcard proto/*.c)
 AGG_SRC := $(wildcard aggregators/*.c)
@@ -83,6 +89,7 @@ EXLIB_SRC := $(wildcard client/examples/lib/*.c)
 TEST_SRC := $(wildcard tests/unit/test_*.c)
 FUZZ_SRC := $(wildcard tests/fuzz/fuzz_*.c)
 BENCH_SRC := $(wildcard tests/bench/bench_*.c)
+CHAOS_SRC := $(wildcard tests/chaos/*.c)
 TESTLIB_SRC := $(wildcard tests/lib/*.c)
 
 obj = $(patsubst %.c,$(BUILD)/obj/%.o,$(1))
@@ -90,7 +97,7 @@ obj = $(patsubst %.c,$(BUILD)/obj/%.o,$(1))
 CORE_OBJ := $(call obj,$(CORE_SRC)) $(patsubst $(BUILD)/gen/%.c,$(BUILD)/obj/gen/%.o,$(GEN_C))
 AGG_OBJ := $(call obj,$(AGG_SRC))
 STORE_OBJ := $(call obj,$(STORE_SRC))
-SERVER_OBJ := $(call obj,$(SERVER_SRC))
+SERVER_OBJ := $(call obj,$(SERVER_SRC)) $(patsubst $(BUILD)/gen/%.c,$(BUILD)/obj/gen/%.o,$(DASH_GEN))
 CLIENT_OBJ := $(call obj,$(CLIENT_SRC))
 EXLIB_OBJ := $(call obj,$(EXLIB_SRC))
 TESTLIB_OBJ := $(call obj,$(TESTLIB_SRC))
@@ -117,8 +124,8 @@ FUZZERS := $(patsubst tests/fuzz/%.c,$(FUZZ_BUILD)/bin/%,$(FUZZ_SRC))
 ALL_OBJ := $(CORE_OBJ) $(AGG_OBJ) $(STORE_OBJ) $(SERVER_OBJ) $(CLIENT_OBJ) $(EXLIB_OBJ) \
            $(TESTLIB_OBJ)
 
-.PHONY: all libs tests benches check test test-plain test-asan test-clang fuzz fuzz-build bench deps demo \
-        install clean FORCE
+.PHONY: all libs tests benches check test test-plain test-asan test-python test-dashboard test-clang \
+        fuzz fuzz-build bench deps demo install clean test-deploy test-chaos FORCE
 all: libs $(BINS) $(if $(CLIENT_SRC),$(SO_CLIENT))
 libs: $(LIBS_ALL)
 tests: $(TESTS)
@@ -139,6 +146,18 @@ $(BUILD)/gen/%.pb-c.c $(BUILD)/gen/%.pb-c.h: proto/%.proto
 $(BUILD)/obj/gen/%.o: $(BUILD)/gen/%.c $(FLAGS_STAMP)
 	@mkdir -p $(dir $@)
 	$(CC) $(CPPFLAGS_ALL) $(CFLAGS_GEN) -MMD -MP -c $< -o $@
+
+# The page's bytes as C (od and sed: no tool beyond coreutils). The page stays in one file that a
+# browser can open directly while it is being edited.
+$(BUILD)/gen/dashboard_html.c: server/dashboard.html
+	@mkdir -p $(dir $@)
+	{ echo '/* Generated from server/dashboard.html by the Makefile; do not edit. */'; \
+	  echo '#include "server/dashboard.h"'; \
+	  echo 'const unsigned char fc_dashboard_html[] = {'; \
+	  od -An -v -tx1 $< | sed -e 's/ \([0-9a-f][0-9a-f]\)/0x\1,/g'; \
+	  echo '};'; \
+	  echo 'const size_t fc_dashboard_html_len = sizeof fc_dashboard_html;'; } >$@.tmp
+	mv $@.tmp $@
 
 # Every object may include generated headers, so they exist before anything compiles.
 $(BUILD)/obj/%.o: %.c $(FLAGS_STAMP) | $(GEN_H)
@@ -181,6 +200,10 @@ $(BUILD)/tests/%: $(BUILD)/obj/tests/unit/%.o $(TESTLIB_OBJ) $(LIBS_ALL)
 	@mkdir -p $(dir $@)
 	$(CC) $(LDFLAGS_ALL) -o $@ $< $(TESTLIB_OBJ) $(LIBS_ALL) $(PKG_LIBS) $(CMOCKA_LIBS)
 
+$(BUILD)/chaos/%: $(BUILD)/obj/tests/chaos/%.o $(LIBS_ALL)
+	@mkdir -p $(dir $@)
+	$(CC) $(LDFLAGS_ALL) -o $@ $< $(LIBS_ALL) $(PKG_LIBS)
+
 $(BUILD)/bench/%: $(BUILD)/obj/tests/bench/%.o $(LIBS_ALL)
 	@mkdir -p $(dir $@)
 	$(CC) $(LDFLAGS_ALL) -o $@ $< $(LIBS_ALL) $(PKG_LIBS)
@@ -201,6 +224,31 @@ test-asan:
 test: deps
 	@$(MAKE) --no-print-directory test-plain
 	@$(MAKE) --no-print-directory test-asan
+	@$(MAKE) --no-print-directory test-python
+	@$(MAKE) --no-print-directory test-dashboard
+	@$(MAKE) --no-print-directory test-deploy
+
+# The Python binding (client/python) against libfedclient.so and a real fedcoord over TLS.
+test-python: all
+	@client/python/run-tests $(BUILD)
+
+# The dashboard in headless Chromium against a real daemon and SDK clients (tests/dashboard/run).
+DASH_CLIENT := $(BUILD)/tests/dashboard/dash_client
+$(DASH_CLIENT): $(BUILD)/obj/tests/dashboard/dash_client.o $(LIB_CLIENT)
+	@mkdir -p $(dir $@)
+	$(CC) $(LDFLAGS_ALL) -o $@ $< $(LIB_CLIENT) $(PKG_LIBS)
+test-dashboard: all $(DASH_CLIENT)
+	@tests/dashboard/run $(BUILD)
+
+# The deployment files (docker/, packaging/) against what `make install` produces.
+test-deploy: all
+	@tests/deploy/test-deploy.sh $(BUILD)
+
+# Chaos: a 50-round run whose daemon is SIGKILLed at random instants CHAOS_KILLS times
+# (default 100); every round must commit exactly once and the store must verify.
+CHAOS_KILLS ?= 100
+test-chaos: all $(patsubst tests/chaos/%.c,$(BUILD)/chaos/%,$(CHAOS_SRC))
+	@tests/chaos/run-chaos $(BUILD) $(CHAOS_KILLS)
 
 # The suites once more, built with clang (CI runs it; clang's warnings differ from gcc's).
 test-clang:
@@ -237,10 +285,12 @@ demo:
 	@tools/demo.sh
 
 # ---- install ----
+# The daemon, fedctl and the example trainer (the container's demo clients run it).
+INSTALL_BINS := $(BUILD)/bin/fedcoord $(BUILD)/bin/fedctl $(BUILD)/bin/fedtrain
 install: all
 	install -d $(DESTDIR)$(PREFIX)/bin
-	$(if $(filter $(BUILD)/bin/fedcoord $(BUILD)/bin/fedctl,$(BINS)),install -m 755 \
-	    $(filter $(BUILD)/bin/fedcoord $(BUILD)/bin/fedctl,$(BINS)) $(DESTDIR)$(PREFIX)/bin/)
+	$(if $(filter $(INSTALL_BINS),$(BINS)),install -m 755 \
+	    $(filter $(INSTALL_BINS),$(BINS)) $(DESTDIR)$(PREFIX)/bin/)
 ifneq ($(CLIENT_SRC),)
 	install -d $(DESTDIR)$(PREFIX)/lib/pkgconfig $(DESTDIR)$(PREFIX)/include/fedcoord
 	install -m 644 $(LIB_CLIENT) $(DESTDIR)$(PREFIX)/lib/

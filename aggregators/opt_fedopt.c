@@ -125,10 +125,10 @@ fc_status fedopt_save(const agg_opt_state *st, fc_buf *out, fc_error *err) {
         rc = fc_buf_append_u32le(out, kind_tag(s->kind));
     if (rc == FC_OK)
         rc = fc_buf_append_u64le(out, s->dim);
-    for (size_t i = 0; rc == FC_OK && i < s->dim; i++)
-        rc = fc_buf_append_f64le(out, s->m[i]);
-    for (size_t i = 0; rc == FC_OK && i < s->dim; i++)
-        rc = fc_buf_append_f64le(out, s->v[i]);
+    if (rc == FC_OK)
+        rc = fc_buf_append_f64le_array(out, s->m, s->dim);
+    if (rc == FC_OK)
+        rc = fc_buf_append_f64le_array(out, s->v, s->dim);
     if (rc != FC_OK)
         return fc_error_set(err, rc, "optimizer %s: saving state: %s", kind_name(s->kind),
                             fc_strerror(rc));

@@ -43,7 +43,8 @@ static fc_status sgd_create(const agg_params *p, size_t dim, agg_opt_state **out
     if (dim == 0)
         return fc_error_set(err, FC_ERR_INVALID, "optimizer sgd: vector size is 0");
     sgd_state *s = fc_calloc(1, sizeof *s);
-    if (!s || !(s->b = fc_calloc(dim, sizeof(double)))) {
+    /* With momentum 0, b = D at every step: no buffer, and no state to persist. */
+    if (!s || (v[1].d != 0 && !(s->b = fc_calloc(dim, sizeof(double))))) {
         fc_free(s);
         return fc_error_set(err, FC_ERR_NOMEM, "optimizer sgd: out of memory for %zu doubles", dim);
     }
@@ -60,6 +61,11 @@ static fc_status sgd_step(agg_opt_state *st, float *w, const double *delta, fc_e
     const double lr = s->lr, mu = s->momentum;
     double *restrict b = s->b;
     (void)err;
+    if (!b) { /* momentum 0: w += lr*D (Nesterov adds mu*b = 0) */
+        for (size_t i = 0; i < s->dim; i++)
+            w[i] = (float)((double)w[i] + lr * delta[i]);
+        return FC_OK;
+    }
     if (!s->started)
         memcpy(b, delta, s->dim * sizeof *b);
     else
@@ -86,8 +92,8 @@ static fc_status sgd_save(const agg_opt_state *st, fc_buf *out, fc_error *err) {
         rc = fc_buf_append_u64le(out, s->dim);
     if (rc == FC_OK)
         rc = fc_buf_append_u8(out, (uint8_t)s->started);
-    for (size_t i = 0; rc == FC_OK && s->started && i < s->dim; i++)
-        rc = fc_buf_append_f64le(out, s->b[i]);
+    if (rc == FC_OK && s->started)
+        rc = fc_buf_append_f64le_array(out, s->b, s->dim);
     if (rc != FC_OK)
         return fc_error_set(err, rc, "optimizer sgd: saving state: %s", fc_strerror(rc));
     return FC_OK;
@@ -128,9 +134,10 @@ static fc_status sgd_load(agg_opt_state *st, const void *blob, size_t len, fc_er
         if (fc_read_f64le(&rd, &x) != FC_OK || !isfinite(x))
             return fc_error_set(err, FC_ERR_CORRUPT,
                                 "optimizer sgd: momentum element %zu is not finite", i);
-        s->b[i] = x;
+        if (s->b)
+            s->b[i] = x; /* a momentum-0 configuration has no use for a stored b */
     }
-    s->started = started;
+    s->started = s->b ? started : 0;
     return FC_OK;
 }
 

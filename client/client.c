@@ -30,6 +30,20 @@ struct fc_task {
     fc_model model;  /* view of stage once complete */
 };
 
+/* One upload: a result (a delta) or an initial model proposal (weights). */
+typedef struct upload {
+    const fc_task *t;
+    fc_submit_kind kind;
+    const void *const *tensors;
+    uint8_t sha[FC_SHA256_BYTES];
+    uint64_t num_examples;
+    const fc_wire_metric *metrics;
+    size_t n_metrics;
+    uint64_t acked; /* highest offset the server acknowledged */
+    uint64_t sent;  /* end of the last chunk handed to the connection */
+    int is_delta;   /* UpdateBegin.is_delta: 1 for results, 0 for an initial model proposal */
+} upload;
+
 /* ---- small helpers ---- */
 
 static void clear_err(fc_client *c) {
@@ -311,6 +325,139 @@ static fc_status download(fc_client *c, fc_task *t, int *cycles) {
     }
 }
 
+/* ---- initial model proposal ---- */
+
+/* The server has no model and asks this client to propose one (docs/protocol.md, 5.7). */
+static int is_proposal(const Fedcoord__V1__Task *w) {
+    return w->round == 0 && w->model_version == 0 && w->n_tensors == 0 &&
+           w->kind == FEDCOORD__V1__TASK_KIND__TASK_KIND_TRAIN;
+}
+
+static fc_status upload_once(fc_client *c, upload *u);
+
+/* Answers a proposal Task (seq task_seq): uploads the initial model as weights, or tells the
+ * server this client has none. */
+static fc_status answer_proposal(fc_client *c, uint64_t task_seq) {
+    fc_status st;
+    if (!c->initial) {
+        fc_wire_msg m;
+        st = fc_wire_error(&m, ++c->seq_out, FC_ERR_UNSUPPORTED, 0, task_seq,
+                           "this client has no initial model to propose", &c->err);
+        if (st != FC_OK) {
+            fc_wire_msg_free(&m);
+            return st;
+        }
+        return conn_send(c, &m);
+    }
+    upload u;
+    memset(&u, 0, sizeof u);
+    u.t = c->initial;
+    u.kind = FC_SUBMIT_DELTA; /* the bytes as they are */
+    u.tensors = c->initial_data;
+    memcpy(u.sha, c->initial_sha, FC_SHA256_BYTES);
+    u.num_examples = 1;
+    u.is_delta = 0;
+    st = upload_once(c, &u);
+    if (st != FC_OK && !c->lost)
+        fc_error_prefix(&c->err, "proposing the initial model");
+    return st;
+}
+
+static void initial_free(fc_task *t, const void **data) {
+    fc_task_free(t);
+    fc_free((void *)data);
+}
+
+fc_status fc_client_set_initial_model(fc_client *c, size_t n, const fc_tensor_desc *tensors) {
+    if (!c)
+        return FC_ERR_INVALID;
+    clear_err(c);
+    if (n == 0 && !tensors) { /* clear */
+        initial_free(c->initial, c->initial_data);
+        c->initial = NULL;
+        c->initial_data = NULL;
+        return FC_OK;
+    }
+    if (n == 0 || !tensors)
+        return fc_error_set(&c->err, FC_ERR_INVALID,
+                            "set_initial_model: %s (n = 0 with tensors NULL clears it)",
+                            n == 0 ? "no tensors" : "tensors is NULL");
+    if (n > FC_STAGE_DEFAULT_MAX_TENSORS)
+        return fc_error_set(&c->err, FC_ERR_LIMIT, "set_initial_model: %zu tensors, at most %u", n,
+                            FC_STAGE_DEFAULT_MAX_TENSORS);
+    fc_status st = FC_ERR_NOMEM;
+    const void **data = NULL;
+    fc_task *t = fc_calloc(1, sizeof *t);
+    if (!t)
+        return fc_error_set(&c->err, FC_ERR_NOMEM, "set_initial_model: out of memory");
+    fc_model m0 = FC_MODEL_INIT;
+    t->model = m0;
+    t->kind = FC_TASK_TYPE_TRAIN; /* round 0, version 0 */
+    for (size_t i = 0; i < n; i++) {
+        const fc_tensor_desc *d = &tensors[i];
+        if (!d->name || d->ndim > FC_MAX_DIMS || (d->ndim > 0 && !d->shape)) {
+            st = fc_error_set(&c->err, FC_ERR_INVALID, "set_initial_model: tensor %zu ('%s'): %s",
+                              i, d->name ? d->name : "(null)",
+                              !d->name                ? "name is NULL"
+                              : d->ndim > FC_MAX_DIMS ? "more than 8 dimensions"
+                                                      : "shape is NULL");
+            goto fail;
+        }
+        uint64_t numel = 1;
+        if (d->ndim > 0 && fc_shape_numel((uint32_t)d->ndim, d->shape, &numel) != FC_OK) {
+            st = fc_error_set(&c->err, FC_ERR_OVERFLOW,
+                              "set_initial_model: tensor '%s': element count does not fit in "
+                              "64 bits",
+                              d->name);
+            goto fail;
+        }
+        if (numel > 0 && !d->data) {
+            st = fc_error_set(&c->err, FC_ERR_INVALID,
+                              "set_initial_model: tensor '%s': data is NULL", d->name);
+            goto fail;
+        }
+        st = fc_model_add(&t->model, d->name, d->dtype, (uint32_t)d->ndim, d->shape, d->data,
+                          &c->err);
+        if (st != FC_OK) {
+            fc_error_prefix(&c->err, "set_initial_model: tensor %zu", i);
+            goto fail;
+        }
+    }
+    t->n_specs = n;
+    t->specs = fc_calloc(n, sizeof *t->specs);
+    data = fc_calloc(n, sizeof *data);
+    if (!t->specs || !data) {
+        st = fc_error_set(&c->err, FC_ERR_NOMEM, "set_initial_model: out of memory");
+        goto fail;
+    }
+    for (size_t i = 0; i < n; i++) {
+        t->specs[i] = t->model.tensors[i].spec;
+        t->specs[i].name = fc_strdup(t->model.tensors[i].spec.name);
+        if (!t->specs[i].name) {
+            st = fc_error_set(&c->err, FC_ERR_NOMEM, "set_initial_model: out of memory");
+            goto fail;
+        }
+        data[i] = t->model.tensors[i].data;
+    }
+    if ((st = fc_model_nbytes(&t->model, &t->total)) != FC_OK) {
+        fc_error_set(&c->err, st, "set_initial_model: the model's size does not fit in 64 bits");
+        goto fail;
+    }
+    uint8_t sha[FC_SHA256_BYTES];
+    if ((st = fc_stream_model_sha256(&t->model, sha, &c->err)) != FC_OK) {
+        fc_error_prefix(&c->err, "set_initial_model");
+        goto fail;
+    }
+    initial_free(c->initial, c->initial_data); /* only now: a failure keeps the previous one */
+    c->initial = t;
+    c->initial_data = data;
+    memcpy(c->initial_sha, sha, FC_SHA256_BYTES);
+    return FC_OK;
+fail:
+    initial_free(t, data);
+    return st;
+}
+
 fc_status fc_client_next_task(fc_client *c, uint32_t timeout_ms, fc_task **out) {
     if (!c || !out)
         return FC_ERR_INVALID;
@@ -342,6 +489,15 @@ fc_status fc_client_next_task(fc_client *c, uint32_t timeout_ms, fc_task **out) 
                     continue;
                 return st;
             }
+        }
+        if (env->body_case == FEDCOORD__V1__ENVELOPE__BODY_TASK && is_proposal(env->task)) {
+            st = answer_proposal(c, env->seq);
+            fc_envelope_free(env);
+            if (st == FC_OK)
+                continue;
+            if (c->lost && (st = retry_after_loss(c, &cycles)) == FC_OK)
+                continue; /* the server asks again on the new session if it still needs one */
+            return st;
         }
         if (env->body_case == FEDCOORD__V1__ENVELOPE__BODY_TASK) {
             st = task_from_env(c, env->task, &t);
@@ -632,17 +788,6 @@ static fc_status drain(fc_client *c, uint64_t *acked, uint64_t total) {
     }
 }
 
-typedef struct upload {
-    const fc_task *t;
-    fc_submit_kind kind;
-    const void *const *tensors;
-    uint8_t sha[FC_SHA256_BYTES];
-    uint64_t num_examples;
-    const fc_wire_metric *metrics;
-    size_t n_metrics;
-    uint64_t acked;
-} upload;
-
 static fc_status upload_once(fc_client *c, upload *u) {
     const fc_task *t = u->t;
     fc_wire_update_begin_args a;
@@ -652,8 +797,10 @@ static fc_status upload_once(fc_client *c, upload *u) {
     a.tensors = t->specs;
     a.n_tensors = t->n_specs;
     a.total_bytes = t->total;
-    a.is_delta = 1;
-    a.resume_offset = u->acked;
+    a.is_delta = u->is_delta;
+    /* Offer to resume from everything sent so far: the server staged at most that much and
+     * answers with what it holds (S <= resume_offset), so nothing that arrived is sent again. */
+    a.resume_offset = u->sent > u->acked ? u->sent : u->acked;
     fc_wire_msg m;
     fc_status st = fc_wire_update_begin(&m, ++c->seq_out, &a, &c->err);
     if (st != FC_OK) {
@@ -666,13 +813,14 @@ static fc_status upload_once(fc_client *c, upload *u) {
     uint64_t start = 0;
     if ((st = wait_ack(c, begin_seq, NULL, t->total, &start, "starting the upload")) != FC_OK)
         return st;
-    if (start > u->acked) {
+    if (start > a.resume_offset) {
         fc_error_set(&c->err, FC_ERR_PROTOCOL,
                      "server asks to resume the upload at byte %llu, beyond the %llu offered",
-                     (unsigned long long)start, (unsigned long long)u->acked);
+                     (unsigned long long)start, (unsigned long long)a.resume_offset);
         return conn_violation(c, FC_ERR_PROTOCOL);
     }
     u->acked = start;
+    u->sent = start;
     fc_stream_splitter sp;
     st = fc_stream_split_specs(&sp, t->specs, t->n_specs, c->max_chunk, start, &c->err);
     if (st != FC_OK)
@@ -682,6 +830,7 @@ static fc_status upload_once(fc_client *c, upload *u) {
         const uint8_t *p = chunk_bytes(c, t, u->kind, u->tensors, &d);
         if ((st = conn_send_chunk(c, d.tensor_index, d.offset, p, d.len)) != FC_OK)
             return st;
+        u->sent = d.global_offset + d.len;
         if ((st = drain(c, &u->acked, t->total)) != FC_OK)
             return st;
     }
@@ -764,6 +913,7 @@ fc_status fc_client_submit(fc_client *c, const fc_task *t, fc_submit_kind kind,
     u.tensors = tensors;
     u.num_examples = num_examples;
     u.n_metrics = n_metrics;
+    u.is_delta = 1;
     fc_wire_metric *wm = NULL;
     fc_status st = convert_metrics(c, metrics, n_metrics, &wm);
     if (st != FC_OK)
@@ -837,6 +987,7 @@ static void client_free(fc_client *c) {
     if (c->ctx)
         SSL_CTX_free(c->ctx);
     fc_envelope_free(c->pending_task);
+    initial_free(c->initial, c->initial_data);
     fc_buf_free(&c->out);
     fc_free(c->in);
     fc_free(c->scratch);

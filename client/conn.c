@@ -10,6 +10,8 @@
 #include <netdb.h>
 #include <netinet/in.h>
 #include <poll.h>
+#include <pthread.h>
+#include <signal.h>
 #include <stddef.h>
 #include <stdio.h>
 #include <string.h>
@@ -54,6 +56,13 @@ static uint64_t unix_ms(void) {
 /* OpenSSL errors go through the project's one mapping (core/ssl_error.c). */
 static fc_status tls_error(fc_client *c, fc_status code, const char *what) {
     return fc_ssl_error(&c->err, code, c->ssl, what);
+}
+
+/* OpenSSL 3 reports a TCP end without close_notify as an SSL error with this reason. */
+static int unexpected_eof(void) {
+    unsigned long e = ERR_peek_error();
+    return e != 0 && ERR_GET_LIB(e) == ERR_LIB_SSL &&
+           ERR_GET_REASON(e) == SSL_R_UNEXPECTED_EOF_WHILE_READING;
 }
 
 /* ---- configuration ---- */
@@ -179,6 +188,41 @@ fc_status conn_configure(fc_client *c, const fc_client_config *in) {
 
 /* ---- connection ---- */
 
+/* A write to a socket whose peer is gone raises SIGPIPE, which kills a process that did not
+ * ignore it. A library must not impose that choice on its host program, so every OpenSSL call
+ * that may write blocks SIGPIPE in the calling thread and discards one that it raised (one that
+ * was already pending before the call is left for the program). */
+typedef struct pipe_guard {
+    sigset_t old;
+    int was_pending;
+} pipe_guard;
+
+static void pipe_block(pipe_guard *g) {
+    sigset_t set, pending;
+    sigemptyset(&set);
+    sigaddset(&set, SIGPIPE);
+    sigemptyset(&pending);
+    g->was_pending = sigpending(&pending) == 0 && sigismember(&pending, SIGPIPE) == 1;
+    pthread_sigmask(SIG_BLOCK, &set, &g->old);
+}
+
+static void pipe_unblock(pipe_guard *g) {
+    if (!g->was_pending) {
+        sigset_t set, pending;
+        sigemptyset(&set);
+        sigaddset(&set, SIGPIPE);
+        sigemptyset(&pending);
+        if (sigpending(&pending) == 0 && sigismember(&pending, SIGPIPE) == 1) {
+            struct timespec zero = {0, 0};
+            int saved = errno;
+            while (sigtimedwait(&set, NULL, &zero) == SIGPIPE) {
+            }
+            errno = saved;
+        }
+    }
+    pthread_sigmask(SIG_SETMASK, &g->old, NULL);
+}
+
 void conn_drop(fc_client *c) {
     if (c->ssl) {
         SSL_free(c->ssl);
@@ -292,7 +336,10 @@ static fc_status tls_handshake(fc_client *c, uint64_t deadline) {
             return tls_error(c, FC_ERR_TLS, "setting the expected server name");
     }
     for (;;) {
+        pipe_guard pg;
+        pipe_block(&pg);
         int r = SSL_connect(c->ssl);
+        pipe_unblock(&pg);
         if (r == 1)
             return FC_OK;
         int e = SSL_get_error(c->ssl, r);
@@ -302,7 +349,7 @@ static fc_status tls_handshake(fc_client *c, uint64_t deadline) {
         else if (e == SSL_ERROR_WANT_WRITE)
             ev = POLLOUT;
         else if (e == SSL_ERROR_SYSCALL || e == SSL_ERROR_ZERO_RETURN ||
-                 (e == SSL_ERROR_SSL && ERR_peek_error() == 0 &&
+                 (e == SSL_ERROR_SSL && (ERR_peek_error() == 0 || unexpected_eof()) &&
                   SSL_get_verify_result(c->ssl) == X509_V_OK)) {
             c->lost = 1; /* the peer went away during the handshake: worth another attempt */
             fc_error_set(&c->err, FC_ERR_CLOSED,
@@ -332,7 +379,10 @@ static fc_status write_all(fc_client *c, const uint8_t *p, size_t len) {
     while (len > 0) {
         size_t done = 0;
         ERR_clear_error();
+        pipe_guard pg;
+        pipe_block(&pg);
         int r = SSL_write_ex(c->ssl, p, len, &done);
+        pipe_unblock(&pg);
         if (r == 1) {
             p += done;
             len -= done;
@@ -399,7 +449,10 @@ static fc_status fill(fc_client *c, uint64_t deadline) {
     for (;;) {
         size_t got = 0;
         ERR_clear_error();
+        pipe_guard pg;
+        pipe_block(&pg);
         int r = SSL_read_ex(c->ssl, c->in, CONN_IN_CAP, &got);
+        pipe_unblock(&pg);
         if (r == 1) {
             c->in_pos = 0;
             c->in_len = got;
@@ -414,7 +467,13 @@ static fc_status fill(fc_client *c, uint64_t deadline) {
             ev = POLLOUT;
         else if (e == SSL_ERROR_ZERO_RETURN)
             return lost(c, FC_ERR_CLOSED, "receiving", "the server closed the connection");
-        else if (e == SSL_ERROR_SSL && ERR_peek_error() != 0) {
+        else if (e == SSL_ERROR_SSL && unexpected_eof()) {
+            /* TCP ended without close_notify (a middlebox or the server's host cut the
+             * connection): a network accident like a reset, so it is retried */
+            ERR_clear_error();
+            return lost(c, FC_ERR_CLOSED, "receiving from the server",
+                        "the connection ended without a TLS close_notify");
+        } else if (e == SSL_ERROR_SSL && ERR_peek_error() != 0) {
             /* A TLS alert or record failure, e.g. the server refused our certificate after the
              * TLS 1.3 handshake: a verdict, not a network accident, so it is not retried. */
             fc_status st = tls_error(c, FC_ERR_TLS, "TLS error from the server");

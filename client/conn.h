@@ -56,6 +56,9 @@ struct fc_client {
     uint64_t connects; /* successful sessions established (1 after open) */
 
     fc_envelope *pending_task; /* a Task that arrived while another exchange was running */
+    struct fc_task *initial;   /* fc_client_set_initial_model's copy, as a round-0 task */
+    const void **initial_data; /* its tensors' data pointers, for the upload code */
+    uint8_t initial_sha[FC_SHA256_BYTES];
     uint64_t rng;
     uint8_t *scratch; /* FC_STREAM_MAX_CHUNK bytes, for delta computation */
     fc_error err;

@@ -63,6 +63,19 @@ fc_status fc_buf_append_f64le(fc_buf *b, double v) {
     return fc_buf_append_u64le(b, bits);
 }
 
+fc_status fc_buf_append_f64le_array(fc_buf *b, const double *v, size_t n) {
+    if (n > SIZE_MAX / sizeof(double))
+        return FC_ERR_RANGE;
+#if defined(__BYTE_ORDER__) && __BYTE_ORDER__ == __ORDER_LITTLE_ENDIAN__
+    return fc_buf_append(b, v, n * sizeof(double));
+#else
+    fc_status st = fc_buf_reserve(b, n * sizeof(double));
+    for (size_t i = 0; st == FC_OK && i < n; i++)
+        st = fc_buf_append_f64le(b, v[i]);
+    return st;
+#endif
+}
+
 void fc_buf_consume(fc_buf *b, size_t n) {
     if (n >= b->len) {
         b->len = 0;

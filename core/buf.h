@@ -26,6 +26,8 @@ fc_status fc_buf_append_u8(fc_buf *b, uint8_t v);
 fc_status fc_buf_append_u32le(fc_buf *b, uint32_t v);
 fc_status fc_buf_append_u64le(fc_buf *b, uint64_t v);
 fc_status fc_buf_append_f64le(fc_buf *b, double v);
+/* Appends n doubles as little-endian f64 (one copy on little-endian hosts). */
+fc_status fc_buf_append_f64le_array(fc_buf *b, const double *v, size_t n);
 /* Drops the first n bytes (n <= len), moving the rest to the front. */
 void fc_buf_consume(fc_buf *b, size_t n);
 void fc_buf_reset(fc_buf *b); /* len = 0, keeps capacity */

@@ -9,6 +9,7 @@
  * which only queues and wakes the loop.
  */
 #include <errno.h>
+#include <malloc.h>
 #include <inttypes.h>
 #include <openssl/crypto.h>
 #include <openssl/evp.h>
@@ -191,7 +192,24 @@ static void on_presence(void *ctx, uint64_t client_id, const char *name, int up)
     dclient *c = client_note(d, client_id, name, 1);
     if (c)
         c->connected = up;
+    DMETRIC(d, metrics_gauge_add, connected_clients, up ? 1.0 : -1.0);
     dround_presence(d, client_id, up);
+}
+
+/* A client answered the proposal task with an error (it has no initial model): ask another. */
+static void on_peer_error(void *ctx, uint64_t client_id, fc_status st, int fatal,
+                          uint64_t ref_seq, const char *message) {
+    fcd *d = ctx;
+    (void)ref_seq;
+    FC_LOG(FC_LOG_INFO, "client reported an error", FC_LU("client", client_id),
+           FC_LS("code", fc_status_name(st)), FC_LI("fatal", fatal), FC_LS("message", message));
+    if (client_id != d->proposer || d->models)
+        return;
+    dclient *c = client_note(d, client_id, "", 1);
+    if (c)
+        c->no_proposal = 1;
+    d->proposer = 0;
+    dround_pump(d);
 }
 
 /* ---- deferred work and housekeeping ---- */
@@ -265,6 +283,8 @@ static void tail_events(fcd *d) {
 static void on_tick(uv_timer_t *t) {
     fcd *d = t->data;
     tail_events(d);
+    DMETRIC(d, metrics_gauge_set, staging_bytes,
+            (double)(sess_budget_memory_used(d->budget) + sess_budget_spill_used(d->budget)));
 }
 
 /* ---- shutdown ---- */
@@ -288,12 +308,13 @@ static void begin_shutdown(fcd *d, const char *why) {
         net_close_all(d->listener, FC_ERR_CLOSED, "server shutting down");
         net_listener_close(d->listener, on_listener_closed, d);
     }
+    daemon_http_stop(d);
     uv_timer_start(&d->deferred, finish_when_quiet, 10, 10);
 }
 
 static void finish_when_quiet(uv_timer_t *t) {
     fcd *d = t->data;
-    if (!dround_quiet(d) || !d->listener_closed)
+    if (!dround_quiet(d) || !d->listener_closed || !d->http_closed)
         return;
     uv_timer_stop(&d->deferred);
     uv_close((uv_handle_t *)&d->tick, NULL);
@@ -416,6 +437,10 @@ static fc_status open_network(fcd *d, fc_error *err) {
         .presence_ctx = d,
         .eval = dround_eval,
         .eval_ctx = d,
+        .peer_error = on_peer_error,
+        .peer_error_ctx = d,
+        .parked_gone = dround_parked_gone,
+        .parked_gone_ctx = d,
         .max_num_examples = (uint64_t)cfg->limits.max_num_examples,
         .max_update_norm = cfg->limits.norm_bound,
         .max_update_bytes = cfg->limits.max_update_bytes,
@@ -445,6 +470,7 @@ static fc_status open_network(fcd *d, fc_error *err) {
 
 static void free_all(fcd *d) {
     dround_free_all(d);
+    daemon_http_free(d);
     if (d->sv)
         sess_server_free(d->sv);
     if (d->budget)
@@ -454,6 +480,8 @@ static void free_all(fcd *d) {
         store_writer_stop(d->writer); /* runs what is queued, then closes */
     on_wake(&d->wake);
     store_close(d->ro);
+    store_close(d->wro);
+    fc_free(d->w_cache);
     while (d->models) {
         dmodel *m = d->models;
         d->models = m->next;
@@ -468,6 +496,7 @@ static void free_all(fcd *d) {
     fc_free(d->spill_dir);
     fc_free(d->db_path);
     pthread_mutex_destroy(&d->done_mu);
+    pthread_mutex_destroy(&d->wro_mu);
 }
 
 int daemon_run(dcfg *cfg) {
@@ -478,6 +507,11 @@ int daemon_run(dcfg *cfg) {
     d->exit_code = 0;
     d->started_ms = daemon_now_ms();
     signal(SIGPIPE, SIG_IGN);
+    /* Model-sized buffers (staging, accumulators, w) come and go every round, on several
+     * threads. A fixed mmap threshold keeps glibc from raising it after the first free, so
+     * each such buffer is its own mapping and its pages go back to the system when freed:
+     * resident memory then follows the live buffers instead of the peak of every arena. */
+    mallopt(M_MMAP_THRESHOLD, 1 << 20);
     fc_log_set_level(cfg->server.log_level);
     fc_log_set_json(cfg->server.log_format == DCFG_LOG_JSON);
     uv_loop_t loop;
@@ -487,6 +521,7 @@ int daemon_run(dcfg *cfg) {
     }
     d->loop = &loop;
     pthread_mutex_init(&d->done_mu, NULL);
+    pthread_mutex_init(&d->wro_mu, NULL);
     uv_async_init(&loop, &d->wake, on_wake);
     d->wake.data = d;
     uv_timer_init(&loop, &d->tick);
@@ -500,6 +535,8 @@ int daemon_run(dcfg *cfg) {
     fc_status st = start(d, &err);
     if (st == FC_OK)
         st = open_network(d, &err);
+    if (st == FC_OK)
+        st = daemon_http_start(d, &err);
     if (st != FC_OK) {
         FC_LOG(FC_LOG_ERROR, "start failed", FC_LS("error", err.msg));
         fprintf(stderr, "fedcoord: %s\n", err.msg);
@@ -509,11 +546,15 @@ int daemon_run(dcfg *cfg) {
             net_listener_close(d->listener, on_listener_closed, d);
         else
             d->listener_closed = 1;
+        daemon_http_stop(d);
         finish_when_quiet(&d->deferred);
     } else {
         uv_signal_start(&d->sig_term, on_signal, SIGTERM);
         uv_signal_start(&d->sig_int, on_signal, SIGINT);
         uv_timer_start(&d->tick, on_tick, 1000, 1000);
+        dround_refresh_registered(d);
+        if (d->models)
+            DMETRIC(d, metrics_gauge_set, model_version, (double)d->models->version);
         if (d->models)
             dround_model_ready(d);
     }

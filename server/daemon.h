@@ -20,6 +20,7 @@
 #include "core/status.h"
 #include "core/tensor.h"
 #include "server/daemon_config.h"
+#include "server/metrics.h"
 #include "server/net.h"
 #include "server/round.h"
 #include "server/session.h"
@@ -29,6 +30,9 @@
 /* Model chunk size in the daemon's database: the size of one download read, so a read touches
  * exactly one row. */
 #define DAEMON_CHUNK_BYTES (1u << 20)
+/* Largest model whose values the daemon keeps in memory between rounds (inside the 64 MB
+ * allowance of the memory goal); larger ones are read back from the store at each finish. */
+#define DAEMON_CACHE_BYTES (UINT64_C(64) << 20)
 
 /* A committed model version as the daemon announces it. Kept until exit once announced, because
  * downloads in flight borrow its specs (see docs/daemon.md). */
@@ -48,6 +52,7 @@ typedef struct dclient {
     uint64_t registered_round; /* fedau: round t from which its participation counts */
     int counted;               /* seen in a registration scan */
     int connected;             /* has an authenticated session */
+    int no_proposal;           /* answered the proposal task with an error: not asked again */
 } dclient;
 
 /* A job for the writer thread whose completion is handled back on the loop. */
@@ -99,10 +104,18 @@ struct fcd {
     agg_opt_state *opt_state; /* created once the model's size is known */
     uint8_t *rule_blob;       /* rule state of the current version */
     size_t rule_blob_len;
+    /* w of the current version, kept when at most DAEMON_CACHE_BYTES (else read from the store
+     * at each round's finish); read by the pool's finish job, replaced on the loop at commit */
+    float *w_cache;
+    uint64_t w_cache_version;
+    /* the pool jobs' read connection (jobs of an abandoned round may overlap a new round's) */
+    store *wro;
+    pthread_mutex_t wro_mu;
     uint8_t *opt_blob; /* optimizer state of the current version */
     size_t opt_blob_len;
     /* proposal of the initial model (no [round] initial_model and no model yet) */
     uint64_t proposer; /* client asked to propose, 0 = none */
+    uint64_t last_round_at_start; /* highest round id in the store at start */
     int proposal_committing;
     /* rounds */
     round_sched *sched;
@@ -110,6 +123,15 @@ struct fcd {
     dround *zombies; /* rounds abandoned while a pool job still uses them */
     uint64_t deferred_gone[64];
     size_t n_deferred_gone;
+    /* operator HTTP API (daemon_http.c); metrics is NULL when [http] enabled = false */
+    metrics_registry *metrics_reg;
+    metrics_fedcoord *metrics;
+    struct api *api;
+    struct http_server *http;
+    int http_closed;
+    char *admin_token;
+    uint64_t registered_count; /* clients in the table, not revoked (last count) */
+    int round_changed; /* a round closed: the session layer may free parked uploads */
     int stopping;  /* SIGTERM/SIGINT received */
     int exit_code;
     uint64_t started_ms;
@@ -127,9 +149,19 @@ const dclient *daemon_client(const fcd *d, uint64_t id);
  * their own presence callback). */
 void daemon_bye_later(fcd *d, uint64_t client_id);
 
+/* ---- daemon_http.c ---- */
+fc_status daemon_http_start(fcd *d, fc_error *err);
+void daemon_http_stop(fcd *d);   /* sets http_closed once the listener is gone */
+void daemon_http_free(fcd *d);
+
+/* Metrics updates; no-ops when the HTTP API is off. */
+#define DMETRIC(d, fn, series, v)                                                                 \
+    do {                                                                                          \
+        if ((d)->metrics)                                                                         \
+            fn((d)->metrics->series, (v));                                                        \
+    } while (0)
+
 /* ---- daemon_model.c ---- */
-char *dmodel_specs_json(const fc_tensor_spec *specs, size_t n);
-fc_status dmodel_specs_parse(const char *json, fc_tensor_spec **specs, size_t *n, fc_error *err);
 void dmodel_free(dmodel *m);
 /* Describes version from the store (read connection) and puts it at the head of d->models. */
 fc_status dmodel_load(fcd *d, uint64_t version, fc_error *err);
@@ -137,8 +169,12 @@ const dmodel *dmodel_current(const fcd *d);
 void dmodel_source(fcd *d, sess_model_source *src);
 /* Imports [round] initial_model as version 1 (f32) if the store has no model. */
 fc_status dmodel_import_initial(fcd *d, fc_error *err);
-/* Reads version's f32 values into w (numel floats) through s. */
-fc_status dmodel_read_f32(store *s, const dmodel *m, float *w, fc_error *err);
+/* A store sink that copies a version's bytes into dst (size bytes). */
+typedef struct dmodel_f32 {
+    uint8_t *dst;
+    uint64_t size;
+} dmodel_f32;
+store_sink_fn dmodel_f32_sink(void);
 /* Commits a proposed initial model (the stage of a round-0 update) as version 1. */
 void dmodel_commit_proposal(fcd *d, sess_update *u);
 
@@ -147,9 +183,11 @@ fc_status dround_init(fcd *d, const store_recovery *rec, fc_error *err);
 void dround_free_all(fcd *d);
 void dround_pump(fcd *d);
 void dround_presence(fcd *d, uint64_t client_id, int up);
-void dround_tick(fcd *d);
+/* Counts registered clients again (status, fedau's N). */
+void dround_refresh_registered(fcd *d);
 fc_status dround_round_info(void *ctx, uint64_t client_id, sess_round_info *out, fc_error *err);
 void dround_sink(void *ctx, sess_update *u);
+void dround_parked_gone(void *ctx, uint64_t client_id, uint64_t round, const char *why);
 void dround_reject(void *ctx, uint64_t client_id, uint64_t round, fc_status st,
                    const char *reason);
 fc_status dround_eval(void *ctx, uint64_t client_id, uint64_t round, uint64_t model_version,

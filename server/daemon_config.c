@@ -71,7 +71,7 @@ static const fc_config_key schema[] = {
     {"round", "round_timeout", FC_CONFIG_DURATION, "10m", "1s", "7d", NULL, 0,
      "deadline of a round, counted from the tasks being sent"},
     {"round", "max_rounds", FC_CONFIG_INT, "0", "0", "1000000000", NULL, 0,
-     "stop after this many committed rounds; 0 = no limit"},
+     "stop after this many committed training rounds (and the evaluation of the last version, when eval_every asks for it); failed and evaluation rounds do not count; 0 = no limit"},
     {"round", "eval_every", FC_CONFIG_INT, "0", "0", "1000000", NULL, 0,
      "every Nth round is an evaluation round; 0 = never"},
     {"round", "seed", FC_CONFIG_INT, "0", NULL, NULL, NULL, 0,
@@ -118,6 +118,8 @@ static const fc_config_key schema[] = {
      "serve HTTPS with the [tls] certificate and key"},
     {"http", "admin_token_file", FC_CONFIG_PATH, NULL, NULL, NULL, NULL, 0,
      "file holding the bearer token for POST /v1/control/*; unset: control endpoints refused"},
+    {"http", "auth_reads", FC_CONFIG_BOOL, "false", NULL, NULL, NULL, 0,
+     "also require the admin token for every read endpoint except /healthz and /readyz"},
     /* [limits]: the first nine map 1:1 onto net_limits */
     {"limits", "handshake_timeout", FC_CONFIG_DURATION, "10s", "0", "1h", NULL, 0,
      "time from accept to a finished TLS handshake; 0 = no limit"},
@@ -546,6 +548,10 @@ static fc_status check_and_fill(dcfg *c, fc_error *err) {
     if ((st = check_readable(cfg, "http", "admin_token_file", err)) != FC_OK)
         return st;
     c->http.admin_token_file = opt_path(cfg, "http", "admin_token_file");
+    c->http.auth_reads = fc_config_get_bool(cfg, "http", "auth_reads");
+    if (c->http.enabled && c->http.auth_reads && !c->http.admin_token_file)
+        return key_error(cfg, "http", "auth_reads", err,
+                         "needs [http] admin_token_file: reads would be refused to everyone");
     if (c->http.enabled && c->server.port != 0 && c->http.port == c->server.port)
         return key_error(cfg, "http", "port", err, "%d is also [server] port (%s)", c->http.port,
                          where(cfg, "server", "port"));

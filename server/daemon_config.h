@@ -77,6 +77,7 @@ typedef struct dcfg {
         int port;
         int tls;                      /* serve HTTPS with the [tls] certificate and key */
         const char *admin_token_file; /* NULL when unset: control endpoints refused */
+        int auth_reads;               /* reads need the admin token too */
     } http;
     struct {
         net_limits net; /* every field comes from a [limits] key, see dcfg_schema */

@@ -6,103 +6,23 @@
  * a client's proposed initial model. Every stored version is f32. It never aggregates and never
  * writes the store except through the writer.
  */
-#include <jansson.h>
 #include <string.h>
 
 #include "core/alloc.h"
 #include "core/log.h"
 #include "core/safetensors.h"
 #include "proto/stream.h"
+#include "server/api.h"
 #include "server/daemon.h"
 
-/* ---- tensor specs as JSON: [{"name":..,"dtype":"F32","shape":[..]}, ...] ---- */
-
-char *dmodel_specs_json(const fc_tensor_spec *specs, size_t n) {
-    json_t *arr = json_array();
-    if (!arr)
-        return NULL;
-    for (size_t i = 0; i < n; i++) {
-        json_t *shape = json_array();
-        for (uint32_t k = 0; shape && k < specs[i].ndim; k++)
-            if (json_array_append_new(shape, json_integer((json_int_t)specs[i].shape[k])) != 0) {
-                json_decref(shape);
-                shape = NULL;
-            }
-        json_t *o = shape ? json_pack("{s:s, s:s, s:o}", "name", specs[i].name, "dtype",
-                                      fc_dtype_st_name(specs[i].dtype), "shape", shape)
-                          : NULL;
-        if (!o || json_array_append_new(arr, o) != 0) {
-            json_decref(arr);
-            return NULL;
-        }
-    }
-    char *text = json_dumps(arr, JSON_COMPACT);
-    json_decref(arr);
-    if (!text)
-        return NULL;
-    char *copy = fc_strdup(text);
-    free(text);
-    return copy;
-}
-
-static void specs_free(fc_tensor_spec *specs, size_t n) {
-    for (size_t i = 0; specs && i < n; i++)
-        fc_free(specs[i].name);
-    fc_free(specs);
-}
-
-fc_status dmodel_specs_parse(const char *text, fc_tensor_spec **out, size_t *n_out,
-                             fc_error *err) {
-    *out = NULL;
-    *n_out = 0;
-    json_error_t je;
-    json_t *arr = json_loads(text ? text : "", 0, &je);
-    if (!json_is_array(arr)) {
-        json_decref(arr);
-        return fc_error_set(err, FC_ERR_CORRUPT, "stored tensor specs are not a JSON array: %s",
-                            je.text);
-    }
-    size_t n = json_array_size(arr);
-    fc_tensor_spec *specs = fc_calloc(n ? n : 1, sizeof *specs);
-    fc_status st = specs ? FC_OK : fc_error_set(err, FC_ERR_NOMEM, "out of memory");
-    for (size_t i = 0; st == FC_OK && i < n; i++) {
-        json_t *o = json_array_get(arr, i);
-        const char *name = json_string_value(json_object_get(o, "name"));
-        const char *dt = json_string_value(json_object_get(o, "dtype"));
-        json_t *shape = json_object_get(o, "shape");
-        fc_dtype dtype = dt ? fc_dtype_parse(dt) : 0;
-        if (!name || !dtype || !json_is_array(shape) || json_array_size(shape) > FC_MAX_DIMS) {
-            st = fc_error_set(err, FC_ERR_CORRUPT, "stored tensor spec %zu is malformed", i);
-            break;
-        }
-        specs[i].dtype = dtype;
-        specs[i].ndim = (uint32_t)json_array_size(shape);
-        for (uint32_t k = 0; k < specs[i].ndim; k++) {
-            json_int_t v = json_integer_value(json_array_get(shape, k));
-            if (!json_is_integer(json_array_get(shape, k)) || v < 0) {
-                st = fc_error_set(err, FC_ERR_CORRUPT, "stored tensor '%s' has a bad shape",
-                                  name);
-                break;
-            }
-            specs[i].shape[k] = (uint64_t)v;
-        }
-        if (st == FC_OK && !(specs[i].name = fc_strdup(name)))
-            st = fc_error_set(err, FC_ERR_NOMEM, "out of memory");
-    }
-    json_decref(arr);
-    if (st != FC_OK) {
-        specs_free(specs, n);
-        return st;
-    }
-    *out = specs;
-    *n_out = n;
-    return FC_OK;
-}
+/* Tensor specs are stored as api_specs_to_json writes them (docs/http-api.md), so the HTTP
+ * export can rebuild a safetensors header from any version. A model has at most this many. */
+#define DMODEL_MAX_TENSORS 1000000
 
 void dmodel_free(dmodel *m) {
     if (!m)
         return;
-    specs_free(m->specs, m->n_specs);
+    api_specs_free(m->specs, m->n_specs);
     fc_free(m->specs_json);
     fc_free(m);
 }
@@ -136,7 +56,8 @@ fc_status dmodel_load(fcd *d, uint64_t version, fc_error *err) {
         dmodel_free(m);
         return fc_error_set(err, FC_ERR_NOMEM, "out of memory");
     }
-    if ((st = dmodel_specs_parse(m->specs_json, &m->specs, &m->n_specs, err)) != FC_OK) {
+    if ((st = api_specs_from_json(m->specs_json, DMODEL_MAX_TENSORS, &m->specs, &m->n_specs,
+                                  err)) != FC_OK) {
         fc_error_prefix(err, "model version %llu", (unsigned long long)version);
         dmodel_free(m);
         return st;
@@ -212,26 +133,18 @@ void dmodel_source(fcd *d, sess_model_source *src) {
     src->ctx = d;
 }
 
-/* ---- reading a version as f32 (worker threads, their own connection) ---- */
-
-typedef struct f32_sink {
-    uint8_t *dst;
-    uint64_t size;
-} f32_sink;
+/* ---- reading a version's bytes into memory ---- */
 
 static fc_status into_f32(void *ud, const void *data, size_t len, uint64_t offset,
                           fc_error *err) {
-    f32_sink *s = ud;
+    dmodel_f32 *s = ud;
     if (offset + len > s->size)
         return fc_error_set(err, FC_ERR_CORRUPT, "model data longer than its description");
     memcpy(s->dst + offset, data, len);
     return FC_OK;
 }
 
-fc_status dmodel_read_f32(store *s, const dmodel *m, float *w, fc_error *err) {
-    f32_sink sink = {(uint8_t *)w, m->bytes};
-    return store_model_read(s, (int64_t)m->version, 0, into_f32, &sink, err);
-}
+store_sink_fn dmodel_f32_sink(void) { return into_f32; }
 
 /* ---- committing a first version (initial model or proposal) ---- */
 
@@ -313,10 +226,7 @@ static fc_status first_prepare(first_commit *fc, fc_error *err) {
         bytes += n * 4;
     }
     fc->bytes = bytes;
-    fc->specs_json = dmodel_specs_json(fc->specs, m->count);
-    if (!fc->specs_json)
-        return fc_error_set(err, FC_ERR_NOMEM, "out of memory");
-    return FC_OK;
+    return api_specs_to_json(fc->specs, m->count, &fc->specs_json, err);
 }
 
 static fc_status first_job(store *s, void *ud, fc_error *err) {
@@ -335,6 +245,7 @@ static fc_status first_job(store *s, void *ud, fc_error *err) {
         .model_size = fc->bytes,
         .source = model_source,
         .source_ud = &src,
+        .ended_at = daemon_unix_ms(), /* the version's creation time */
     };
     return store_commit_round(s, &c, NULL, err);
 }
@@ -384,8 +295,15 @@ static void proposal_done(fcd *d, dwjob *j, fc_status st, const fc_error *err) {
     }
     first_commit_free(fc);
     fc_free(j);
-    if (d->models)
+    if (d->models) {
+        /* the scheduler started without a model: it counts versions from this one */
+        round_restore_info ri = {.last_round_id = d->last_round_at_start,
+                                 .model_version = d->models->version};
+        fc_error e = {0};
+        if (round_restore(d->sched, &ri, &e) != FC_OK)
+            FC_LOG(FC_LOG_ERROR, "scheduler not told of the initial model", FC_LS("error", e.msg));
         dround_model_ready(d);
+    }
     else
         dround_pump(d); /* ask another client */
 }

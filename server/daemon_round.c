@@ -6,7 +6,7 @@
  * Aggregation of one round runs as a queue of jobs on the libuv thread pool, one at a time, so
  * the round driver (aggregators/round.c) is never used from two threads: ADD folds one validated
  * update, DROP tells the driver a client will not deliver, FINISH runs the rule's finish, reads
- * w_t, steps the optimizer and hashes w_{t+1}. The commit then goes to the store's writer thread
+ * w_t and steps the optimizer (the store hashes w_{t+1} as it writes it). The commit then goes to the store's writer thread
  * as one transaction; only after it is durable is the new version current and announced.
  * Nothing partial reaches the aggregate: the session layer hands over only complete, validated
  * updates, and a round that fails is discarded with its driver.
@@ -57,7 +57,8 @@ struct dround {
     uint64_t base_version;
     const dmodel *base;
     int64_t started_unix;
-    uint64_t started_mono, closed_mono;
+    uint64_t started_mono;
+    uint64_t closed_us; /* when the round closed (the last answer arrived), uv_hrtime in us */
     agg_round *agg;
     int expected;
     dpart *parts; /* one per selected client, in selection order */
@@ -71,8 +72,6 @@ struct dround {
     char *report_json;
     fc_buf rule_state, opt_state;
     float *w;
-    uint8_t w_sha[32];
-    store *wro; /* read connection of the pool jobs (one job at a time) */
     dmetric metrics[ROUND_MAX_METRICS];
     size_t n_metrics;
     dround *next;
@@ -106,7 +105,6 @@ static void dround_destroy(dround *rd) {
     fc_buf_free(&rd->rule_state);
     fc_buf_free(&rd->opt_state);
     fc_free(rd->w);
-    store_close(rd->wro);
     fc_free(rd);
 }
 
@@ -163,11 +161,20 @@ static fc_status subtract_base(void *ud, const void *data, size_t len, uint64_t 
     return FC_OK;
 }
 
-static fc_status worker_store(dround *rd, fc_error *err) {
-    if (rd->wro)
-        return FC_OK;
-    store_options o = {.version = STORE_OPTIONS_V1, .readonly = 1, .must_exist = 1};
-    return store_open(store_worker_path(rd->d), &o, &rd->wro, err);
+/* Reads version bytes through the pool's shared read connection (opened on first use). */
+static fc_status worker_read(dround *rd, int64_t version, store_sink_fn sink, void *ud,
+                             fc_error *err) {
+    fcd *d = rd->d;
+    pthread_mutex_lock(&d->wro_mu);
+    fc_status st = FC_OK;
+    if (!d->wro) {
+        store_options o = {.version = STORE_OPTIONS_V1, .readonly = 1, .must_exist = 1};
+        st = store_open(store_worker_path(d), &o, &d->wro, err);
+    }
+    if (st == FC_OK)
+        st = store_model_read(d->wro, version, 0, sink, ud, err);
+    pthread_mutex_unlock(&d->wro_mu);
+    return st;
 }
 
 static void job_add(fold_job *j) {
@@ -180,9 +187,8 @@ static void job_add(fold_job *j) {
     fc_model_free(&m);
     if (!j->up.is_delta) {
         sub_sink s = {flat, rd->base->bytes};
-        if ((j->st = worker_store(rd, &j->err)) != FC_OK ||
-            (j->st = store_model_read(rd->wro, (int64_t)rd->base_version, 0, subtract_base, &s,
-                                      &j->err)) != FC_OK)
+        if ((j->st = worker_read(rd, (int64_t)rd->base_version, subtract_base, &s, &j->err)) !=
+            FC_OK)
             return;
     }
     const dclient *cl = daemon_client(rd->d, j->up.client_id);
@@ -219,8 +225,13 @@ static void job_finish(fold_job *j) {
     if (j->st == FC_OK && !(rd->w = fc_mallocarray(rd->base->numel ? rd->base->numel : 1, 4)))
         j->st = fc_error_set(&j->err, FC_ERR_NOMEM, "out of memory for the model (%" PRIu64
                              " floats)", rd->base->numel);
-    if (j->st == FC_OK && (j->st = worker_store(rd, &j->err)) == FC_OK)
-        j->st = dmodel_read_f32(rd->wro, rd->base, rd->w, &j->err);
+    if (j->st == FC_OK) {
+        if (d->w_cache && d->w_cache_version == rd->base_version)
+            memcpy(rd->w, d->w_cache, rd->base->bytes);
+        else
+            j->st = worker_read(rd, (int64_t)rd->base_version, dmodel_f32_sink(),
+                                &(dmodel_f32){(uint8_t *)rd->w, rd->base->bytes}, &j->err);
+    }
     if (j->st == FC_OK)
         j->st = d->opt->step(d->opt_state, rd->w, D, &j->err);
     /* The accumulator (which holds D) goes now: w_t+1 and the state are all the commit needs. */
@@ -228,13 +239,6 @@ static void job_finish(fold_job *j) {
     rd->agg = NULL;
     if (j->st == FC_OK)
         j->st = d->opt->save_state(d->opt_state, &rd->opt_state, &j->err);
-    if (j->st == FC_OK) {
-        fc_stream_hash h = {0};
-        if ((j->st = fc_stream_hash_init(&h, &j->err)) == FC_OK &&
-            (j->st = fc_stream_hash_update(&h, rd->w, rd->base->bytes, &j->err)) == FC_OK)
-            j->st = fc_stream_hash_final(&h, rd->w_sha, &j->err);
-        fc_stream_hash_free(&h);
-    }
     rd->finished = j->st == FC_OK;
 }
 
@@ -277,8 +281,10 @@ static void job_after(uv_work_t *w, int status) {
         return;
     }
     if (kind == FOLD_FINISH) {
-        if (st == FC_OK)
+        if (st == FC_OK) {
             FC_LOG(FC_LOG_INFO, "aggregated", FC_LU("round", rd->id), FC_LU("us", took));
+            DMETRIC(d, metrics_histogram_observe, aggregation_time, (double)took / 1e6);
+        }
         fc_error e = {0};
         round_aggregation_done(d->sched, daemon_now_ms(), rd->id, st,
                                st == FC_OK ? NULL : err.msg, &e);
@@ -503,6 +509,48 @@ static fc_status commit_fn(store *s, void *ud, fc_error *err) {
     return store_commit_round(s, &cj->c, NULL, err);
 }
 
+typedef struct prune_job {
+    uint32_t keep_last, keep_every;
+    int64_t pinned;
+    uint64_t pruned;
+} prune_job;
+
+static fc_status prune_fn(store *s, void *ud, fc_error *err) {
+    prune_job *p = ud;
+    return store_prune(s, p->keep_last, p->keep_every, p->pinned, daemon_unix_ms(), &p->pruned,
+                       err);
+}
+
+static void prune_done(fcd *d, dwjob *j, fc_status st, const fc_error *err) {
+    (void)d;
+    prune_job *p = j->ud;
+    if (st != FC_OK)
+        FC_LOG(FC_LOG_WARN, "retention failed", FC_LS("error", err->msg));
+    else if (p->pruned)
+        FC_LOG(FC_LOG_INFO, "old model versions pruned", FC_LU("versions", p->pruned),
+               FC_LU("keep_last", p->keep_last), FC_LU("keep_every", p->keep_every));
+    fc_free(p);
+    fc_free(j);
+}
+
+/* [storage] keep_last / keep_every, after each new version (the current one is always kept). */
+static void queue_prune(fcd *d, uint64_t current) {
+    prune_job *p = fc_calloc(1, sizeof *p);
+    dwjob *j = fc_calloc(1, sizeof *j);
+    if (!p || !j) {
+        fc_free(p);
+        fc_free(j);
+        return;
+    }
+    p->keep_last = (uint32_t)d->cfg->storage.keep_last;
+    p->keep_every = (uint32_t)d->cfg->storage.keep_every;
+    p->pinned = (int64_t)current;
+    j->fn = prune_fn;
+    j->ud = p;
+    j->done = prune_done;
+    daemon_submit(d, j);
+}
+
 static void commit_done(fcd *d, dwjob *j, fc_status st, const fc_error *err) {
     commit_job *cj = j->ud;
     dround *rd = cj->rd;
@@ -527,6 +575,21 @@ static void commit_done(fcd *d, dwjob *j, fc_status st, const fc_error *err) {
                 memcpy(d->opt_blob, rd->opt_state.data, rd->opt_state.len);
                 d->opt_blob_len = rd->opt_state.len;
             }
+            fc_free(d->w_cache);
+            d->w_cache = NULL;
+            if (rd->base->bytes <= DAEMON_CACHE_BYTES) {
+                d->w_cache = rd->w; /* w_{t+1} is the next round's w_t */
+                d->w_cache_version = (uint64_t)cj->c.version;
+                rd->w = NULL;
+            }
+        }
+        DMETRIC(d, metrics_counter_add, rounds_committed, 1);
+        DMETRIC(d, metrics_histogram_observe, commit_latency, (double)took_us / 1e6);
+        DMETRIC(d, metrics_histogram_observe, round_duration,
+                (double)(daemon_now_ms() - rd->started_mono) / 1e3);
+        if (rd->kind == ROUND_KIND_TRAIN) {
+            DMETRIC(d, metrics_gauge_set, model_version, (double)cj->c.version);
+            queue_prune(d, (uint64_t)cj->c.version);
         }
         FC_LOG(FC_LOG_INFO, "round committed", FC_LU("round", rd->id),
                FC_LS("kind", round_kind_name(rd->kind)),
@@ -534,7 +597,7 @@ static void commit_done(fcd *d, dwjob *j, fc_status st, const fc_error *err) {
                                                               : rd->base_version),
                FC_LU("participants", cj->parts.n), FC_LU("commit_us", took_us),
                FC_LU("close_to_commit_us",
-                     (daemon_now_ms() - rd->closed_mono) * 1000),
+                     uv_hrtime() / 1000 - rd->closed_us),
                FC_LS("metrics", cj->metrics_json ? cj->metrics_json : "{}"));
     } else if (rd->kind == ROUND_KIND_TRAIN && d->opt_state) {
         /* The optimizer stepped for a version that was not stored: go back. */
@@ -590,7 +653,6 @@ static void start_commit(fcd *d, dround *rd) {
             .parent_version = (int64_t)rd->base_version,
             .tensor_specs_json = rd->base->specs_json,
             .model_size = rd->base->bytes,
-            .expected_sha256 = rd->w_sha,
             .source = w_source,
             .source_ud = cj,
             .started_at = rd->started_unix,
@@ -616,6 +678,8 @@ static void start_commit(fcd *d, dround *rd) {
 /* ---- carrying out actions ---- */
 
 static uint64_t count_registered(fcd *d);
+
+void dround_refresh_registered(fcd *d) { (void)count_registered(d); }
 
 static dround *new_round(fcd *d, const round_action *a) {
     dround *rd = fc_calloc(1, sizeof *rd);
@@ -732,14 +796,21 @@ static void record_failed(fcd *d, const round_action *a) {
     daemon_submit(d, j);
 }
 
-static void handle(fcd *d, const round_action *a, int *agg_done_eval) {
+static void handle(fcd *d, const round_action *a, int *agg_failed) {
     switch (a->type) {
     case ROUND_ACT_TRANSITION:
         FC_LOG(a->to == ROUND_FAILED ? FC_LOG_WARN : FC_LOG_INFO, "round state",
                FC_LU("round", a->round_id), FC_LS("kind", round_kind_name(a->kind)),
                FC_LS("from", round_state_name(a->from)), FC_LS("to", round_state_name(a->to)),
                FC_LS("reason", a->reason));
+        if (a->to == ROUND_FAILED) {
+            DMETRIC(d, metrics_counter_add, rounds_failed, 1);
+            if (d->cur && d->cur->id == a->round_id)
+                DMETRIC(d, metrics_histogram_observe, round_duration,
+                        (double)(daemon_now_ms() - d->cur->started_mono) / 1e3);
+        }
         if (a->to == ROUND_TRAINING && a->from != ROUND_TRAINING) {
+            DMETRIC(d, metrics_gauge_set, current_round, (double)a->round_id);
             abandon(d, d->cur);
             d->cur = new_round(d, a);
             if (!d->cur) {
@@ -750,7 +821,9 @@ static void handle(fcd *d, const round_action *a, int *agg_done_eval) {
             d->cur->begin_pending = 1; /* recorded once its tasks are out (see pump) */
         }
         if (a->to == ROUND_AGGREGATING && d->cur)
-            d->cur->closed_mono = daemon_now_ms();
+            d->cur->closed_us = uv_hrtime() / 1000;
+        if (a->to == ROUND_AGGREGATING || a->to == ROUND_FAILED)
+            d->round_changed = 1; /* parked uploads of this round are now useless */
         if (a->to == ROUND_STOPPED) {
             for (size_t i = 0; i < d->n_clients; i++)
                 if (d->clients[i].connected)
@@ -770,13 +843,9 @@ static void handle(fcd *d, const round_action *a, int *agg_done_eval) {
     }
     case ROUND_ACT_DISARM_TIMER: uv_timer_stop(&d->deadline); break;
     case ROUND_ACT_START_AGGREGATION: {
-        dround *rd = d->cur;
+        dround *rd = d->cur; /* training rounds only: evaluation rounds go straight to COMMIT */
         if (!rd || rd->id != a->round_id) {
-            *agg_done_eval = -1;
-            break;
-        }
-        if (rd->kind == ROUND_KIND_EVALUATE) {
-            *agg_done_eval = 1;
+            *agg_failed = 1;
             break;
         }
         for (size_t i = 0; i < rd->n_parts; i++)
@@ -784,7 +853,7 @@ static void handle(fcd *d, const round_action *a, int *agg_done_eval) {
                 queue_drop(rd, rd->parts[i].client_id, "did not deliver");
         fold_job *j = fc_calloc(1, sizeof *j);
         if (!j) {
-            *agg_done_eval = -1;
+            *agg_failed = 1;
             break;
         }
         j->kind = FOLD_FINISH;
@@ -842,9 +911,13 @@ void dround_pump(fcd *d) {
         return;
     for (int guard = 0; guard < 1000; guard++) {
         round_action a;
-        int agg_done = 0;
+        int agg_failed = 0;
         while (round_next_action(d->sched, &a))
-            handle(d, &a, &agg_done);
+            handle(d, &a, &agg_failed);
+        if (d->round_changed && d->sv) {
+            d->round_changed = 0;
+            sess_server_round_changed(d->sv);
+        }
         if (d->cur && d->cur->begin_pending) {
             if (!d->cur->expected)
                 expect_selected(d->cur);
@@ -852,10 +925,9 @@ void dround_pump(fcd *d) {
         }
         fc_error err = {0};
         uint64_t now = daemon_now_ms();
-        if (agg_done) {
-            round_aggregation_done(d->sched, now, round_current_id(d->sched),
-                                   agg_done > 0 ? FC_OK : FC_ERR_NOMEM,
-                                   agg_done > 0 ? NULL : "the round's state is gone", &err);
+        if (agg_failed) {
+            round_aggregation_done(d->sched, now, round_current_id(d->sched), FC_ERR_NOMEM,
+                                   "out of memory starting the aggregation", &err);
             continue;
         }
         if (d->n_deferred_gone) {
@@ -874,12 +946,18 @@ static void maybe_ask_proposal(fcd *d) {
     if (d->models || d->proposer || d->proposal_committing || d->stopping)
         return;
     for (size_t i = 0; i < d->n_clients; i++) {
-        if (!d->clients[i].connected)
+        if (!d->clients[i].connected || d->clients[i].no_proposal)
             continue;
         sess *s = sess_find(d->sv, d->clients[i].id);
         if (!s)
             continue;
-        fc_wire_task_args t = {.round = 0, .kind = FC_TASK_TRAIN, .model_version = 0};
+        /* the wire wants a model hash: the SHA-256 of no bytes */
+        static const uint8_t empty_sha[32] = {
+            0xe3, 0xb0, 0xc4, 0x42, 0x98, 0xfc, 0x1c, 0x14, 0x9a, 0xfb, 0xf4,
+            0xc8, 0x99, 0x6f, 0xb9, 0x24, 0x27, 0xae, 0x41, 0xe4, 0x64, 0x9b,
+            0x93, 0x4c, 0xa4, 0x95, 0x99, 0x1b, 0x78, 0x52, 0xb8, 0x55};
+        fc_wire_task_args t = {.round = 0, .kind = FC_TASK_TRAIN, .model_version = 0,
+                               .model_sha256 = empty_sha};
         fc_error err = {0};
         if (sess_send_task(s, &t, &err) == FC_OK) {
             d->proposer = d->clients[i].id;
@@ -890,6 +968,14 @@ static void maybe_ask_proposal(fcd *d) {
 }
 
 /* ---- events from sessions ---- */
+
+static void client_gone(fcd *d, uint64_t client_id, const char *reason) {
+    fc_error err = {0};
+    if (d->models)
+        round_client_gone(d->sched, daemon_now_ms(), client_id, &err);
+    if (d->cur)
+        queue_drop(d->cur, client_id, reason);
+}
 
 void dround_presence(fcd *d, uint64_t client_id, int up) {
     fc_error err = {0};
@@ -904,11 +990,27 @@ void dround_presence(fcd *d, uint64_t client_id, int up) {
     } else {
         if (d->proposer == client_id)
             d->proposer = 0;
-        if (d->models)
-            round_client_gone(d->sched, now, client_id, &err);
-        if (d->cur)
-            queue_drop(d->cur, client_id, "disconnected");
+        uint64_t parked_round = 0;
+        if (d->cur && sess_server_parked(d->sv, client_id, &parked_round, NULL) &&
+            parked_round == d->cur->id) {
+            /* Its upload is kept for a resume: the client stays in the round until it comes
+             * back, the deadline passes, or the kept bytes are freed (dround_parked_gone). */
+            FC_LOG(FC_LOG_INFO, "client left mid-upload; its round waits for a resume",
+                   FC_LU("client", client_id), FC_LU("round", parked_round));
+        } else {
+            client_gone(d, client_id, "disconnected");
+        }
     }
+    dround_pump(d);
+}
+
+void dround_parked_gone(void *ctx, uint64_t client_id, uint64_t round, const char *why) {
+    fcd *d = ctx;
+    if (sess_find(d->sv, client_id))
+        return; /* it is back and uploading afresh */
+    FC_LOG(FC_LOG_INFO, "kept upload freed without a resume", FC_LU("client", client_id),
+           FC_LU("round", round), FC_LS("why", why));
+    client_gone(d, client_id, "disconnected mid-upload and did not resume");
     dround_pump(d);
 }
 
@@ -988,6 +1090,8 @@ void dround_sink(void *ctx, sess_update *u) {
     }
     p->offered = 1;
     p->bytes = fc_stage_total(u->stage);
+    DMETRIC(d, metrics_counter_add, updates_accepted, 1);
+    DMETRIC(d, metrics_counter_add, bytes_received, (double)p->bytes);
     fc_free(p->metrics_json);
     p->metrics_json = metrics_json_of((const char *const *)u->metric_names, u->metric_values,
                                       u->n_metrics);
@@ -1004,7 +1108,9 @@ void dround_reject(void *ctx, uint64_t client_id, uint64_t round, fc_status st,
     fcd *d = ctx;
     fc_error err = {0};
     char why[ROUND_REASON_MAX];
-    snprintf(why, sizeof why, "%s: %s", fc_status_name(st), reason ? reason : "");
+    snprintf(why, sizeof why, "%s: %s", fc_wire_error_for_status(st)->name, reason ? reason : "");
+    if (d->metrics)
+        metrics_fedcoord_reject(d->metrics, fc_wire_error_for_status(st)->name);
     if (round_update_rejected(d->sched, daemon_now_ms(), client_id, round, why, &err) == FC_OK &&
         d->cur && d->cur->id == round)
         queue_drop(d->cur, client_id, "rejected");
@@ -1042,12 +1148,6 @@ fc_status dround_eval(void *ctx, uint64_t client_id, uint64_t round, uint64_t mo
     return st;
 }
 
-void dround_tick(fcd *d) {
-    fc_error err = {0};
-    round_tick(d->sched, daemon_now_ms(), &err);
-    dround_pump(d);
-}
-
 /* ---- registration count (fedau's N) ---- */
 
 typedef struct reg_scan {
@@ -1076,6 +1176,7 @@ static uint64_t count_registered(fcd *d) {
                 r.n++;
         }
     d->registration_scans++;
+    d->registered_count = r.n;
     return r.n;
 }
 
@@ -1096,9 +1197,12 @@ fc_status dround_init(fcd *d, const store_recovery *rec, fc_error *err) {
     fc_status st = round_create(&rc, &d->sched, err);
     if (st != FC_OK)
         return st;
+    d->last_round_at_start = (uint64_t)rec->last_round;
     round_restore_info ri = {
         .last_round_id = (uint64_t)rec->last_round,
         .model_version = (uint64_t)rec->latest_version,
+        /* version 1 is the initial model; each committed training round adds one */
+        .trained_rounds = rec->latest_version > 1 ? (uint64_t)rec->latest_version - 1 : 0,
     };
     /* The newest version already evaluated, from the recent round records. */
     int64_t after = rec->last_round > 200 ? rec->last_round - 200 : 0;

@@ -37,6 +37,7 @@ struct round_sched {
     uint64_t next_round_id;
     uint64_t model_version;
     uint64_t last_eval_version;
+    uint64_t trained; /* committed training rounds, restored ones included */
     bool started_any, pause_requested, stop_requested;
     char stop_reason[ROUND_REASON_MAX];
     uint64_t *idle; /* sorted ascending, no duplicates */
@@ -319,6 +320,11 @@ static bool eval_due(const round_sched *r) {
     return k && v > 0 && v % k == 0 && v > r->last_eval_version;
 }
 
+/* max_rounds training rounds are committed and the last version needs no evaluation. */
+static bool done_training(const round_sched *r) {
+    return r->cfg.max_rounds && r->trained >= r->cfg.max_rounds && !eval_due(r);
+}
+
 /* Floyd's sampling of k distinct indices of [0, n) in k draws, with O(k^2) membership checks;
  * the indices are kept in parts[].client_id, then sorted and mapped to ids, which are ascending
  * because the idle set is sorted. The chosen clients leave the idle set (one O(idle) pass). */
@@ -393,10 +399,9 @@ static void round_ended(round_sched *r) {
     s->info.ended_ms = r->now;
     if (s->info.kind == ROUND_KIND_EVALUATE && s->info.model_version > r->last_eval_version)
         r->last_eval_version = s->info.model_version;
-    uint64_t id = s->info.round_id;
     if (r->stop_requested)
         transition(r, ROUND_STOPPED, "%s", r->stop_reason);
-    else if (r->cfg.max_rounds && id >= r->cfg.max_rounds)
+    else if (done_training(r))
         transition(r, ROUND_STOPPED, "max_rounds %" PRIu64 " reached", r->cfg.max_rounds);
     else if (r->pause_requested)
         transition(r, ROUND_PAUSED, "paused by operator");
@@ -548,7 +553,8 @@ fc_status round_restore(round_sched *r, const round_restore_info *info, fc_error
     r->next_round_id = info->last_round_id + 1;
     r->model_version = info->model_version;
     r->last_eval_version = info->last_eval_version;
-    if (r->cfg.max_rounds && info->last_round_id >= r->cfg.max_rounds)
+    r->trained = info->trained_rounds;
+    if (done_training(r))
         transition(r, ROUND_STOPPED, "max_rounds %" PRIu64 " reached before restart (last round %"
                    PRIu64 ")", r->cfg.max_rounds, info->last_round_id);
     return FC_OK;
@@ -764,6 +770,7 @@ fc_status round_commit_done(round_sched *r, uint64_t now_ms, uint64_t round_id, 
     s->commit_pending = false;
     if (s->info.kind == ROUND_KIND_TRAIN) {
         r->model_version++;
+        r->trained++;
         transition(r, ROUND_COMMITTED, "committed model version %" PRIu64 " from %" PRIu32
                    " updates", r->model_version, s->info.accepted);
     } else {

@@ -32,7 +32,8 @@ typedef struct round_config {
     uint32_t over_select;       /* extra clients selected beyond clients_per_round (a count) */
     uint64_t round_timeout_ms;  /* deadline after the tasks are sent; 1..604800000 */
     uint32_t min_updates;       /* quorum; 1..min(clients_per_round, min_clients) */
-    uint64_t max_rounds;        /* highest round id that runs; 0 = unlimited */
+    uint64_t max_rounds;        /* committed training rounds after which the scheduler stops
+                                 * (once the last version's evaluation, if due, ran); 0 = unlimited */
     uint64_t eval_every;        /* evaluate model version v when v % eval_every == 0; 0 = never */
     uint64_t seed;              /* selection PRNG seed */
     double mu;                  /* FedProx mu forwarded in the task config; finite, >= 0 */
@@ -124,6 +125,7 @@ typedef struct round_restore_info {
     uint64_t last_round_id;     /* highest round id recorded (any outcome); 0 if none */
     uint64_t model_version;     /* newest committed model version */
     uint64_t last_eval_version; /* highest version an evaluation round was run for; 0 if none */
+    uint64_t trained_rounds;    /* training rounds committed so far (for max_rounds) */
 } round_restore_info;
 
 typedef struct round_sched round_sched;

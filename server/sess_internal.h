@@ -23,4 +23,7 @@ void sess_budget_unwait(sess_budget *b, sess_waiter *w);
 fc_status sess_budget_stage(sess_budget *b, const fc_tensor_spec *specs, size_t n, uint64_t total,
                             uint64_t max_total, fc_stage **out, fc_error *err);
 
+/* Memory limit plus spill limit (0 without a spill directory): all the budget can ever hold. */
+uint64_t sess_budget_capacity(const sess_budget *b);
+
 #endif

@@ -79,6 +79,10 @@ fc_status sess_budget_new(uv_loop_t *loop, uint64_t memory_limit, const char *sp
 uint64_t sess_budget_memory_used(const sess_budget *b) { return b->memory_used; }
 uint64_t sess_budget_spill_used(const sess_budget *b) { return b->spill_used; }
 size_t sess_budget_waiting(const sess_budget *b) { return b->waiting; }
+uint64_t sess_budget_capacity(const sess_budget *b) {
+    uint64_t spill = b->spill_dir ? b->spill_limit : 0;
+    return b->memory_limit > UINT64_MAX - spill ? UINT64_MAX : b->memory_limit + spill;
+}
 
 static void budget_closed_cb(uv_handle_t *h) {
     sess_budget *b = h->data;

@@ -6,6 +6,7 @@
 #define _POSIX_C_SOURCE 200809L
 #include <math.h>
 #include <string.h>
+#include <time.h>
 
 #include <openssl/rand.h>
 
@@ -16,11 +17,48 @@
 
 #define SESS_NAME_MAX 257
 
+/* The staged bytes of an upload whose connection broke, kept for the client's next session.
+ * Counted against the budget (the stage's buffer came from it) and by sess_server.parked_bytes
+ * (whole buffers). */
+typedef struct sess_parked {
+    struct sess_parked *next;
+    uint64_t client_id, round, base;
+    int is_delta, proposal;
+    fc_stage *stage;
+    uint64_t expires_ms; /* uv_now() */
+} sess_parked;
+
+/* A parked_gone report waiting for the park timer: reports never run inside the session or
+ * owner code that freed the stage. */
+typedef struct sess_gone_note {
+    struct sess_gone_note *next;
+    uint64_t client_id, round;
+    char why[256];
+} sess_gone_note;
+
 struct sess_server {
     sess_config cfg;
     sess *head;
     size_t count;
     uint64_t accepted, rejected;
+    /* One repeating timer for every session's heartbeat: each tick walks the sessions and sends
+     * a Heartbeat to those that have sent nothing for about the interval. Sending costs one
+     * timestamp store per frame, so busy sessions cost nothing extra; 10,000 idle sessions
+     * cost one list walk per tick (interval / 4). */
+    uv_timer_t *hb;
+    uint64_t hb_tick_ms;
+    uint64_t heartbeats;
+    /* Parked uploads, oldest first (at most one per client), and the timer that expires them
+     * and asks the round callback whether they are still wanted; it runs only while something
+     * is parked. */
+    sess_parked *parked;
+    uint64_t parked_bytes, resume_cap;
+    size_t n_parked;
+    uv_timer_t *park_timer;
+    uint64_t park_tick_ms;
+    sess_resume_stats rs;
+    int shutting_down; /* sess_server_free: no more callbacks */
+    sess_gone_note *notes, *notes_tail;
 };
 
 struct sess {
@@ -32,6 +70,7 @@ struct sess {
     sess *prev, *next;
     fc_frame_decoder dec;
     uint64_t in_seq, out_seq;
+    uint64_t last_sent_ms; /* uv_now() of the last frame written: heartbeats are due from it */
     uint64_t client_id;
     char name[SESS_NAME_MAX];
     int announced; /* presence(up = 1) was reported and presence(up = 0) not yet */
@@ -49,6 +88,7 @@ struct sess {
     fc_stage *stage;
     uint64_t up_round, up_base;
     int up_delta;
+    int up_proposal; /* the upload is an initial model proposal */
     uint64_t up_last_ack;
     int validating;
     int discard_chunks; /* chunks of an aborted upload still in flight are dropped */
@@ -92,13 +132,19 @@ static void set_state(sess *s, sess_state st) {
 
 /* ---- sending ---- */
 
+/* Every frame the session writes goes through here, so that the heartbeat clock sees it. */
+static fc_status sess_write(sess *s, const void *data, size_t len) {
+    s->last_sent_ms = uv_now(s->sv->cfg.loop);
+    return net_write(s->c, data, len);
+}
+
 static fc_status send_msg(sess *s, fc_wire_msg *m) {
     fc_error err = {0};
     fc_buf_reset(&s->out);
     fc_status st = fc_wire_encode(m, 0, &s->out, &err);
     fc_wire_msg_free(m);
     if (st == FC_OK)
-        st = net_write(s->c, s->out.data, s->out.len);
+        st = sess_write(s, s->out.data, s->out.len);
     if (st != FC_OK)
         FC_LOG(FC_LOG_WARN, "session send failed", FC_LS("session", s->id),
                FC_LS("status", fc_status_name(st)));
@@ -163,11 +209,17 @@ static void announce(sess *s, int up) {
         sv->cfg.presence(sv->cfg.presence_ctx, s->client_id, s->name, up);
 }
 
-/* Every error and every orderly end leads here; idempotent. Resources go in on_close. */
-static void begin_close(sess *s, fc_status reason, const char *detail) {
+static void park_upload(sess *s);
+
+/* Every error and every orderly end leads here; idempotent. Resources go in on_close. keep: the
+ * connection ended without the client giving the upload up (lost, replaced, timed out), so its
+ * staged bytes are parked for a resume instead of freed. */
+static void begin_close(sess *s, fc_status reason, const char *detail, int keep) {
     if (s->state == SESS_CLOSING)
         return;
     set_state(s, SESS_CLOSING);
+    if (keep)
+        park_upload(s); /* before the presence report, which may ask sess_server_parked() */
     announce(s, 0);
     s->gen++;
     abort_upload(s);
@@ -183,7 +235,7 @@ static void fail(sess *s, fc_status st, uint64_t ref_seq, const char *msg) {
            FC_LS("peer", net_conn_peer(s->c)), FC_LS("code", fc_wire_error_for_status(st)->name),
            FC_LS("detail", msg));
     send_error(s, st, 1, ref_seq, msg);
-    begin_close(s, st, msg);
+    begin_close(s, st, msg, 0); /* the stream is broken: nothing of it is trusted later */
 }
 
 void sess_close(sess *s, fc_status reason, const char *detail) {
@@ -195,7 +247,7 @@ void sess_close(sess *s, fc_status reason, const char *detail) {
         send_msg(s, &m);
     else
         fc_wire_msg_free(&m);
-    begin_close(s, reason, detail);
+    begin_close(s, reason, detail, reason == FC_ERR_EXISTS); /* a replaced session may resume */
 }
 
 /* A non-fatal refusal of the upload in progress (or being started): Error, rejection report,
@@ -267,7 +319,7 @@ static void pump_download(sess *s) {
         }
         s->out_seq++;
         s->out.len = hlen + d.len;
-        if (net_write(s->c, s->out.data, s->out.len) != FC_OK)
+        if (sess_write(s, s->out.data, s->out.len) != FC_OK)
             return; /* net is closing the connection; on_close follows */
     }
 }
@@ -309,6 +361,13 @@ static void h_model_request(sess *s, const fc_envelope *env) {
     }
     if (send_msg(s, &m) != FC_OK)
         return;
+    if (r->offset > 0) {
+        sv->rs.downloads_resumed++;
+        sv->rs.download_resumed_bytes += r->offset;
+        FC_LOG(FC_LOG_INFO, "model download resumed", FC_LS("session", s->id),
+               FC_LU("client", s->client_id), FC_LU("version", s->dl.version),
+               FC_LU("offset", r->offset), FC_LU("total", s->dl.total_bytes));
+    }
     set_state(s, SESS_DOWNLOADING);
     pump_download(s);
 }
@@ -353,6 +412,284 @@ static int same_specs_report(const sess_round_info *ri, const fc_tensor_spec *sp
     return 1;
 }
 
+/* An initial model proposal (round 0, the round announces no layout): the layout is the
+ * client's, so only its own consistency is checked here (fc_wire_specs_from_wire already checked
+ * names, uniqueness, dtypes, dimensions and size overflow; the staging budget checks the total
+ * against max_update_bytes). */
+static int check_proposal(const Fedcoord__V1__UpdateBegin *ub, fc_status *st, char *msg,
+                          size_t cap) {
+    if (ub->is_delta) {
+        *st = FC_ERR_INVALID;
+        snprintf(msg, cap,
+                 "initial model proposal (round 0) is a delta: a proposal must carry the "
+                 "model's weights (is_delta false)");
+        return 0;
+    }
+    if (ub->n_tensors == 0) {
+        *st = FC_ERR_INVALID;
+        snprintf(msg, cap, "initial model proposal (round 0) has no tensors");
+        return 0;
+    }
+    if (ub->n_tensors > FC_STAGE_DEFAULT_MAX_TENSORS) {
+        *st = FC_ERR_LIMIT;
+        snprintf(msg, cap, "initial model proposal (round 0) has %zu tensors, at most %u",
+                 ub->n_tensors, FC_STAGE_DEFAULT_MAX_TENSORS);
+        return 0;
+    }
+    return 1;
+}
+
+/* ---- parked uploads: resume across connections ---- */
+
+/* Removes p from the list; the caller frees or adopts it. */
+static void parked_unlink(sess_server *sv, sess_parked *p) {
+    for (sess_parked **pp = &sv->parked; *pp; pp = &(*pp)->next)
+        if (*pp == p) {
+            *pp = p->next;
+            p->next = NULL;
+            sv->n_parked--;
+            sv->parked_bytes -= fc_stage_total(p->stage);
+            if (!sv->parked && !sv->notes)
+                uv_timer_stop(sv->park_timer);
+            return;
+        }
+    assert(!"parked stage not in the list");
+}
+
+static void park_tick(uv_timer_t *t);
+
+/* Queues a parked_gone report; the park timer delivers it on its next turn (at once). */
+static void note_gone(sess_server *sv, uint64_t client_id, uint64_t round, const char *why) {
+    if (!sv->cfg.parked_gone || sv->shutting_down)
+        return;
+    sess_gone_note *n = fc_calloc(1, sizeof *n);
+    if (!n) {
+        FC_LOG(FC_LOG_WARN, "parked upload report lost: out of memory", FC_LU("client", client_id),
+               FC_LU("round", round));
+        return;
+    }
+    n->client_id = client_id;
+    n->round = round;
+    snprintf(n->why, sizeof n->why, "%s", why);
+    if (sv->notes_tail)
+        sv->notes_tail->next = n;
+    else
+        sv->notes = n;
+    sv->notes_tail = n;
+    if (uv_timer_start(sv->park_timer, park_tick, 0, sv->park_tick_ms) != 0)
+        FC_LOG(FC_LOG_WARN, "park timer did not start", FC_LU("client", client_id));
+}
+
+/* Frees an unlinked parked stage (its bytes go back to the budget) and says why; notify: report
+ * it through parked_gone. */
+static void parked_free(sess_server *sv, sess_parked *p, int expired, int notify, const char *why) {
+    FC_LOG(FC_LOG_INFO, "parked upload freed", FC_LU("client", p->client_id),
+           FC_LU("round", p->round), FC_LU("staged", fc_stage_received(p->stage)),
+           FC_LU("total", fc_stage_total(p->stage)), FC_LS("reason", why));
+    if (expired)
+        sv->rs.expired++;
+    else
+        sv->rs.dropped++;
+    if (notify)
+        note_gone(sv, p->client_id, p->round, why);
+    fc_stage_free(p->stage);
+    fc_free(p);
+}
+
+static sess_parked *take_parked(sess_server *sv, uint64_t client_id) {
+    for (sess_parked *p = sv->parked; p; p = p->next)
+        if (p->client_id == client_id) {
+            parked_unlink(sv, p);
+            return p;
+        }
+    return NULL;
+}
+
+/* Frees the oldest parked stage; 0 if there was none. */
+static int evict_oldest(sess_server *sv, const char *why) {
+    sess_parked *p = sv->parked;
+    if (!p)
+        return 0;
+    parked_unlink(sv, p);
+    parked_free(sv, p, 0, 1, why);
+    return 1;
+}
+
+/* Expires parked stages and frees those the round callback no longer expects. */
+static void sweep_parked(sess_server *sv) {
+    uint64_t now = uv_now(sv->cfg.loop);
+    sess_parked *next;
+    for (sess_parked *p = sv->parked; p; p = next) {
+        next = p->next;
+        char why[FC_ERROR_MSG_MAX + 96];
+        int gone = 0, expired = 0;
+        if (now >= p->expires_ms) {
+            gone = expired = 1;
+            snprintf(why, sizeof why, "not resumed within %u ms", sv->cfg.resume_keep_ms);
+        } else if (sv->cfg.round) {
+            sess_round_info ri;
+            fc_error err = {0};
+            memset(&ri, 0, sizeof ri);
+            fc_status st = sv->cfg.round(sv->cfg.round_ctx, p->client_id, &ri, &err);
+            if (st != FC_OK) {
+                gone = 1;
+                snprintf(why, sizeof why, "the round no longer expects this client: %s",
+                         err.msg[0] ? err.msg : fc_strerror(st));
+            } else if (ri.round != p->round || ri.base_version != p->base) {
+                gone = 1;
+                snprintf(why, sizeof why,
+                         "round %llu from version %llu is over (current round %llu, version %llu)",
+                         (unsigned long long)p->round, (unsigned long long)p->base,
+                         (unsigned long long)ri.round, (unsigned long long)ri.base_version);
+            }
+        }
+        if (gone) {
+            parked_unlink(sv, p);
+            parked_free(sv, p, expired, 1, why);
+        }
+    }
+    if (!sv->parked && !sv->notes)
+        uv_timer_stop(sv->park_timer);
+}
+
+/* Delivers the queued parked_gone reports, then expires and checks what is parked. */
+static void park_tick(uv_timer_t *t) {
+    sess_server *sv = t->data;
+    sess_gone_note *n = sv->notes;
+    sv->notes = sv->notes_tail = NULL;
+    while (n) {
+        sess_gone_note *next = n->next;
+        sv->cfg.parked_gone(sv->cfg.parked_gone_ctx, n->client_id, n->round, n->why);
+        fc_free(n);
+        n = next;
+    }
+    sweep_parked(sv);
+}
+
+/* The session ends with an upload in progress that the client did not give up: keep its
+ * staged bytes for the client's next session (takes s->stage), unless there is nothing worth
+ * keeping or no room under resume_max_bytes. */
+static void park_upload(sess *s) {
+    sess_server *sv = s->sv;
+    if (!s->stage || s->validating || sv->cfg.resume_disabled)
+        return;
+    uint64_t got = fc_stage_received(s->stage), total = fc_stage_total(s->stage);
+    if (got == 0 || fc_stage_complete(s->stage))
+        return;
+    sess_parked *old = take_parked(sv, s->client_id);
+    if (old)
+        parked_free(sv, old, 0, 0, "replaced by a newer broken upload of the same client");
+    if (total > sv->resume_cap) {
+        FC_LOG(FC_LOG_INFO, "upload not parked", FC_LS("session", s->id),
+               FC_LU("client", s->client_id), FC_LU("round", s->up_round), FC_LU("total", total),
+               FC_LU("resume_max_bytes", sv->resume_cap));
+        return;
+    }
+    while (sv->parked_bytes > sv->resume_cap - total)
+        evict_oldest(sv, "evicted to park a newer upload (resume_max_bytes)");
+    sess_parked *p = fc_calloc(1, sizeof *p);
+    if (!p)
+        return; /* the caller frees the stage */
+    if (!uv_is_active((uv_handle_t *)sv->park_timer) &&
+        uv_timer_start(sv->park_timer, park_tick, sv->park_tick_ms, sv->park_tick_ms) != 0) {
+        fc_free(p);
+        return;
+    }
+    p->client_id = s->client_id;
+    p->round = s->up_round;
+    p->base = s->up_base;
+    p->is_delta = s->up_delta;
+    p->proposal = s->up_proposal;
+    p->stage = s->stage;
+    p->expires_ms = uv_now(sv->cfg.loop) + sv->cfg.resume_keep_ms;
+    s->stage = NULL;
+    sess_parked **tail = &sv->parked;
+    while (*tail)
+        tail = &(*tail)->next;
+    *tail = p;
+    sv->n_parked++;
+    sv->parked_bytes += total;
+    sv->rs.parked++;
+    FC_LOG(FC_LOG_INFO, "upload parked for resume", FC_LS("session", s->id),
+           FC_LU("client", s->client_id), FC_LU("round", s->up_round), FC_LU("staged", got),
+           FC_LU("total", total), FC_LU("keep_ms", sv->cfg.resume_keep_ms));
+}
+
+/* Whether UpdateBegin ub (layout specs/total, proposal or not) continues parked upload p. On 0,
+ * why says what differs: the upload then starts at 0 and p is freed. */
+static int resume_matches(const sess_parked *p, const Fedcoord__V1__UpdateBegin *ub,
+                          const fc_tensor_spec *specs, uint64_t total, int proposal, char *why,
+                          size_t cap) {
+    uint64_t got = fc_stage_received(p->stage);
+    if (ub->resume_offset == 0) {
+        snprintf(why, cap, "the client starts the upload afresh (resume_offset 0)");
+        return 0;
+    }
+    if (ub->round != p->round || ub->base_version != p->base) {
+        snprintf(why, cap,
+                 "the parked bytes are for round %llu from version %llu, the upload for round "
+                 "%llu from version %llu",
+                 (unsigned long long)p->round, (unsigned long long)p->base,
+                 (unsigned long long)ub->round, (unsigned long long)ub->base_version);
+        return 0;
+    }
+    if ((ub->is_delta != 0) != (p->is_delta != 0) || proposal != p->proposal) {
+        snprintf(why, cap, "the parked upload was %s, this one is %s",
+                 p->proposal   ? "a proposal"
+                 : p->is_delta ? "a delta"
+                               : "weights",
+                 proposal       ? "a proposal"
+                 : ub->is_delta ? "a delta"
+                                : "weights");
+        return 0;
+    }
+    if (total != fc_stage_total(p->stage) || ub->n_tensors != fc_stage_tensor_count(p->stage)) {
+        snprintf(why, cap, "%zu tensors of %llu bytes announced, the parked upload has %zu of %llu",
+                 ub->n_tensors, (unsigned long long)total, fc_stage_tensor_count(p->stage),
+                 (unsigned long long)fc_stage_total(p->stage));
+        return 0;
+    }
+    for (size_t i = 0; i < ub->n_tensors; i++) {
+        const fc_tensor_spec *a = &specs[i], *b = fc_stage_spec(p->stage, i);
+        if (strcmp(a->name, b->name) != 0 || a->dtype != b->dtype || a->ndim != b->ndim ||
+            memcmp(a->shape, b->shape, a->ndim * sizeof a->shape[0]) != 0) {
+            snprintf(why, cap, "tensor %zu ('%.200s') differs from the parked upload's ('%.200s')",
+                     i, a->name, b->name);
+            return 0;
+        }
+    }
+    if (got > ub->resume_offset) {
+        snprintf(why, cap,
+                 "the client resumes at byte %llu but %llu bytes are staged, and staged bytes "
+                 "cannot be taken back (the SHA-256 runs as they arrive)",
+                 (unsigned long long)ub->resume_offset, (unsigned long long)got);
+        return 0;
+    }
+    return 1;
+}
+
+/* Continues parked upload p in session s (takes p): Ack{offset = staged bytes}. */
+static void resume_upload(sess *s, sess_parked *p, uint64_t begin_seq) {
+    sess_server *sv = s->sv;
+    uint64_t at = fc_stage_received(p->stage);
+    s->stage = p->stage;
+    s->up_round = p->round;
+    s->up_base = p->base;
+    s->up_delta = p->is_delta;
+    s->up_proposal = p->proposal;
+    s->up_last_ack = at;
+    s->validating = 0;
+    s->discard_chunks = 0;
+    fc_free(p);
+    sv->rs.resumed++;
+    sv->rs.resumed_bytes += at;
+    FC_LOG(FC_LOG_INFO, "upload resumed", FC_LS("session", s->id), FC_LU("client", s->client_id),
+           FC_LU("round", s->up_round), FC_LU("offset", at),
+           FC_LU("total", fc_stage_total(s->stage)));
+    set_state(s, SESS_UPLOADING);
+    send_ack(s, begin_seq, at);
+}
+
 static void budget_wake(sess_waiter *w);
 
 /* Returns 1 if the upload started or was refused, 0 if it waits for budget (env kept). */
@@ -394,14 +731,40 @@ static int start_upload(sess *s, fc_envelope *env) {
         reject_upload(s, st, env->seq, ub->round, err.msg);
         return 1;
     }
-    if (!same_specs_report(&ri, specs, ub->n_tensors, ub->round, &st, msg, sizeof msg)) {
+    int proposal = ri.round == 0 && ri.n_specs == 0;
+    if (proposal ? !check_proposal(ub, &st, msg, sizeof msg)
+                 : !same_specs_report(&ri, specs, ub->n_tensors, ub->round, &st, msg, sizeof msg)) {
         fc_wire_specs_free(specs, ub->n_tensors);
         reject_upload(s, st, env->seq, ub->round, msg);
         return 1;
     }
+    sess_parked *p = take_parked(sv, s->client_id);
+    if (p) {
+        char why[FC_ERROR_MSG_MAX];
+        if (resume_matches(p, ub, specs, total, proposal, why, sizeof why)) {
+            fc_wire_specs_free(specs, ub->n_tensors);
+            resume_upload(s, p, env->seq);
+            return 1;
+        }
+        FC_LOG(FC_LOG_INFO, "upload starts afresh", FC_LS("session", s->id),
+               FC_LU("client", s->client_id), FC_LU("round", ub->round),
+               FC_LU("resume_offset", ub->resume_offset), FC_LS("reason", why));
+        sv->rs.fresh++;
+        parked_free(sv, p, 0, 1, why); /* before asking the budget: its bytes are free again */
+    } else if (ub->resume_offset > 0) {
+        FC_LOG(FC_LOG_INFO, "upload starts afresh", FC_LS("session", s->id),
+               FC_LU("client", s->client_id), FC_LU("round", ub->round),
+               FC_LU("resume_offset", ub->resume_offset),
+               FC_LS("reason", "nothing is parked for this client"));
+        sv->rs.fresh++;
+    }
     uint64_t max_total = sv->cfg.max_update_bytes ? sv->cfg.max_update_bytes : (uint64_t)16 << 30;
     fc_stage *stage = NULL;
     st = sess_budget_stage(sv->cfg.budget, specs, ub->n_tensors, total, max_total, &stage, &err);
+    /* A live upload comes before parked ones: make room by freeing them, oldest first. */
+    while (st == FC_ERR_BUSY && evict_oldest(sv, "evicted: a live upload needs the staging budget"))
+        st =
+            sess_budget_stage(sv->cfg.budget, specs, ub->n_tensors, total, max_total, &stage, &err);
     fc_wire_specs_free(specs, ub->n_tensors);
     if (st == FC_ERR_BUSY) {
         /* Both pools refused: stop reading this connection until a staging buffer is freed. */
@@ -422,12 +785,12 @@ static int start_upload(sess *s, fc_envelope *env) {
     s->up_round = ub->round;
     s->up_base = ub->base_version;
     s->up_delta = ub->is_delta;
+    s->up_proposal = proposal;
     s->up_last_ack = 0;
     s->validating = 0;
     s->discard_chunks = 0;
     set_state(s, SESS_UPLOADING);
-    /* No staged data survives a connection: a resumed upload restarts at 0 (protocol 5.4). */
-    send_ack(s, env->seq, 0);
+    send_ack(s, env->seq, 0); /* a fresh upload starts at byte 0 (protocol 5.4) */
     return 1;
 }
 
@@ -516,6 +879,25 @@ out:
     fc_model_free(&m);
 }
 
+/* Validation ran off the loop; the round may have closed meanwhile (deadline, stop). Asks the
+ * round callback again so that a late update gets an error instead of an Ack. 0 with j->st and
+ * j->msg set when the update is no longer wanted. */
+static int still_expected(sess *s, sess_job *j) {
+    sess_server *sv = s->sv;
+    sess_round_info ri;
+    fc_error err = {0};
+    memset(&ri, 0, sizeof ri);
+    fc_status st = sv->cfg.round(sv->cfg.round_ctx, s->client_id, &ri, &err);
+    if (st == FC_OK && ri.round == j->up.round)
+        return 1;
+    j->st = st != FC_OK ? st : FC_ERR_STATE;
+    int n = snprintf(j->msg, sizeof j->msg, "round %llu closed while the update was validated",
+                     (unsigned long long)j->up.round);
+    if (st != FC_OK && n > 0 && (size_t)n < sizeof j->msg - 2)
+        snprintf(j->msg + n, sizeof j->msg - (size_t)n, ": %.400s", err.msg);
+    return 0;
+}
+
 static void job_after(uv_work_t *req, int status) {
     sess_job *j = req->data;
     sess *s = j->s;
@@ -527,6 +909,9 @@ static void job_after(uv_work_t *req, int status) {
     if (s->gen != j->gen || s->state == SESS_CLOSING) {
         /* The session closed meanwhile: the update dies with it. */
         sess_update_release(&j->up);
+    } else if (j->st == FC_OK && !still_expected(s, j)) {
+        sess_update_release(&j->up);
+        reject_upload(s, j->st, j->end_seq, j->up.round, j->msg);
     } else if (j->st == FC_OK) {
         sess_server *sv = s->sv;
         uint64_t total = fc_stage_total(j->up.stage);
@@ -599,7 +984,8 @@ static void h_update_end(sess *s, const fc_envelope *env) {
     j->s = s;
     j->gen = s->gen;
     j->end_seq = env->seq;
-    j->max_norm = sv->cfg.max_update_norm;
+    /* The norm bound limits deltas; an initial model proposal is weights. */
+    j->max_norm = s->up_proposal ? 0 : sv->cfg.max_update_norm;
     j->up.client_id = s->client_id;
     j->up.round = s->up_round;
     j->up.base_version = s->up_base;
@@ -707,6 +1093,46 @@ static void h_update_begin(sess *s, fc_envelope **envp) {
         *envp = NULL; /* kept until budget frees */
 }
 
+/* The session's own rules for an EvalResult (the codec already checked the wire limits).
+ * Returns FC_OK or the code to send, with a message naming the field or metric. */
+static fc_status check_eval(const sess_server *sv, const Fedcoord__V1__EvalResult *r, char *msg,
+                            size_t cap) {
+    uint64_t max_examples = sv->cfg.max_num_examples ? sv->cfg.max_num_examples : (uint64_t)1 << 53;
+    if (r->num_examples == 0 || r->num_examples > max_examples) {
+        snprintf(msg, cap, "evaluation result for round %llu claims %llu examples, allowed 1..%llu",
+                 (unsigned long long)r->round, (unsigned long long)r->num_examples,
+                 (unsigned long long)max_examples);
+        return FC_ERR_REQUIREMENT;
+    }
+    if (r->n_metrics > SESS_EVAL_MAX_METRICS) {
+        snprintf(msg, cap, "evaluation result for round %llu has %zu metrics, at most %u",
+                 (unsigned long long)r->round, r->n_metrics, SESS_EVAL_MAX_METRICS);
+        return FC_ERR_LIMIT;
+    }
+    for (size_t i = 0; i < r->n_metrics; i++) {
+        const char *name = r->metrics[i]->key ? r->metrics[i]->key : "";
+        size_t len = strlen(name);
+        if (len == 0) {
+            snprintf(msg, cap, "evaluation result for round %llu: metric %zu has an empty name",
+                     (unsigned long long)r->round, i);
+            return FC_ERR_INVALID;
+        }
+        if (len > SESS_EVAL_MAX_NAME) {
+            snprintf(msg, cap,
+                     "evaluation result for round %llu: metric name '%.80s...' is %zu bytes, "
+                     "at most %u",
+                     (unsigned long long)r->round, name, len, SESS_EVAL_MAX_NAME);
+            return FC_ERR_LIMIT;
+        }
+        if (!isfinite(r->metrics[i]->value)) {
+            snprintf(msg, cap, "evaluation result for round %llu: metric '%s' is not finite",
+                     (unsigned long long)r->round, name);
+            return FC_ERR_NON_FINITE;
+        }
+    }
+    return FC_OK;
+}
+
 static void h_eval_result(sess *s, const fc_envelope *env) {
     sess_server *sv = s->sv;
     const Fedcoord__V1__EvalResult *r = env->eval_result;
@@ -716,46 +1142,43 @@ static void h_eval_result(sess *s, const fc_envelope *env) {
                    "this server does not collect evaluation results");
         return;
     }
-    if (r->num_examples == 0 ||
-        (sv->cfg.max_num_examples && r->num_examples > sv->cfg.max_num_examples)) {
-        snprintf(msg, sizeof msg,
-                 "evaluation result for round %llu claims %llu examples, allowed 1..%llu",
-                 (unsigned long long)r->round, (unsigned long long)r->num_examples,
-                 (unsigned long long)(sv->cfg.max_num_examples ? sv->cfg.max_num_examples
-                                                               : UINT64_MAX));
-        send_error(s, FC_ERR_REQUIREMENT, 0, env->seq, msg);
-        return;
-    }
-    /* The wire layer has checked the list (at most FC_WIRE_MAX_LIST, names, finite values). */
-    const char *names[FC_WIRE_MAX_LIST];
-    double values[FC_WIRE_MAX_LIST];
-    size_t n = r->n_metrics < FC_WIRE_MAX_LIST ? r->n_metrics : FC_WIRE_MAX_LIST;
-    for (size_t i = 0; i < n; i++) {
-        names[i] = r->metrics[i]->key;
-        values[i] = r->metrics[i]->value;
-    }
-    fc_error err = {0};
-    fc_status st = sv->cfg.eval(sv->cfg.eval_ctx, s->client_id, r->round, r->model_version,
-                                r->num_examples, names, values, n, &err);
+    fc_status st = check_eval(sv, r, msg, sizeof msg);
     if (st == FC_OK) {
-        FC_LOG(FC_LOG_INFO, "evaluation accepted", FC_LS("session", s->id),
+        const char *names[SESS_EVAL_MAX_METRICS];
+        double values[SESS_EVAL_MAX_METRICS];
+        for (size_t i = 0; i < r->n_metrics; i++) {
+            names[i] = r->metrics[i]->key;
+            values[i] = r->metrics[i]->value;
+        }
+        fc_error err = {0};
+        st = sv->cfg.eval(sv->cfg.eval_ctx, s->client_id, r->round, r->model_version,
+                          r->num_examples, names, values, r->n_metrics, &err);
+        if (st != FC_OK)
+            snprintf(msg, sizeof msg, "%s", err.msg[0] ? err.msg : fc_strerror(st));
+    }
+    if (st != FC_OK) {
+        FC_LOG(FC_LOG_INFO, "evaluation result refused", FC_LS("session", s->id),
                FC_LU("client", s->client_id), FC_LU("round", r->round),
-               FC_LU("examples", r->num_examples));
-        send_ack(s, env->seq, 0);
+               FC_LS("code", fc_wire_error_for_status(st)->name), FC_LS("reason", msg));
+        send_error(s, st, 0, env->seq, msg);
         return;
     }
-    FC_LOG(FC_LOG_INFO, "evaluation refused", FC_LS("session", s->id),
+    FC_LOG(FC_LOG_DEBUG, "evaluation result accepted", FC_LS("session", s->id),
            FC_LU("client", s->client_id), FC_LU("round", r->round),
-           FC_LS("reason", fc_error_text(&err)));
-    send_error(s, st, 0, env->seq, fc_error_text(&err));
+           FC_LU("examples", r->num_examples));
+    send_ack(s, env->seq, 0);
 }
 
 static void h_error(sess *s, const fc_envelope *env) {
     const Fedcoord__V1__Error *e = env->error;
     FC_LOG(FC_LOG_INFO, "client sent an error", FC_LS("session", s->id), FC_LU("code", e->code),
            FC_LS("message", e->message ? e->message : ""));
+    if (s->sv->cfg.peer_error && s->client_id)
+        s->sv->cfg.peer_error(s->sv->cfg.peer_error_ctx, s->client_id,
+                              fc_wire_status_for_code(e->code), e->fatal, e->ref_seq,
+                              e->message ? e->message : "");
     if (e->fatal) {
-        begin_close(s, FC_ERR_CLOSED, "client sent a fatal error");
+        begin_close(s, FC_ERR_CLOSED, "client sent a fatal error", 0);
         return;
     }
     if (s->state == SESS_DOWNLOADING)
@@ -768,7 +1191,7 @@ static void h_error(sess *s, const fc_envelope *env) {
 
 static void h_bye(sess *s, const fc_envelope *env) {
     (void)env;
-    begin_close(s, FC_OK, "client said bye");
+    begin_close(s, FC_OK, "client said bye", 0);
 }
 
 /* ---- dispatch ---- */
@@ -830,8 +1253,27 @@ static void handle_frame(sess *s, const uint8_t *data, size_t len) {
         }
     }
     fc_envelope *env = NULL;
-    fc_status st = fc_wire_decode(data, len, &env, &err);
+    fc_status st = fc_envelope_unpack(data, len, &env, &err);
     if (st != FC_OK) {
+        fail(s, st, 0, err.msg);
+        return;
+    }
+    st = fc_wire_validate(env, &err);
+    if (st != FC_OK && env->body_case == FEDCOORD__V1__ENVELOPE__BODY_EVAL_RESULT &&
+        (ST(s->state) & AUTHED)) {
+        /* A well-framed EvalResult with a bad value (NaN metric, num_examples 0, ...) leaves
+         * the stream intact: refuse the report, keep the session. */
+        if (check_seq(s, env->seq)) {
+            FC_LOG(FC_LOG_INFO, "evaluation result refused", FC_LS("session", s->id),
+                   FC_LU("client", s->client_id), FC_LS("code", fc_wire_error_for_status(st)->name),
+                   FC_LS("reason", err.msg));
+            send_error(s, st, 0, env->seq, err.msg);
+        }
+        fc_envelope_free(env);
+        return;
+    }
+    if (st != FC_OK) {
+        fc_envelope_free(env);
         fail(s, st, 0, err.msg);
         return;
     }
@@ -901,6 +1343,7 @@ static void cb_open(net_conn *c) {
     s->c = c;
     s->refs = 1;
     s->state = SESS_HELLO_WAIT;
+    s->last_sent_ms = uv_now(sv->cfg.loop);
     snprintf(s->id, sizeof s->id, "s%llu", (unsigned long long)net_conn_id(c));
     fc_frame_decoder_init(&s->dec, sv->cfg.max_frame_bytes);
     s->next = sv->head;
@@ -923,7 +1366,7 @@ static void cb_limit(net_conn *c, fc_status st, const char *detail) {
     if (!s || s->state == SESS_CLOSING)
         return;
     send_error(s, st, 1, 0, detail);
-    begin_close(s, st, detail);
+    begin_close(s, st, detail, 1); /* idle or too slow: a network problem, resumable */
 }
 
 static void cb_backpressure(net_conn *c, int blocked) {
@@ -942,6 +1385,7 @@ static void cb_close(net_conn *c, fc_status reason, const char *detail) {
     (void)reason;
     if (s->state != SESS_CLOSING) { /* closed by net (peer gone, limit): same cleanup */
         set_state(s, SESS_CLOSING);
+        park_upload(s);
         announce(s, 0);
         s->gen++;
         abort_upload(s);
@@ -969,6 +1413,47 @@ void sess_net_callbacks(net_callbacks *cb) {
     cb->on_backpressure = cb_backpressure;
     cb->on_close = cb_close;
 }
+
+/* ---- server heartbeats ---- */
+
+static uint64_t unix_ms(void) {
+    struct timespec ts;
+    if (clock_gettime(CLOCK_REALTIME, &ts) != 0)
+        return 0;
+    return (uint64_t)ts.tv_sec * 1000u + (uint64_t)ts.tv_nsec / 1000000u;
+}
+
+static void send_heartbeat(sess *s) {
+    fc_wire_msg m;
+    fc_error err = {0};
+    if (fc_wire_heartbeat(&m, ++s->out_seq, unix_ms(), &err) != FC_OK) {
+        fc_wire_msg_free(&m);
+        s->out_seq--;
+        return;
+    }
+    if (send_msg(s, &m) == FC_OK)
+        s->sv->heartbeats++;
+}
+
+/* A session is due when it has sent nothing for (interval - tick): the Heartbeat then leaves
+ * between 3/4 of the interval and the interval after the last frame, never later. Sessions
+ * that are not authenticated yet or closing get none, nor one whose output queue is above the
+ * high-water mark (the peer has bytes coming already). */
+static void heartbeat_tick(uv_timer_t *t) {
+    sess_server *sv = t->data;
+    uint64_t now = uv_now(sv->cfg.loop);
+    uint64_t quiet = sv->cfg.heartbeat_interval_ms - sv->hb_tick_ms;
+    sess *next;
+    for (sess *s = sv->head; s; s = next) {
+        next = s->next;
+        if (s->state == SESS_HELLO_WAIT || s->state == SESS_CLOSING || !s->c || s->blocked)
+            continue;
+        if (now - s->last_sent_ms >= quiet)
+            send_heartbeat(s);
+    }
+}
+
+static void heartbeat_closed(uv_handle_t *h) { fc_free(h); }
 
 /* ---- server ---- */
 
@@ -998,6 +1483,42 @@ fc_status sess_server_new(const sess_config *cfg, sess_server **out, fc_error *e
         sv->cfg.heartbeat_interval_ms = 30000;
     if (!sv->cfg.software)
         sv->cfg.software = "fedcoordd";
+    sv->hb_tick_ms = sv->cfg.heartbeat_interval_ms / 4 ? sv->cfg.heartbeat_interval_ms / 4 : 1;
+    sv->hb = fc_malloc(sizeof *sv->hb);
+    if (!sv->hb) {
+        fc_free(sv);
+        return fc_error_set(err, FC_ERR_NOMEM, "session server heartbeat timer");
+    }
+    int rc = uv_timer_init(sv->cfg.loop, sv->hb);
+    if (rc != 0) {
+        fc_free(sv->hb);
+        fc_free(sv);
+        return fc_error_set(err, FC_ERR_SYSTEM, "session heartbeat timer: %s", uv_strerror(rc));
+    }
+    sv->hb->data = sv;
+    rc = uv_timer_start(sv->hb, heartbeat_tick, sv->hb_tick_ms, sv->hb_tick_ms);
+    if (rc != 0) {
+        uv_close((uv_handle_t *)sv->hb, heartbeat_closed);
+        fc_free(sv);
+        return fc_error_set(err, FC_ERR_SYSTEM, "session heartbeat timer: %s", uv_strerror(rc));
+    }
+    uv_unref((uv_handle_t *)sv->hb); /* heartbeats alone must not keep the loop running */
+    if (!sv->cfg.resume_keep_ms)
+        sv->cfg.resume_keep_ms = 60000;
+    sv->resume_cap =
+        sv->cfg.resume_max_bytes ? sv->cfg.resume_max_bytes : sess_budget_capacity(cfg->budget);
+    sv->park_tick_ms = sv->cfg.resume_keep_ms < 1000 ? sv->cfg.resume_keep_ms : 1000;
+    sv->park_timer = fc_malloc(sizeof *sv->park_timer);
+    if (!sv->park_timer || (rc = uv_timer_init(sv->cfg.loop, sv->park_timer)) != 0) {
+        fc_status st = sv->park_timer ? FC_ERR_SYSTEM : FC_ERR_NOMEM;
+        fc_free(sv->park_timer);
+        uv_timer_stop(sv->hb);
+        uv_close((uv_handle_t *)sv->hb, heartbeat_closed);
+        fc_free(sv);
+        return fc_error_set(err, st, "session resume timer");
+    }
+    sv->park_timer->data = sv;
+    uv_unref((uv_handle_t *)sv->park_timer);
     *out = sv;
     return FC_OK;
 }
@@ -1006,12 +1527,47 @@ void sess_server_free(sess_server *sv) {
     if (!sv)
         return;
     assert(sv->count == 0);
+    sv->shutting_down = 1;
+    while (evict_oldest(sv, "the session server is shutting down"))
+        ;
+    while (sv->notes) {
+        sess_gone_note *n = sv->notes;
+        sv->notes = n->next;
+        fc_free(n);
+    }
+    uv_timer_stop(sv->hb);
+    uv_close((uv_handle_t *)sv->hb, heartbeat_closed);
+    uv_timer_stop(sv->park_timer);
+    uv_close((uv_handle_t *)sv->park_timer, heartbeat_closed);
     fc_free(sv);
 }
 
 size_t sess_server_count(const sess_server *sv) { return sv->count; }
 uint64_t sess_server_accepted(const sess_server *sv) { return sv->accepted; }
 uint64_t sess_server_rejected(const sess_server *sv) { return sv->rejected; }
+uint64_t sess_server_heartbeats(const sess_server *sv) { return sv->heartbeats; }
+uint64_t sess_server_resumed_bytes(const sess_server *sv) { return sv->rs.resumed_bytes; }
+
+void sess_server_resume_stats(const sess_server *sv, sess_resume_stats *out) {
+    *out = sv->rs;
+    out->parked_now = sv->n_parked;
+    out->parked_bytes_now = sv->parked_bytes;
+}
+
+void sess_server_round_changed(sess_server *sv) { sweep_parked(sv); }
+
+int sess_server_parked(const sess_server *sv, uint64_t client_id, uint64_t *round,
+                       uint64_t *staged) {
+    for (const sess_parked *p = sv->parked; p; p = p->next)
+        if (p->client_id == client_id) {
+            if (round)
+                *round = p->round;
+            if (staged)
+                *staged = fc_stage_received(p->stage);
+            return 1;
+        }
+    return 0;
+}
 
 sess *sess_find(sess_server *sv, uint64_t client_id) {
     for (sess *s = sv->head; s; s = s->next)

@@ -4,12 +4,13 @@
  * and the state in which each message is allowed (a dispatch table), runs the handshake
  * (version, authentication, mTLS identity, replacement of an older session of the same client),
  * streams model downloads as the output queue drains, stages update uploads into memory counted
- * against a shared budget (or a spill file), validates completed updates on the thread pool and
- * hands accepted ones to a sink. It owns no socket (net does), no database (the injected callbacks
- * reach storage) and no round logic (the scheduler decides; the session only asks what the
- * current round expects). It never blocks the loop, never logs a token, and never lets a partial
- * or unvalidated update reach the sink. Everything runs on the loop thread except the validation
- * work function, which touches only the data handed to it.
+ * against a shared budget (or a spill file), parks the staged bytes of an upload whose
+ * connection broke so that the client's next session can resume it, validates completed updates
+ * on the thread pool and hands accepted ones to a sink. It owns no socket (net does), no database
+ * (the injected callbacks reach storage) and no round logic (the scheduler decides; the session
+ * only asks what the current round expects). It never blocks the loop, never logs a token, and
+ * never lets a partial or unvalidated update reach the sink. Everything runs on the loop thread
+ * except the validation work function, which touches only the data handed to it.
  */
 #ifndef FC_SERVER_SESSION_H
 #define FC_SERVER_SESSION_H
@@ -105,7 +106,14 @@ void sess_mem_model_source(sess_mem_model *mm, sess_model_source *src);
 
 /* What the current round expects from a client. FC_ERR_STATE (with a detail) when the client may
  * not upload now (no round open, not selected). specs are borrowed until the callback is called
- * again or the round changes; the session copies what it keeps. */
+ * again or the round changes; the session copies what it keeps.
+ * Initial model proposal: {round = 0, base_version = 0, specs = NULL, n_specs = 0} means "this
+ * client may propose the initial model in any layout it announces". The session then checks the
+ * announced layout on its own (1..FC_STAGE_DEFAULT_MAX_TENSORS tensors, unique non-empty names,
+ * known dtypes, sizes without overflow, total = total_bytes <= max_update_bytes), requires
+ * is_delta = false, skips the norm bound (a proposal is weights, not a delta), and hands the
+ * validated proposal to the sink as an update with round 0 and is_delta 0; its stage carries the
+ * layout (fc_stage_tensor_count / fc_stage_spec). */
 typedef struct sess_round_info {
     uint64_t round;
     uint64_t base_version;
@@ -143,14 +151,29 @@ typedef void (*sess_reject_fn)(void *ctx, uint64_t client_id, uint64_t round, fc
  * sess_close on the session being announced. */
 typedef void (*sess_presence_fn)(void *ctx, uint64_t client_id, const char *name, int up);
 
-/* An evaluation report (EvalResult) of client_id, with num_examples >= 1 and the metrics the wire
- * layer has validated (names 1..256 bytes and unique, values finite; n <= 256). Called on the
- * loop thread; names and values are borrowed for the call. FC_OK: the session answers Ack;
- * otherwise it answers a non-fatal Error with that status and err's detail. */
+/* An evaluation result (EvalResult) that passed the session's checks: num_examples in
+ * 1..max_num_examples (2^53 when that is 0), at most SESS_EVAL_MAX_METRICS metrics, names
+ * 1..SESS_EVAL_MAX_NAME bytes and unique, values finite. names/values (n entries) are borrowed
+ * for the call. FC_OK makes the session answer Ack{ref_seq = the EvalResult's seq}; any other
+ * status is sent to the client as a non-fatal Error with that code and err->msg. */
+#define SESS_EVAL_MAX_METRICS 32u
+#define SESS_EVAL_MAX_NAME 63u
 typedef fc_status (*sess_eval_fn)(void *ctx, uint64_t client_id, uint64_t round,
                                   uint64_t model_version, uint64_t num_examples,
                                   const char *const *names, const double *values, size_t n,
                                   fc_error *err);
+
+/* An Error frame the client sent (e.g. UNSUPPORTED "this client has no initial model to
+ * propose" in answer to a proposal Task): the client, the status its code maps to, whether it
+ * was fatal, the server frame it refers to (0 = none) and its message ("" if none). */
+typedef void (*sess_peer_error_fn)(void *ctx, uint64_t client_id, fc_status st, int fatal,
+                                   uint64_t ref_seq, const char *message);
+
+/* A parked upload of client_id for round was freed without being resumed (expired, round over,
+ * evicted, or the client started afresh); why says which. Not called from sess_server_free. A
+ * scheduler that keeps a disconnected client with a parked upload in its round (see
+ * sess_server_parked) can count the client as gone here when sess_find finds no session. */
+typedef void (*sess_parked_gone_fn)(void *ctx, uint64_t client_id, uint64_t round, const char *why);
 
 typedef struct sess_config {
     uv_loop_t *loop;
@@ -166,16 +189,30 @@ typedef struct sess_config {
     void *reject_ctx;
     sess_presence_fn presence; /* may be NULL */
     void *presence_ctx;
-    sess_eval_fn eval; /* NULL: every EvalResult is UNSUPPORTED */
-    void *eval_ctx;
     uint64_t max_num_examples;      /* 0 = no upper bound */
     double max_update_norm;         /* L2 bound over all values; 0 = none */
     uint64_t max_update_bytes;      /* largest UpdateBegin.total_bytes; 0 = 16 GiB */
     uint64_t ack_every_bytes;       /* Ack while uploading every this many bytes; 0 = 64 MiB */
-    uint32_t heartbeat_interval_ms; /* announced in Welcome; 0 = 30000 */
+    uint32_t heartbeat_interval_ms; /* announced in Welcome, and the server sends a Heartbeat
+                                       to a session it has sent nothing for about this long;
+                                       0 = 30000 */
     uint32_t max_frame_bytes;       /* 0 = FC_FRAME_MAX_DEFAULT */
     uint32_t max_chunk_bytes;       /* 0 = FC_CHUNK_MAX_DATA (and at most that) */
     const char *software;           /* Welcome.software; NULL = "fedcoordd" */
+    sess_eval_fn eval;              /* NULL: EvalResult is answered UNSUPPORTED */
+    void *eval_ctx;
+    sess_peer_error_fn peer_error; /* may be NULL */
+    void *peer_error_ctx;
+    /* Upload resume (docs/daemon-sessions.md, "Resumable uploads"): when a connection breaks
+     * mid-upload, the staged bytes stay parked under (client, round) for resume_keep_ms, so
+     * that the client's next session continues where the bytes stopped. */
+    uint32_t resume_keep_ms;   /* 0 = 60000 */
+    uint64_t resume_max_bytes; /* parked bytes of all clients together (whole staging buffers);
+                                  0 = the budget's memory plus spill limits. A live upload that
+                                  finds the budget full evicts parked stages, oldest first. */
+    int resume_disabled;       /* 1: a broken upload's bytes are freed at once */
+    sess_parked_gone_fn parked_gone; /* may be NULL */
+    void *parked_gone_ctx;
 } sess_config;
 
 /* A session server: the sessions of one listener. Register it as the listener's user pointer
@@ -185,7 +222,9 @@ typedef struct sess_server sess_server;
 typedef struct sess sess;
 
 fc_status sess_server_new(const sess_config *cfg, sess_server **out, fc_error *err);
-/* Frees the server; every session must be closed (its listener closed) first. */
+/* Frees the server; every session must be closed (its listener closed) first. The server's
+ * heartbeat timer is closed here: run the loop once afterwards (as for sess_budget_free) so that
+ * libuv finishes closing it before uv_loop_close. */
 void sess_server_free(sess_server *sv);
 /* The net callbacks that drive the sessions of a listener whose user pointer is sv. */
 void sess_net_callbacks(net_callbacks *cb);
@@ -196,6 +235,35 @@ sess *sess_find(sess_server *sv, uint64_t client_id);
 /* Accepted updates and rejections so far (for status pages and tests). */
 uint64_t sess_server_accepted(const sess_server *sv);
 uint64_t sess_server_rejected(const sess_server *sv);
+/* Heartbeat frames the server has sent so far. */
+uint64_t sess_server_heartbeats(const sess_server *sv);
+
+/* Resume counters (since sess_server_new) and what is parked now. */
+typedef struct sess_resume_stats {
+    uint64_t parked;                 /* uploads parked when their connection broke */
+    uint64_t resumed;                /* uploads that continued from parked bytes */
+    uint64_t resumed_bytes;          /* sum of the offsets they continued from: bytes not resent */
+    uint64_t fresh;                  /* resume attempts (resume_offset > 0, or a parked stage)
+                                        that started at 0 instead */
+    uint64_t expired;                /* parked stages freed because nobody resumed in time */
+    uint64_t dropped;                /* freed for another reason (round moved on, evicted, ...) */
+    uint64_t downloads_resumed;      /* ModelRequests with offset > 0 that were served */
+    uint64_t download_resumed_bytes; /* sum of their offsets */
+    size_t parked_now;               /* stages parked at this moment */
+    uint64_t parked_bytes_now;       /* their staging buffers, in bytes (counted by the budget) */
+} sess_resume_stats;
+void sess_server_resume_stats(const sess_server *sv, sess_resume_stats *out);
+/* Bytes of uploads that were not resent because a parked stage was resumed. */
+uint64_t sess_server_resumed_bytes(const sess_server *sv);
+/* Checks every parked stage against the round callback now and frees those whose client and
+ * round are no longer expected (the daemon may call this when a round closes; a timer does the
+ * same once a second, or every resume_keep_ms when that is shorter). */
+void sess_server_round_changed(sess_server *sv);
+/* 1 if an upload of client_id is parked, with its round and staged bytes (either pointer may be
+ * NULL). The session parks before it reports presence(up = 0), so a presence callback can use
+ * this to keep the client's round open for a resume instead of counting it as dropped. */
+int sess_server_parked(const sess_server *sv, uint64_t client_id, uint64_t *round,
+                       uint64_t *staged);
 
 sess_state sess_get_state(const sess *s);
 uint64_t sess_client_id(const sess *s);

@@ -63,6 +63,12 @@ static void test_sgd_defaults_apply_the_delta(void **state) {
     assert_true(w[0] == 1.25f && w[1] == -1.0f && w[2] == (float)(3.0 + 1e-3));
     assert_int_equal(agg_opt_sgd.step(s, w, D, NULL), FC_OK); /* momentum 0: b = D again */
     assert_true(w[0] == 1.5f && w[1] == -4.0f);
+    /* nothing to remember with momentum 0: the state is the 17-byte header with started = 0 */
+    fc_buf blob = FC_BUF_INIT;
+    assert_int_equal(agg_opt_sgd.save_state(s, &blob, NULL), FC_OK);
+    assert_int_equal(blob.len, 17);
+    assert_int_equal(((const uint8_t *)blob.data)[16], 0);
+    fc_buf_free(&blob);
     agg_opt_sgd.destroy(s);
 }
 

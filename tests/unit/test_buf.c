@@ -220,6 +220,24 @@ static void test_reader_over_empty_input(void **state) {
     assert_true(r.failed);
 }
 
+/* The array form writes exactly what element-by-element appends write. */
+static void test_f64_array_matches_element_appends(void **state) {
+    (void)state;
+    const double v[5] = {0.0, -1.5, 1e308, -0.0, 3.141592653589793};
+    fc_buf a = FC_BUF_INIT, b = FC_BUF_INIT;
+    assert_int_equal(fc_buf_append_u8(&a, 7), FC_OK);
+    assert_int_equal(fc_buf_append_u8(&b, 7), FC_OK);
+    for (int i = 0; i < 5; i++)
+        assert_int_equal(fc_buf_append_f64le(&a, v[i]), FC_OK);
+    assert_int_equal(fc_buf_append_f64le_array(&b, v, 5), FC_OK);
+    assert_int_equal(a.len, 41);
+    assert_int_equal(b.len, 41);
+    assert_memory_equal(a.data, b.data, 41);
+    assert_int_equal(((const uint8_t *)b.data)[1 + 8 + 7], 0xbf); /* -1.5 = 0xBFF8... LE */
+    fc_buf_free(&a);
+    fc_buf_free(&b);
+}
+
 int main(void) {
     const struct CMUnitTest tests[] = {
         cmocka_unit_test(test_append_grows_and_keeps_contents),
@@ -231,6 +249,7 @@ int main(void) {
         cmocka_unit_test(test_reader_reads_in_order),
         cmocka_unit_test(test_every_read_past_the_end_fails_and_stays_failed),
         cmocka_unit_test(test_reader_over_empty_input),
+        cmocka_unit_test(test_f64_array_matches_element_appends),
     };
     return cmocka_run_group_tests(tests, NULL, NULL);
 }

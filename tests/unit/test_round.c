@@ -532,6 +532,49 @@ static void test_max_rounds_stops(void **state) {
     round_free(r);
 }
 
+/* max_rounds counts committed training rounds: a failed round and evaluation rounds do not use
+ * it up, and the last version is still evaluated before the stop. eval_every = 1, max 2:
+ * train 1 (v1), eval 2, train 3 fails below quorum, train 4 (v2), eval 5, stop. */
+static void test_max_rounds_counts_committed_training_rounds(void **state) {
+    (void)state;
+    round_config c = cfg_basic(2, 2, 0, 2);
+    c.max_rounds = 2;
+    c.eval_every = 1;
+    round_sched *r = make(&c);
+    fc_error err = {0};
+    avail(r, 0, 1);
+    avail(r, 0, 2);
+    const uint64_t ids[2] = {1, 2};
+    const round_metric acc[1] = {{"accuracy", 0.5}};
+    finish_train_round(r, 1, 1, ids, 2);
+    for (int i = 0; i < 2; i++) {
+        assert_int_equal(round_eval_received(r, 2, ids[i], 2, 10, acc, 1, &err), FC_OK);
+        drain(r);
+    }
+    assert_int_equal(round_commit_done(r, 2, 2, FC_OK, NULL, &err), FC_OK);
+    drain(r);
+    assert_int_equal(round_current_id(r), 3);
+    assert_int_equal(round_update_received(r, 3, 1, 3, 10, &err), FC_OK);
+    drain(r);
+    assert_int_equal(round_tick(r, 5000, &err), FC_OK); /* deadline with 1 of 2: fails */
+    drain(r);
+    assert_true(saw_transition(ROUND_TRAINING, ROUND_FAILED));
+    assert_int_equal(round_get_state(r), ROUND_TRAINING); /* round 4 started */
+    finish_train_round(r, 6000, 4, ids, 2);
+    assert_int_equal(round_get_state(r), ROUND_TRAINING); /* round 5 evaluates version 2 */
+    const round_action *t = find(ROUND_ACT_SEND_TASK, 0);
+    assert_true(t->round_id == 5 && t->kind == ROUND_KIND_EVALUATE && t->model_version == 2);
+    for (int i = 0; i < 2; i++) {
+        assert_int_equal(round_eval_received(r, 6001, ids[i], 5, 10, acc, 1, &err), FC_OK);
+        drain(r);
+    }
+    assert_int_equal(round_commit_done(r, 6002, 5, FC_OK, NULL, &err), FC_OK);
+    drain(r);
+    assert_int_equal(round_get_state(r), ROUND_STOPPED);
+    assert_string_equal(transition_to(ROUND_STOPPED)->reason, "max_rounds 2 reached");
+    round_free(r);
+}
+
 static void test_stop_during_training_fails_round_cleanly(void **state) {
     (void)state;
     round_config c = cfg_basic(2, 2, 0, 2);
@@ -575,11 +618,31 @@ static void test_restore_continues_numbering(void **state) {
     assert_int_equal(round_restore(r, &ri, &err), FC_ERR_STATE);
     round_free(r);
 
+    /* 12 training rounds done, but version 10 is due an evaluation: it runs, then the stop */
     c.max_rounds = 12;
+    ri.trained_rounds = 12;
+    r = make(&c);
+    assert_int_equal(round_restore(r, &ri, &err), FC_OK);
+    drain(r);
+    assert_int_equal(round_get_state(r), ROUND_WAITING);
+    avail(r, 0, 1);
+    avail(r, 0, 2);
+    t = find(ROUND_ACT_SEND_TASK, 0);
+    assert_true(t->round_id == 13 && t->kind == ROUND_KIND_EVALUATE);
+    round_free(r);
+    /* nothing due: stopped at once */
+    ri.last_eval_version = 10;
     r = make(&c);
     assert_int_equal(round_restore(r, &ri, &err), FC_OK);
     drain(r);
     assert_int_equal(round_get_state(r), ROUND_STOPPED);
+    round_free(r);
+    /* 11 done: one more training round runs */
+    ri.trained_rounds = 11;
+    r = make(&c);
+    assert_int_equal(round_restore(r, &ri, &err), FC_OK);
+    drain(r);
+    assert_int_equal(round_get_state(r), ROUND_WAITING);
     round_free(r);
 }
 
@@ -763,6 +826,7 @@ int main(void) {
         cmocka_unit_test(test_bad_updates_are_refused_with_reasons),
         cmocka_unit_test(test_eval_every_gives_evaluation_rounds_with_weighted_metrics),
         cmocka_unit_test(test_max_rounds_stops),
+        cmocka_unit_test(test_max_rounds_counts_committed_training_rounds),
         cmocka_unit_test(test_stop_during_training_fails_round_cleanly),
         cmocka_unit_test(test_restore_continues_numbering),
         cmocka_unit_test(test_aggregation_failure_fails_round_with_reason),

@@ -176,6 +176,7 @@ typedef struct opts {
     size_t high_water;
     uint64_t max_examples;
     uint64_t min_rate_bps, rate_window_ms;
+    int no_resume; /* sess_config.resume_disabled */
 } opts;
 
 static void h_start(harness *h, const opts *o) {
@@ -227,6 +228,7 @@ static void h_start(harness *h, const opts *o) {
         .eval_ctx = h,
         .max_num_examples = o->max_examples ? o->max_examples : 1000,
         .ack_every_bytes = 4096,
+        .resume_disabled = o->no_resume,
     };
     sess_mem_model_source(h->model, &cfg.models);
     assert_int_equal(sess_server_new(&cfg, &h->sv, &err), FC_OK);
@@ -1031,10 +1033,11 @@ static void test_upload_from_stale_base_version_is_rejected(void **state) {
                    "trained from version 2, round expects version 3");
 }
 
+/* With resume disabled; parking for a resume is tested in test_session_resume.c. */
 static void test_disconnect_mid_upload_frees_staging_and_sinks_nothing(void **state) {
     (void)state;
     harness h;
-    opts o = {.memory_limit = 1 << 20};
+    opts o = {.memory_limit = 1 << 20, .no_resume = 1};
     h_start(&h, &o);
     job j = {.fn = c_upload_v, .iarg = UP_DISCONNECT};
     run_job(&h, &j);

@@ -63,6 +63,7 @@ static void test_public_api_is_exported(void **state) {
         "fc_client_open",   "fc_client_close",       "fc_client_error",       "fc_client_next_task",
         "fc_client_submit", "fc_client_report_eval", "fc_strerror",           "fc_task_free",
         "fc_task_round",    "fc_task_tensor",        "fc_task_config_double", "fc_task_prox_add",
+        "fc_client_set_initial_model",
     };
     for (size_t i = 0; i < sizeof api / sizeof api[0]; i++)
         if (!exported(api[i]))

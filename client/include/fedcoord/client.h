@@ -50,7 +50,8 @@
  * fc_client_close never reconnects.
  *
  * Heartbeats. The SDK has no background thread: it sends heartbeats only while the caller is
- * inside a call. If local training outlasts the server's idle timeout, the server closes the
+ * inside a call. The server's heartbeats (sent when it has had nothing to say for its announced
+ * interval) are absorbed silently by any call, at any point of an exchange. If local training outlasts the server's idle timeout, the server closes the
  * session; the next call notices, reconnects with the resume token and carries on as above.
  */
 #ifndef FEDCOORD_CLIENT_H
@@ -185,6 +186,13 @@ typedef enum fc_task_type { FC_TASK_TYPE_TRAIN = 1, FC_TASK_TYPE_EVALUATE = 2 } 
  * waiting and accepting the server's. When a Task arrives, downloads its model (ModelRequest,
  * ModelBegin, Chunk..., ModelEnd) into memory owned by the task and checks its SHA-256 against
  * both the Task and ModelEnd; a mismatch is retried once from byte 0, then FC_ERR_HASH.
+ * A server without a model asks one client to propose it (a train Task for round 0, model
+ * version 0, no tensors). The caller never sees that task: with an initial model set
+ * (fc_client_set_initial_model) this call uploads it as the proposal (weights, num_examples 1)
+ * and then keeps waiting; without one it answers the server with a non-fatal UNSUPPORTED error
+ * and keeps waiting. A refused proposal ends the call with the server's error (the session
+ * stays up); a connection lost during the proposal is repaired and the call keeps waiting (the
+ * server asks again if it still needs a model).
  * Ownership: on FC_OK, *out is a new task the caller frees with fc_task_free, or NULL when the
  * server ended the federation with Bye ("done"; fc_client_error then holds its reason and c is
  * disconnected: later calls return FC_ERR_CLOSED).
@@ -247,6 +255,28 @@ FC_API long fc_task_find_tensor(const fc_task *t, const char *name);
  * or not finite; grad untouched). */
 FC_API fc_status fc_task_prox_add(const fc_task *t, size_t i, float *grad, const float *w,
                                   double mu);
+
+/* ---- initial model ---- */
+
+/* One tensor of a model the caller describes. */
+typedef struct fc_tensor_desc {
+    const char *name;      /* 1..1024 bytes of UTF-8, unique within the model */
+    fc_dtype dtype;        /* FC_DTYPE_F32, F16, BF16 or F64 */
+    size_t ndim;           /* 0 = scalar (one element); at most FC_MAX_DIMS */
+    const uint64_t *shape; /* ndim dimensions; may be NULL when ndim is 0 */
+    const void *data;      /* numel * dtype size bytes, little-endian, C order */
+} fc_tensor_desc;
+
+/* Sets the model this client proposes when the server has none yet (see fc_client_next_task).
+ * tensors[0..n) are checked (n 1..65536, names non-empty and unique, dtype known, ndim at most
+ * FC_MAX_DIMS, sizes without overflow, data non-NULL for tensors with bytes) and copied: the
+ * caller's arrays and data need not outlive the call. The copy costs one model's worth of
+ * memory until it is replaced, cleared (n = 0, tensors NULL) or the client is closed. Replacing
+ * is atomic: on failure the previous initial model stays. Never blocks; sends nothing.
+ * Returns FC_OK, FC_ERR_INVALID (NULL pointers, bad name, ndim, n), FC_ERR_DTYPE,
+ * FC_ERR_EXISTS (two tensors with the same name), FC_ERR_OVERFLOW (a size does not fit),
+ * FC_ERR_LIMIT (more than 65536 tensors), FC_ERR_NOMEM; the detail names the tensor. */
+FC_API fc_status fc_client_set_initial_model(fc_client *c, size_t n, const fc_tensor_desc *tensors);
 
 /* ---- results ---- */
 
