@@ -140,11 +140,9 @@ done
 port_in_use "$p" && die "no free HTTP port in $HTTP_PORT..$((HTTP_PORT + 99))"
 HTTP_PORT=$p
 
-# The daemon's round limit: [round] max_rounds is the highest round id that runs, evaluation
-# rounds included (docs/rounds.md). The initial model is version 1 and, with eval_every = 1,
-# round 1 evaluates it; then every training round is followed by the evaluation of the version
-# it produced. So ROUNDS training rounds, all evaluated, end at round id 2 * ROUNDS + 1.
-MAX_ROUNDS=$((2 * ROUNDS + 1))
+# The daemon's round limit: [round] max_rounds counts committed training rounds; the scheduler
+# stops after the evaluation of the last version (docs/rounds.md).
+MAX_ROUNDS=$ROUNDS
 MIN_UPDATES=$(((CLIENTS + 1) / 2))
 
 # ---- 5. the configuration file: a readable example for operators ----
@@ -182,9 +180,8 @@ min_updates       = $MIN_UPDATES
 round_timeout     = 60s
 ; Evaluate every new model version on the clients' held-out test splits.
 eval_every        = 1
-; The highest round id that runs, evaluation rounds included: round 1 evaluates the initial
-; model, then $ROUNDS training rounds alternate with their evaluations. After it, clients are
-; told the federation is done.
+; Stop after this many committed training rounds (failed ones do not count) and the
+; evaluation of the last model; then clients are told the federation is done.
 max_rounds        = $MAX_ROUNDS
 ; Seed of the client selection.
 seed              = $SEED
