@@ -26,6 +26,7 @@
 #   client/examples/lib/  -> libfcexamples.a (shared code of the example programs)
 #   client/examples/X.c   -> build/bin/X          (example programs)
 #   tests/unit/test_X.c   -> build/tests/test_X       (cmocka, run by make check)
+#   tests/integration/test_X.c -> build/itests/test_X (cmocka + the real daemon, run after them)
 #   tests/fuzz/fuzz_X.c   -> build/fuzz/bin/fuzz_X    (libFuzzer, seed corpus tests/fuzz/X/)
 #   tests/bench/bench_X.c -> build/bench/bench_X      (run by make bench)
 
@@ -91,6 +92,8 @@ FUZZ_SRC := $(wildcard tests/fuzz/fuzz_*.c)
 BENCH_SRC := $(wildcard tests/bench/bench_*.c)
 CHAOS_SRC := $(wildcard tests/chaos/*.c)
 TESTLIB_SRC := $(wildcard tests/lib/*.c)
+ITEST_SRC := $(wildcard tests/integration/test_*.c)
+ITESTLIB_SRC := $(filter-out $(ITEST_SRC),$(wildcard tests/integration/*.c))
 
 obj = $(patsubst %.c,$(BUILD)/obj/%.o,$(1))
 
@@ -101,6 +104,7 @@ SERVER_OBJ := $(call obj,$(SERVER_SRC)) $(patsubst $(BUILD)/gen/%.c,$(BUILD)/obj
 CLIENT_OBJ := $(call obj,$(CLIENT_SRC))
 EXLIB_OBJ := $(call obj,$(EXLIB_SRC))
 TESTLIB_OBJ := $(call obj,$(TESTLIB_SRC))
+ITESTLIB_OBJ := $(call obj,$(ITESTLIB_SRC))
 
 LIB_CORE := $(BUILD)/lib/libfccore.a
 LIB_AGG := $(BUILD)/lib/libfcagg.a
@@ -118,17 +122,18 @@ BINS := $(if $(wildcard server/main.c),$(BUILD)/bin/fedcoord) \
         $(if $(wildcard server/fedctl.c),$(BUILD)/bin/fedctl) \
         $(patsubst client/examples/%.c,$(BUILD)/bin/%,$(EXAMPLE_SRC))
 TESTS := $(patsubst tests/unit/%.c,$(BUILD)/tests/%,$(TEST_SRC))
+ITESTS := $(patsubst tests/integration/%.c,$(BUILD)/itests/%,$(ITEST_SRC))
 BENCHES := $(patsubst tests/bench/%.c,$(BUILD)/bench/%,$(BENCH_SRC))
 FUZZERS := $(patsubst tests/fuzz/%.c,$(FUZZ_BUILD)/bin/%,$(FUZZ_SRC))
 
 ALL_OBJ := $(CORE_OBJ) $(AGG_OBJ) $(STORE_OBJ) $(SERVER_OBJ) $(CLIENT_OBJ) $(EXLIB_OBJ) \
-           $(TESTLIB_OBJ)
+           $(TESTLIB_OBJ) $(ITESTLIB_OBJ)
 
 .PHONY: all libs tests benches check test test-plain test-asan test-python test-dashboard test-clang \
         fuzz fuzz-build bench deps demo install clean test-deploy test-chaos FORCE
 all: libs $(BINS) $(if $(CLIENT_SRC),$(SO_CLIENT))
 libs: $(LIBS_ALL)
-tests: $(TESTS)
+tests: $(TESTS) $(ITESTS)
 benches: $(BENCHES)
 
 # ---- flags stamp: changing the flags rebuilds everything in this build folder ----
@@ -165,6 +170,7 @@ $(BUILD)/obj/%.o: %.c $(FLAGS_STAMP) | $(GEN_H)
 	$(CC) $(CPPFLAGS_ALL) $(CFLAGS_ALL) -MMD -MP -c $< -o $@
 
 $(BUILD)/obj/tests/unit/%.o: CFLAGS_ALL += $(CMOCKA_CFLAGS)
+$(BUILD)/obj/tests/integration/%.o: CFLAGS_ALL += $(CMOCKA_CFLAGS)
 
 $(LIB_CORE): $(CORE_OBJ)
 $(LIB_AGG): $(AGG_OBJ)
@@ -204,6 +210,10 @@ $(BUILD)/chaos/%: $(BUILD)/obj/tests/chaos/%.o $(LIBS_ALL)
 	@mkdir -p $(dir $@)
 	$(CC) $(LDFLAGS_ALL) -o $@ $< $(LIBS_ALL) $(PKG_LIBS)
 
+$(BUILD)/itests/%: $(BUILD)/obj/tests/integration/%.o $(ITESTLIB_OBJ) $(TESTLIB_OBJ) $(LIBS_ALL)
+	@mkdir -p $(dir $@)
+	$(CC) $(LDFLAGS_ALL) -o $@ $< $(ITESTLIB_OBJ) $(TESTLIB_OBJ) $(LIBS_ALL) $(PKG_LIBS) $(CMOCKA_LIBS)
+
 $(BUILD)/bench/%: $(BUILD)/obj/tests/bench/%.o $(LIBS_ALL)
 	@mkdir -p $(dir $@)
 	$(CC) $(LDFLAGS_ALL) -o $@ $< $(LIBS_ALL) $(PKG_LIBS)
@@ -213,8 +223,8 @@ $(BUILD)/bench/%: $(BUILD)/obj/tests/bench/%.o $(LIBS_ALL)
 
 # ---- tests ----
 # check: run every unit test binary in this configuration; tests/run-tests prints the summary.
-check: all $(TESTS)
-	@tests/run-tests $(BUILD) $(TESTS)
+check: all $(TESTS) $(ITESTS)
+	@tests/run-tests $(BUILD) $(TESTS) $(ITESTS)
 
 test-plain:
 	@$(MAKE) --no-print-directory check

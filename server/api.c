@@ -1,6 +1,7 @@
 /* api.c: routes of the operators' HTTP API, their JSON, auth, and the safetensors export.
  *
- * api owns its read-only store handle (opened on first use), strict path and query parsing,
+ * api owns its read-only store handles (the loop's, opened on first use, and a small pool for
+ * reads on the thread pool, each used by one thread at a time), strict path and query parsing,
  * the admin-token check (constant time), and the export stream, which reads the model from the
  * store one bounded piece per pull and checks the whole SHA-256 before the last byte goes out.
  * It also serves the dashboard page (GET /) from the bytes compiled into the binary
@@ -12,6 +13,7 @@
 
 #include <errno.h>
 #include <inttypes.h>
+#include <pthread.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -34,6 +36,7 @@
 #define API_MAX_TENSORS 1000000
 #define API_BUSY_TIMEOUT_MS 50
 #define API_CSP_MAX 512
+#define API_POOL_MAX 8
 
 struct api {
     char *store_path;
@@ -44,8 +47,12 @@ struct api {
     metrics_fedcoord *http_metrics;
     api_provider provider;
     size_t max_list, export_piece;
-    store *st;
-    int refs; /* 1 for the owner + 1 per running export */
+    store *st;               /* the loop thread's handle (export, and the path without a loop) */
+    int refs;                /* 1 for the owner + 1 per running export or store job */
+    uv_loop_t *loop;         /* set by api_server_start: store reads then run on the thread pool */
+    pthread_mutex_t pool_mu; /* guards pool: read handles of the thread-pool jobs */
+    store *pool[API_POOL_MAX];
+    size_t pool_n;
     char dashboard_csp[API_CSP_MAX]; /* the page's Content-Security-Policy (dashboard_csp) */
 };
 
@@ -128,6 +135,11 @@ fc_status api_new(const api_config *cfg, api **out, fc_error *err) {
     a->export_piece = cfg->export_piece ? cfg->export_piece : API_DEFAULT_PIECE;
     a->refs = 1;
     memcpy(a->dashboard_csp, csp, sizeof csp);
+    if (pthread_mutex_init(&a->pool_mu, NULL) != 0) {
+        fc_free(a->store_path);
+        fc_free(a);
+        return fc_error_set(err, FC_ERR_SYSTEM, "api: pthread_mutex_init failed");
+    }
     *out = a;
     return FC_OK;
 }
@@ -136,6 +148,9 @@ static void api_unref(api *a) {
     if (--a->refs > 0)
         return;
     store_close(a->st);
+    for (size_t i = 0; i < a->pool_n; i++)
+        store_close(a->pool[i]);
+    pthread_mutex_destroy(&a->pool_mu);
     fc_free(a->store_path);
     OPENSSL_cleanse(a->admin_sha, sizeof a->admin_sha);
     fc_free(a);
@@ -158,6 +173,7 @@ fc_status api_server_start(api *a, uv_loop_t *loop, const http_server_config *ht
     cfg.handler = api_handle;
     cfg.handler_ud = a;
     cfg.on_status = api_on_status;
+    a->loop = loop;
     return http_server_start(loop, &cfg, out, err);
 }
 
@@ -234,6 +250,35 @@ static void store_failed(http_response *res, fc_status st, const fc_error *err) 
         http_respond_error(res, 503, "no_memory", "%s", err->msg);
     else
         http_respond_error(res, 503, "store_unavailable", "%s", err->msg);
+}
+
+/* A read handle for a thread-pool job: a pooled one, or a new one (5 s busy timeout: this
+ * thread may wait). On failure, answers 503 in res and returns NULL. Any thread. */
+static store *pool_take(api *a, http_response *res) {
+    store *s = NULL;
+    pthread_mutex_lock(&a->pool_mu);
+    if (a->pool_n)
+        s = a->pool[--a->pool_n];
+    pthread_mutex_unlock(&a->pool_mu);
+    if (s)
+        return s;
+    store_options opt = {.version = STORE_OPTIONS_V1, .readonly = 1, .must_exist = 1};
+    fc_error err = {0};
+    if (store_open(a->store_path, &opt, &s, &err) != FC_OK) {
+        http_respond_error(res, 503, "store_unavailable", "the store cannot be read: %s", err.msg);
+        return NULL;
+    }
+    return s;
+}
+
+static void pool_give(api *a, store *s) {
+    pthread_mutex_lock(&a->pool_mu);
+    if (a->pool_n < API_POOL_MAX) {
+        a->pool[a->pool_n++] = s;
+        s = NULL;
+    }
+    pthread_mutex_unlock(&a->pool_mu);
+    store_close(s);
 }
 
 /* ---- auth ---- */
@@ -536,16 +581,7 @@ static void get_status(api *a, const http_request *req, http_response *res) {
 }
 
 /* Walks ids, then fetches the newest `limit` below `before`, newest first. */
-static void get_list(api *a, const http_request *req, http_response *res, int rounds) {
-    list_query q;
-    char why[128];
-    if (!parse_list_query(a, req->query, &q, why, sizeof why)) {
-        http_respond_error(res, 400, "bad_request", "%s", why);
-        return;
-    }
-    store *s = get_store(a, res);
-    if (!s)
-        return;
+static void get_list(store *s, list_query q, http_response *res, int rounds) {
     id_ring ring = {.cap = q.limit, .before = q.before};
     json_t *arr = NULL, *o = NULL;
     fc_error err = {0};
@@ -607,10 +643,7 @@ fail:
     store_failed(res, st, &err);
 }
 
-static void get_round(api *a, int64_t id, http_response *res) {
-    store *s = get_store(a, res);
-    if (!s)
-        return;
+static void get_round(store *s, int64_t id, http_response *res) {
     store_round r;
     fc_error err = {0};
     fc_status st = store_round_get(s, id, &r, &err);
@@ -647,13 +680,8 @@ static void get_round(api *a, int64_t id, http_response *res) {
     respond_json(res, 200, o);
 }
 
-typedef struct clients_walk {
-    api *a;
-    json_t *arr;
-} clients_walk;
-
 static fc_status client_cb(void *ud, const store_client *c) {
-    clients_walk *w = ud;
+    json_t *arr = ud;
     int ok = 1;
     json_t *o = json_object();
     if (!o)
@@ -669,9 +697,7 @@ static fc_status client_cb(void *ud, const store_client *c) {
     set_new(o, "updates_dropped", json_integer(c->updates_dropped), &ok);
     set_new(o, "last_round", c->last_round ? json_integer(c->last_round) : json_null(), &ok);
     set_new(o, "connected", json_false(), &ok);
-    if (ok && w->a->provider.client_live)
-        w->a->provider.client_live(w->a->provider.ctx, c->name, o);
-    if (!ok || json_array_append_new(w->arr, o) != 0) {
+    if (!ok || json_array_append_new(arr, o) != 0) {
         if (ok)
             json_decref(o);
         return FC_ERR_NOMEM;
@@ -679,27 +705,106 @@ static fc_status client_cb(void *ud, const store_client *c) {
     return FC_OK;
 }
 
-static void get_clients(api *a, const http_request *req, http_response *res) {
-    (void)req;
-    store *s = get_store(a, res);
-    if (!s)
-        return;
-    clients_walk w = {a, json_array()};
+/* The store part of /v1/clients (any thread): *out is the array, or NULL after answering
+ * an error in res. */
+static void read_clients(store *s, http_response *res, json_t **out) {
+    json_t *arr = json_array();
     fc_error err = {0};
-    fc_status st = w.arr ? store_client_list(s, client_cb, &w, &err)
-                         : fc_error_set(&err, FC_ERR_NOMEM, "out of memory");
+    fc_status st = arr ? store_client_list(s, client_cb, arr, &err)
+                       : fc_error_set(&err, FC_ERR_NOMEM, "out of memory");
+    *out = NULL;
     if (st != FC_OK) {
-        json_decref(w.arr);
+        json_decref(arr);
         store_failed(res, st, &err);
         return;
     }
-    respond_json(res, 200, json_pack("{s:o}", "clients", w.arr));
+    *out = arr;
 }
 
-static void get_model(api *a, int64_t version, http_response *res) {
+/* The live part (loop thread): the provider adds its fields, then the answer. Takes arr. */
+static void finish_clients(api *a, json_t *arr, http_response *res) {
+    if (a->provider.client_live) {
+        size_t i;
+        json_t *o;
+        json_array_foreach(arr, i, o) {
+            const char *name = json_string_value(json_object_get(o, "name"));
+            if (name)
+                a->provider.client_live(a->provider.ctx, name, o);
+        }
+    }
+    respond_json(res, 200, json_pack("{s:o}", "clients", arr));
+}
+
+/* ---- store reads off the loop ---- */
+
+typedef struct store_job {
+    uv_work_t work;
+    api *a;
+    http_deferred *d;
+    int route; /* route_id */
+    int64_t id;
+    list_query q;
+    json_t *clients;
+} store_job;
+
+static void store_read(api *a, store *s, int which, int64_t id, list_query q, http_response *res,
+                       json_t **clients);
+
+static void job_work(uv_work_t *w) {
+    store_job *j = w->data;
+    http_response *res = http_deferred_response(j->d);
+    store *s = pool_take(j->a, res);
+    if (!s)
+        return;
+    store_read(j->a, s, j->route, j->id, j->q, res, &j->clients);
+    pool_give(j->a, s);
+}
+
+static void job_done(uv_work_t *w, int status) {
+    store_job *j = w->data;
+    http_response *res = http_deferred_response(j->d);
+    if (status != 0) {
+        json_decref(j->clients);
+        j->clients = NULL;
+        http_respond_error(res, 503, "unavailable", "the store read was cancelled");
+    }
+    if (j->clients)
+        finish_clients(j->a, j->clients, res);
+    http_deferred_finish(j->d);
+    api_unref(j->a);
+    fc_free(j);
+}
+
+/* Runs a store read on the thread pool when served by a loop, else right here. */
+static void run_store_read(api *a, int which, int64_t id, list_query q, http_response *res) {
+    if (a->loop) {
+        store_job *j = fc_calloc(1, sizeof *j);
+        http_deferred *d = j ? http_defer(res) : NULL;
+        if (d) {
+            j->a = a;
+            j->d = d;
+            j->route = which;
+            j->id = id;
+            j->q = q;
+            j->work.data = j;
+            if (uv_queue_work(a->loop, &j->work, job_work, job_done) == 0) {
+                a->refs++;
+                return;
+            }
+            http_defer_cancel(d); /* libuv refused: read here after all */
+        }
+        fc_free(j); /* no connection, no memory, or no queue: read here */
+    }
     store *s = get_store(a, res);
     if (!s)
         return;
+    json_t *clients = NULL;
+    store_read(a, s, which, id, q, res, &clients);
+    if (clients)
+        finish_clients(a, clients, res);
+}
+
+static void get_model(store *s, int64_t version, http_response *res) {
     store_model_info m;
     fc_error err = {0};
     fc_status st = store_model_info_get(s, version, &m, &err);
@@ -1137,20 +1242,22 @@ void api_handle(void *api_ptr, const http_request *req, http_response *res) {
         get_status(a, req, res);
         break;
     case R_ROUNDS:
-        get_list(a, req, res, 1);
+    case R_MODELS: {
+        list_query q;
+        char why[128];
+        if (!parse_list_query(a, req->query, &q, why, sizeof why))
+            http_respond_error(res, 400, "bad_request", "%s", why);
+        else
+            run_store_read(a, found->id, 0, q, res);
         break;
+    }
     case R_ROUND:
-        get_round(a, id, res);
-        break;
     case R_CLIENTS:
-        get_clients(a, req, res);
+    case R_MODEL: {
+        list_query none = {0};
+        run_store_read(a, found->id, id, none, res);
         break;
-    case R_MODELS:
-        get_list(a, req, res, 0);
-        break;
-    case R_MODEL:
-        get_model(a, id, res);
-        break;
+    }
     case R_EXPORT:
         get_safetensors(a, id, res);
         break;
@@ -1162,6 +1269,33 @@ void api_handle(void *api_ptr, const http_request *req, http_response *res) {
         break;
     case R_STOP:
         post_control(a, "stop", res);
+        break;
+    }
+}
+
+/* The store reads behind the deferred routes. Touches nothing of a but its config (any
+ * thread); clients get their live fields later, on the loop. */
+static void store_read(api *a, store *s, int which, int64_t id, list_query q, http_response *res,
+                       json_t **clients) {
+    (void)a;
+    switch ((route_id)which) {
+    case R_ROUNDS:
+        get_list(s, q, res, 1);
+        break;
+    case R_MODELS:
+        get_list(s, q, res, 0);
+        break;
+    case R_ROUND:
+        get_round(s, id, res);
+        break;
+    case R_MODEL:
+        get_model(s, id, res);
+        break;
+    case R_CLIENTS:
+        read_clients(s, res, clients);
+        break;
+    default:
+        http_respond_error(res, 500, "internal", "route %d is not a store read", which);
         break;
     }
 }

@@ -2,10 +2,11 @@
  * dashboard page at GET / (server/dashboard.html, compiled in).
  *
  * api owns routing and the JSON of every endpoint. History (rounds, clients, models, model
- * bytes) comes from its own read-only store handle; live state comes from the daemon through
- * api_provider callbacks. It never writes to the store, never touches the filesystem with
- * anything taken from a request, and never blocks for longer than one bounded SQLite read.
- * Loop thread only.
+ * bytes) comes from read-only store handles: lists and details are read on the libuv thread
+ * pool (served by api_server_start), the export in bounded pieces on the loop. Live state
+ * comes from the daemon through api_provider callbacks, always on the loop thread. It never
+ * writes to the store and never touches the filesystem with anything taken from a request.
+ * Every api_ function is for the loop thread only.
  */
 #ifndef FC_SERVER_API_H
 #define FC_SERVER_API_H
@@ -62,8 +63,10 @@ typedef struct api api;
 /* Creates the API. Copies strings; does not open the store yet (a missing database makes the
  * store endpoints answer 503 until it exists). Errors: FC_ERR_CONFIG, FC_ERR_NOMEM. */
 fc_status api_new(const api_config *cfg, api **out, fc_error *err);
-/* Closes the store handle and frees. Streams still running keep what they need alive
- * (they hold a reference) and end when the HTTP server releases them. NULL is allowed. */
+/* Drops the owner's reference. Exports and thread-pool reads still running hold their own
+ * references and end when the HTTP server releases them or their after-work callback runs, so
+ * keep running the loop until uv_run returns (libuv keeps it alive for queued work). The last
+ * reference closes every store handle. NULL is allowed. */
 void api_free(api *a);
 
 /* The http_handler_fn of the API: pass api_handle with the api as handler_ud. */
@@ -71,9 +74,9 @@ void api_handle(void *api_ptr, const http_request *req, http_response *res);
 /* The http on_status hook: counts responses in cfg->http_metrics (if set). */
 void api_on_status(void *api_ptr, int status);
 
-/* Convenience: an HTTP server serving this API. http_cfg's handler, handler_ud and on_status
- * are filled in here. Same errors as http_server_start. Stop with http_server_stop before
- * api_free. */
+/* An HTTP server serving this API on loop; from then on the store reads of lists and details
+ * run on loop's thread pool. http_cfg's handler, handler_ud and on_status are filled in here. Same
+ * errors as http_server_start. Stop with http_server_stop before api_free. */
 fc_status api_server_start(api *a, uv_loop_t *loop, const http_server_config *http_cfg,
                            http_server **out, fc_error *err);
 

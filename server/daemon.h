@@ -90,6 +90,7 @@ struct fcd {
     uv_signal_t sig_term, sig_int;
     uv_timer_t tick;     /* revocation tail and housekeeping, every second */
     uv_timer_t deadline; /* the scheduler's timer */
+    uint64_t deadline_at; /* when it is due (daemon_now_ms) */
     uv_timer_t deferred; /* zero-delay work that may not run inside a callback */
     int64_t last_event_id;
     /* clients ever authenticated, sorted by id */

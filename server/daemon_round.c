@@ -766,11 +766,28 @@ static void send_task(fcd *d, const round_action *a) {
                FC_LU("client", a->client_id), FC_LS("error", err.msg));
 }
 
+/* libuv's timers count from the loop's cached (coarse) clock, which can be a few ms behind
+ * daemon_now_ms(): a timer may fire before the scheduler's deadline. Then it is simply re-armed
+ * for the rest, so a deadline is never missed. */
+static void arm_deadline(fcd *d, uint64_t deadline_ms);
+
 static void on_deadline(uv_timer_t *t) {
     fcd *d = t->data;
+    uint64_t now = daemon_now_ms();
+    if (now < d->deadline_at) {
+        arm_deadline(d, d->deadline_at);
+        return;
+    }
     fc_error err = {0};
-    round_tick(d->sched, daemon_now_ms(), &err);
+    round_tick(d->sched, now, &err);
     dround_pump(d);
+}
+
+static void arm_deadline(fcd *d, uint64_t deadline_ms) {
+    uint64_t now = daemon_now_ms();
+    d->deadline_at = deadline_ms;
+    uv_update_time(d->loop);
+    uv_timer_start(&d->deadline, on_deadline, deadline_ms > now ? deadline_ms - now + 1 : 0, 0);
 }
 
 static void record_failed(fcd *d, const round_action *a) {
@@ -835,12 +852,7 @@ static void handle(fcd *d, const round_action *a, int *agg_failed) {
         if (d->cur && d->cur->id == a->round_id)
             queue_drop(d->cur, a->client_id, "cancelled");
         break;
-    case ROUND_ACT_ARM_TIMER: {
-        uint64_t now = daemon_now_ms();
-        uv_timer_start(&d->deadline, on_deadline, a->deadline_ms > now ? a->deadline_ms - now : 0,
-                       0);
-        break;
-    }
+    case ROUND_ACT_ARM_TIMER: arm_deadline(d, a->deadline_ms); break;
     case ROUND_ACT_DISARM_TIMER: uv_timer_stop(&d->deadline); break;
     case ROUND_ACT_START_AGGREGATION: {
         dround *rd = d->cur; /* training rounds only: evaluation rounds go straight to COMMIT */

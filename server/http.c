@@ -83,6 +83,8 @@ struct http_response {
     fc_buf headers; /* extra header lines, each "Name: value\r\n" */
     fc_buf body;
     http_stream stream;
+    struct http_conn *conn;  /* NULL without a connection: deferring is impossible */
+    http_deferred *deferred; /* set by http_defer */
 };
 
 static void response_reset(http_response *r) {
@@ -473,7 +475,7 @@ static void rp_request(reqparse *p, http_request *req, const char *peer) {
 static void run_handler(http_handler_fn handler, void *ud, const http_request *req,
                         http_response *res) {
     handler(ud, req, res);
-    if (!res->status) {
+    if (!res->status && !res->deferred) {
         if (res->streaming && res->stream.release)
             res->stream.release(res->stream.ud);
         response_reset(res);
@@ -490,6 +492,7 @@ typedef enum hc_state {
     HC_IDLE,      /* between requests (keep-alive) */
     HC_READING,   /* a request has started */
     HC_STREAMING, /* sending a streamed body */
+    HC_WAITING,   /* the handler deferred its response (work off the loop) */
     HC_CLOSING,   /* net_close issued */
 } hc_state;
 
@@ -523,7 +526,8 @@ struct http_conn {
     int blocked;       /* net reported backpressure */
     int close_after;   /* close once the current response is sent */
     int in_drive;
-    http_stream stream; /* while HC_STREAMING */
+    http_stream stream;     /* while HC_STREAMING */
+    http_deferred *pending; /* while HC_WAITING */
     uint64_t remaining;
     fc_buf chunk;
 };
@@ -536,6 +540,8 @@ static const char *hc_state_name(hc_state s) {
         return "reading";
     case HC_STREAMING:
         return "streaming";
+    case HC_WAITING:
+        return "waiting";
     case HC_CLOSING:
         return "closing";
     }
@@ -652,37 +658,38 @@ static void pump(http_conn *c) {
     }
 }
 
-/* Answers one parsed request. */
-static void dispatch(http_conn *c) {
+struct http_deferred {
+    struct http_conn *c; /* NULL once the connection is gone */
+    net_conn *nc;        /* referenced until finish */
+    http_response res;
+    http_response *origin; /* the handler's response, until dispatch takes d over */
+    int want_keep, head_only;
+};
+
+/* Queues the head and body (or starts the stream) of res, then frees res's buffers. */
+static void send_response(http_conn *c, http_response *res, int want_keep, int head_only) {
     http_server *s = c->srv;
-    http_request req;
-    rp_request(&c->rp, &req, net_conn_peer(c->nc));
-    http_response res = {0};
-    run_handler(s->handler, s->handler_ud, &req, &res);
-    int keep = req.keep_alive && !res.close && !s->stopping;
+    int keep = want_keep && !res->close && !s->stopping;
     c->close_after = !keep;
     fc_buf out = FC_BUF_INIT;
-    fc_status st = response_head(&res, keep, &out);
-    int head_only = req.method == HTTP_HEAD; /* the head with the GET's Content-Length */
-    if (st == FC_OK && !res.streaming && !head_only)
-        st = fc_buf_append(&out, res.body.data, res.body.len);
-    if (res.streaming && head_only) {
-        if (res.stream.release)
-            res.stream.release(res.stream.ud);
-        res.streaming = 0;
+    fc_status st = response_head(res, keep, &out);
+    if (st == FC_OK && !res->streaming && !head_only)
+        st = fc_buf_append(&out, res->body.data, res->body.len);
+    if (res->streaming && head_only) { /* the head with the GET's Content-Length */
+        if (res->stream.release)
+            res->stream.release(res->stream.ud);
+        res->streaming = 0;
     }
-    note_status(s, res.status);
-    FC_LOG(FC_LOG_DEBUG, "http request", FC_LU("conn", net_conn_id(c->nc)),
-           FC_LS("method", req.method_name), FC_LS("path", req.path), FC_LI("status", res.status));
+    note_status(s, res->status);
     if (st == FC_OK)
         st = net_write(c->nc, out.data, out.len);
     fc_buf_free(&out);
-    if (res.streaming) {
-        c->stream = res.stream;
-        c->remaining = res.length;
-        res.streaming = 0;
+    if (res->streaming) {
+        c->stream = res->stream;
+        c->remaining = res->length;
+        res->streaming = 0;
     }
-    response_reset(&res);
+    response_reset(res);
     if (st != FC_OK) {
         hc_close(c, st, "could not queue the response");
         return;
@@ -696,6 +703,84 @@ static void dispatch(http_conn *c) {
     }
 }
 
+/* Answers one parsed request. */
+static void dispatch(http_conn *c) {
+    http_server *s = c->srv;
+    http_request req;
+    rp_request(&c->rp, &req, net_conn_peer(c->nc));
+    http_response res = {0};
+    res.conn = c;
+    run_handler(s->handler, s->handler_ud, &req, &res);
+    FC_LOG(FC_LOG_DEBUG, "http request", FC_LU("conn", net_conn_id(c->nc)),
+           FC_LS("method", req.method_name), FC_LS("path", req.path), FC_LI("status", res.status));
+    int head_only = req.method == HTTP_HEAD;
+    if (res.deferred) {
+        http_deferred *d = res.deferred;
+        d->origin = NULL;
+        d->want_keep = req.keep_alive;
+        d->head_only = head_only;
+        response_reset(&res);
+        c->pending = d;
+        hc_set_state(c, HC_WAITING);
+        set_deadline(c, DL_NONE);
+        return;
+    }
+    send_response(c, &res, req.keep_alive, head_only);
+}
+
+http_deferred *http_defer(http_response *res) {
+    http_conn *c = res->conn;
+    if (!c || res->status || res->deferred)
+        return NULL;
+    http_deferred *d = fc_calloc(1, sizeof *d);
+    if (!d)
+        return NULL;
+    d->c = c;
+    d->nc = c->nc;
+    d->origin = res;
+    net_conn_ref(d->nc);
+    res->deferred = d;
+    return d;
+}
+
+void http_defer_cancel(http_deferred *d) {
+    assert(d->origin && d->origin->deferred == d);
+    d->origin->deferred = NULL;
+    response_reset(&d->res);
+    net_conn_unref(d->nc);
+    fc_free(d);
+}
+
+http_response *http_deferred_response(http_deferred *d) { return &d->res; }
+
+static void drive(http_conn *c);
+
+void http_deferred_finish(http_deferred *d) {
+    http_conn *c = d->c;
+    http_response *res = &d->res;
+    if (c && c->pending == d && c->state == HC_WAITING) {
+        c->pending = NULL;
+        if (!res->status) {
+            response_reset(res);
+            if (http_respond_error(res, 500, "internal", "the request produced no response") !=
+                FC_OK) {
+                res->status = 500;
+                res->length = 0;
+            }
+        }
+        send_response(c, res, d->want_keep, d->head_only);
+        drive(c); /* pipelined requests, and reading again */
+    } else {
+        if (c && c->pending == d)
+            c->pending = NULL; /* closing, not yet closed: cb_close must not see d */
+        if (res->streaming && res->stream.release)
+            res->stream.release(res->stream.ud);
+        response_reset(res);
+    }
+    net_conn_unref(d->nc);
+    fc_free(d);
+}
+
 /* Parses buffered input and answers requests until input runs out or a response streams. */
 static void drive(http_conn *c) {
     if (c->in_drive)
@@ -704,7 +789,7 @@ static void drive(http_conn *c) {
     for (;;) {
         if (c->state == HC_STREAMING)
             pump(c);
-        if (c->state == HC_STREAMING || c->state == HC_CLOSING)
+        if (c->state == HC_STREAMING || c->state == HC_CLOSING || c->state == HC_WAITING)
             break;
         if (!c->in.len)
             break;
@@ -724,7 +809,7 @@ static void drive(http_conn *c) {
         dispatch(c);
     }
     c->in_drive = 0;
-    if (c->state == HC_STREAMING || c->state == HC_CLOSING)
+    if (c->state == HC_STREAMING || c->state == HC_CLOSING || c->state == HC_WAITING)
         net_pause_reading(c->nc);
     else
         net_resume_reading(c->nc);
@@ -782,6 +867,8 @@ static void cb_close(net_conn *nc, fc_status reason, const char *detail) {
     http_server *s = c->srv;
     net_conn_set_user(nc, NULL);
     release_stream(c);
+    if (c->pending)
+        c->pending->c = NULL; /* the deferred work finds the connection gone */
     if (c->prev)
         c->prev->next = c->next;
     if (c->next)

@@ -78,7 +78,22 @@ fc_status http_response_header(http_response *res, const char *name, const char 
 /* Closes the connection after this response, whatever the client asked. */
 void http_response_close(http_response *res);
 
-/* Handles one request by calling one http_respond* on res. Never blocks. */
+/* Deferring: work that must not run on the loop (a store read) takes the response away.
+ * http_defer returns a handle, or NULL when deferring is impossible (no connection, as in
+ * http_process_bytes; a response already set; no memory): the handler then answers at once.
+ * The connection waits (reading paused, requests stay in order) until the owner fills
+ * http_deferred_response(d) with http_respond* and calls http_deferred_finish(d) on the loop
+ * thread, exactly once. If the connection closed meanwhile, finish discards the response
+ * (releasing a stream). finish frees d. */
+typedef struct http_deferred http_deferred;
+http_deferred *http_defer(http_response *res);
+http_response *http_deferred_response(http_deferred *d);
+void http_deferred_finish(http_deferred *d);
+/* Undoes http_defer before the handler returns (e.g. the work could not be queued); the
+ * handler then answers on res as usual. Frees d. */
+void http_defer_cancel(http_deferred *d);
+
+/* Handles one request by calling one http_respond* on res (or http_defer). Never blocks. */
 typedef void (*http_handler_fn)(void *ud, const http_request *req, http_response *res);
 
 /* "OK", "Not Found"... ; "Unknown" for others. */

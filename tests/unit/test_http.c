@@ -214,6 +214,8 @@ static void fd_client_live(void *ctx, const char *name, json_t *out) {
 typedef struct harness {
     uv_loop_t loop;
     uv_async_t stop;
+    uv_async_t busy; /* fills the thread pool with sleepers (see pool_busy_cb) */
+    uv_work_t sleepers[4];
     pthread_t th;
     http_server *srv;
     api *api;
@@ -231,10 +233,32 @@ static void *loop_main(void *arg) {
     return NULL;
 }
 
+static atomic_int g_sleeping;
+
+static void sleeper_work(uv_work_t *w) {
+    (void)w;
+    g_sleeping++;
+    struct timespec ts = {.tv_nsec = 600 * 1000000L};
+    nanosleep(&ts, NULL);
+}
+
+static void sleeper_done(uv_work_t *w, int status) {
+    (void)w;
+    (void)status;
+}
+
+/* Occupies libuv's 4 pool threads for 600 ms, so store reads queued now wait that long. */
+static void pool_busy_cb(uv_async_t *a) {
+    harness *h = a->data;
+    for (int i = 0; i < 4; i++)
+        uv_queue_work(&h->loop, &h->sleepers[i], sleeper_work, sleeper_done);
+}
+
 static void stop_cb(uv_async_t *a) {
     harness *h = a->data;
     http_server_stop(h->srv, NULL, NULL);
     uv_close((uv_handle_t *)a, NULL);
+    uv_close((uv_handle_t *)&h->busy, NULL);
 }
 
 static void h_start_tls(harness *h, const http_limits *lim, int auth_reads,
@@ -270,6 +294,8 @@ static void h_start_tls(harness *h, const http_limits *lim, int auth_reads,
     h->port = http_server_port(h->srv);
     assert_int_equal(uv_async_init(&h->loop, &h->stop, stop_cb), 0);
     h->stop.data = h;
+    assert_int_equal(uv_async_init(&h->loop, &h->busy, pool_busy_cb), 0);
+    h->busy.data = h;
     assert_int_equal(pthread_create(&h->th, NULL, loop_main, h), 0);
 }
 
@@ -493,6 +519,73 @@ static void test_keep_alive_serves_pipelined_requests_on_one_connection(void **s
     resp_free(&r1);
     resp_free(&r2);
     resp_free(&r3);
+}
+
+static void test_pipelined_store_reads_answer_in_order(void **state) {
+    (void)state;
+    /* /v1/rounds, /v1/clients and /v1/models/1 are read on the thread pool; /healthz is not.
+     * The answers still come back in request order. */
+    conn c;
+    conn_open(&c, H->port);
+    conn_sends(&c, "GET /v1/rounds/1 HTTP/1.1\r\nHost: t\r\n\r\n"
+                   "GET /healthz HTTP/1.1\r\nHost: t\r\n\r\n"
+                   "GET /v1/clients HTTP/1.1\r\nHost: t\r\n\r\n"
+                   "GET /v1/models/1 HTTP/1.1\r\nHost: t\r\n\r\n"
+                   "GET /v1/rounds/99 HTTP/1.1\r\nHost: t\r\nConnection: close\r\n\r\n");
+    resp r;
+    assert_int_equal(conn_read(&c, &r), 0);
+    assert_non_null(strstr(r.body, "\"participants\""));
+    resp_free(&r);
+    assert_int_equal(conn_read(&c, &r), 0);
+    assert_string_equal(r.body, "{\"status\":\"ok\"}\n");
+    resp_free(&r);
+    assert_int_equal(conn_read(&c, &r), 0);
+    assert_non_null(strstr(r.body, "\"clients\""));
+    assert_non_null(strstr(r.body, "\"connected\":true")); /* live field added on the loop */
+    resp_free(&r);
+    assert_int_equal(conn_read(&c, &r), 0);
+    assert_non_null(strstr(r.body, "\"version\":1"));
+    resp_free(&r);
+    assert_int_equal(conn_read(&c, &r), 0);
+    assert_error(&r, 404, "not_found");
+    resp_free(&r);
+    assert_true(conn_at_eof(&c));
+    conn_close(&c);
+    /* Connections that leave with store reads in flight. */
+    for (int i = 0; i < 20; i++) {
+        conn_open(&c, H->port);
+        conn_sends(&c, "GET /v1/rounds HTTP/1.1\r\nHost: t\r\n\r\n"
+                       "GET /v1/clients HTTP/1.1\r\nHost: t\r\n\r\n");
+        conn_close(&c);
+    }
+    get("/v1/models", NULL, &r);
+    assert_int_equal(r.status, 200);
+    resp_free(&r);
+}
+
+static void test_stop_while_a_store_read_waits_drops_its_answer(void **state) {
+    (void)state;
+    harness h;
+    h_start_with(&h, NULL, 0);
+    g_sleeping = 0;
+    uv_async_send(&h.busy);
+    struct timespec ts = {.tv_nsec = 50 * 1000000L};
+    for (int i = 0; i < 2000 && g_sleeping < 4; i++)
+        nanosleep(&(struct timespec){.tv_nsec = 1000000L}, NULL);
+    assert_int_equal(g_sleeping, 4); /* all pool threads are busy for 600 ms from now */
+    /* This read queues behind the sleepers; the server stops before it runs. The connection
+     * is then closing (its linger waits for our FIN, which we do not send) when the read
+     * finishes: the answer must be dropped, and the connection's close later must not touch
+     * the finished work (ASan would see a use after free). */
+    conn c;
+    conn_open(&c, h.port);
+    conn_sends(&c, "GET /v1/rounds HTTP/1.1\r\nHost: t\r\n\r\n");
+    nanosleep(&ts, NULL);
+    h_stop(&h);
+    char buf[64];
+    ssize_t n = recv(c.fd, buf, sizeof buf, 0);
+    assert_true(n <= 0); /* no response, only the close */
+    conn_close(&c);
 }
 
 static void test_huge_headers_get_431_and_close(void **state) {
@@ -1285,9 +1378,13 @@ static void test_bad_limits_and_configs_are_refused(void **state) {
 
 int main(void) {
     signal(SIGPIPE, SIG_IGN);
+    setenv("UV_THREADPOOL_SIZE", "4", 1); /* pool_busy_cb fills exactly this many threads */
     const struct CMUnitTest tests[] = {
         cmocka_unit_test_setup_teardown(test_keep_alive_serves_pipelined_requests_on_one_connection,
                                         setup_server, teardown_server),
+        cmocka_unit_test_setup_teardown(test_pipelined_store_reads_answer_in_order, setup_server,
+                                        teardown_server),
+        cmocka_unit_test(test_stop_while_a_store_read_waits_drops_its_answer),
         cmocka_unit_test_setup_teardown(test_huge_headers_get_431_and_close, setup_server,
                                         teardown_server),
         cmocka_unit_test_setup_teardown(test_bad_methods_get_405, setup_server, teardown_server),
