@@ -12,6 +12,8 @@
 #   make fuzz            build the libFuzzer targets with clang and run each for FUZZ_TIME s
 #   make bench           build and run the benchmarks (BENCH_QUICK=1 for a short run)
 #   make deps            install the Debian packages the project needs, only if missing
+#   make demo            a real federation on this machine (tools/demo.sh; knobs RULE ROUNDS
+#                        CLIENTS ALPHA MU OPT, e.g. make demo RULE=fedau OPT=adam)
 #   make install         install into $(DESTDIR)$(PREFIX)
 #   make clean
 #
@@ -55,9 +57,9 @@ ifeq ($(findstring clang,$(shell $(CC) --version 2>/dev/null | head -n1)),)
 WARNINGS := $(filter-out -Wno-unknown-warning-option,$(WARNINGS))
 endif
 
-OPT := -O2
+OPTIMIZE := -O2
 ifneq ($(SANITIZE),)
-OPT := -O1
+OPTIMIZE := -O1
 SAN_FLAGS := -fsanitize=$(SANITIZE) -fno-omit-frame-pointer
 ifeq ($(findstring fuzzer,$(SANITIZE)),)
 SAN_FLAGS += -fno-sanitize-recover=all
@@ -65,9 +67,9 @@ endif
 endif
 
 CPPFLAGS_ALL := -I. -Iclient/include -I$(BUILD)/gen -D_DEFAULT_SOURCE -D_POSIX_C_SOURCE=200809L
-CFLAGS_ALL := -std=c11 $(OPT) -g -fPIC $(WARNINGS) $(SAN_FLAGS) $(PKG_CFLAGS) $(CFLAGS)
+CFLAGS_ALL := -std=c11 $(OPTIMIZE) -g -fPIC $(WARNINGS) $(SAN_FLAGS) $(PKG_CFLAGS) $(CFLAGS)
 # Generated protobuf-c code is not ours to restyle; it gets the base warnings only.
-CFLAGS_GEN := -std=c11 $(OPT) -g -fPIC -Wall -Werror $(SAN_FLAGS) $(PKG_CFLAGS) $(CFLAGS)
+CFLAGS_GEN := -std=c11 $(OPTIMIZE) -g -fPIC -Wall -Werror $(SAN_FLAGS) $(PKG_CFLAGS) $(CFLAGS)
 LDFLAGS_ALL := $(SAN_FLAGS) $(LDFLAGS)
 
 # ---- sources ----
@@ -128,7 +130,7 @@ ALL_OBJ := $(CORE_OBJ) $(AGG_OBJ) $(STORE_OBJ) $(SERVER_OBJ) $(CLIENT_OBJ) $(EXL
            $(TESTLIB_OBJ) $(ITESTLIB_OBJ)
 
 .PHONY: all libs tests benches check test test-plain test-asan test-python test-dashboard test-clang \
-        fuzz fuzz-build bench deps install clean test-deploy test-chaos FORCE
+        fuzz fuzz-build bench deps demo install clean test-deploy test-chaos FORCE
 all: libs $(BINS) $(if $(CLIENT_SRC),$(SO_CLIENT))
 libs: $(LIBS_ALL)
 tests: $(TESTS) $(ITESTS)
@@ -286,6 +288,11 @@ bench: deps benches
 # ---- packages ----
 deps:
 	@tools/deps.sh
+
+# ---- demo: the knobs reach tools/demo.sh through the environment (command-line variables are
+# exported); it installs packages and builds by itself ----
+demo:
+	@tools/demo.sh
 
 # ---- install ----
 # The daemon, fedctl and the example trainer (the container's demo clients run it).

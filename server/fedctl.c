@@ -12,6 +12,8 @@
 static const fedctl_command *const commands[] = {
     &fedctl_cmd_aggregate,
     &fedctl_cmd_client,
+    &fedctl_cmd_export,
+    &fedctl_cmd_rounds,
     &fedctl_cmd_verify,
     NULL,
 };

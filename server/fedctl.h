@@ -23,6 +23,8 @@ typedef struct fedctl_command {
 
 extern const fedctl_command fedctl_cmd_aggregate;
 extern const fedctl_command fedctl_cmd_client;
+extern const fedctl_command fedctl_cmd_export;
+extern const fedctl_command fedctl_cmd_rounds;
 extern const fedctl_command fedctl_cmd_verify;
 
 /* Prints "fedctl CMD: " + message + newline to stderr; returns FEDCTL_BAD_INPUT. */

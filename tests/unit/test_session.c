@@ -58,6 +58,11 @@ typedef struct received {
     uint64_t reject_client;
     fc_status reject_st;
     char reject_reason[FC_ERROR_MSG_MAX];
+    int evals;
+    uint64_t eval_client, eval_round, eval_version, eval_examples;
+    size_t eval_n;
+    char eval_name0[64];
+    double eval_value0;
 } received;
 
 typedef struct harness {
@@ -121,6 +126,26 @@ static void reject_cb(void *ctx, uint64_t client_id, uint64_t round, fc_status s
     h->rx.reject_client = client_id;
     h->rx.reject_st = st;
     snprintf(h->rx.reject_reason, sizeof h->rx.reject_reason, "%s", reason);
+}
+
+/* Accepts evaluations of round ROUND, version BASE; refuses others as the daemon would. */
+static fc_status eval_cb(void *ctx, uint64_t client_id, uint64_t round, uint64_t model_version,
+                         uint64_t num_examples, const char *const *names, const double *values,
+                         size_t n, fc_error *err) {
+    harness *h = ctx;
+    received *r = &h->rx;
+    if (round != ROUND)
+        return fc_error_set(err, FC_ERR_STATE, "round %llu is not an open evaluation round",
+                            (unsigned long long)round);
+    r->evals++;
+    r->eval_client = client_id;
+    r->eval_round = round;
+    r->eval_version = model_version;
+    r->eval_examples = num_examples;
+    r->eval_n = n;
+    snprintf(r->eval_name0, sizeof r->eval_name0, "%s", n ? names[0] : "");
+    r->eval_value0 = n ? values[0] : 0;
+    return FC_OK;
 }
 
 static void wake_cb(uv_async_t *a) { (void)a; }
@@ -199,6 +224,8 @@ static void h_start(harness *h, const opts *o) {
         .sink_ctx = h,
         .reject = reject_cb,
         .reject_ctx = h,
+        .eval = eval_cb,
+        .eval_ctx = h,
         .max_num_examples = o->max_examples ? o->max_examples : 1000,
         .ack_every_bytes = 4096,
         .resume_disabled = o->no_resume,
@@ -1267,6 +1294,84 @@ static void test_send_task_reaches_the_client(void **state) {
     h_finish(&h);
 }
 
+/* ---- evaluation results ---- */
+
+static int send_eval(cl *c, uint64_t round, uint64_t examples) {
+    fc_wire_msg m;
+    fc_error err = {0};
+    fc_wire_metric met[2] = {{"accuracy", 0.875}, {"loss", 0.25}};
+    if (fc_wire_eval_result(&m, 0, round, BASE, examples, met, 2, &err) != FC_OK)
+        return 0;
+    return cl_send(c, &m);
+}
+
+/* Reads the next frame: 1 if it is an Ack of ref_seq. */
+static int expect_ack(job *j, cl *c, uint64_t ref_seq) {
+    fc_envelope *e = cl_recv(c);
+    CHECK(j, e, "connection ended instead of an Ack");
+    int ok = e->body_case == FEDCOORD__V1__ENVELOPE__BODY_ACK && e->ack->ref_seq == ref_seq;
+    if (!ok)
+        snprintf(j->fail, sizeof j->fail, "got %s instead of the Ack of %llu",
+                 fc_wire_body_name(e->body_case), (unsigned long long)ref_seq);
+    fc_envelope_free(e);
+    return ok;
+}
+
+static int c_eval(job *j, cl *c) {
+    if (!login(j, c, "bob", "tok-bob"))
+        return 0;
+    /* accepted: Ack of its seq */
+    CHECK(j, send_eval(c, ROUND, 40), "send EvalResult");
+    if (!expect_ack(j, c, c->seq))
+        return 0;
+    /* refused by the round: non-fatal Error with the callback's status and detail */
+    CHECK(j, send_eval(c, ROUND + 1, 40), "send EvalResult");
+    if (!expect_error(j, c))
+        return 0;
+    /* more examples than [limits] max_num_examples (1000 here): refused before the callback */
+    CHECK(j, send_eval(c, ROUND, 5000), "send EvalResult");
+    if (!expect_error(j, c))
+        return 0;
+    /* the session is still usable: another accepted report */
+    CHECK(j, send_eval(c, ROUND, 7), "send EvalResult");
+    return expect_ack(j, c, c->seq);
+}
+
+static void c_eval_v(job *j) {
+    cl c;
+    memset(&c, 0, sizeof c);
+    c.fd = -1;
+    j->ok = c_eval(j, &c);
+    cl_free(&c);
+}
+
+static void test_eval_result_reaches_the_callback_and_is_acked(void **state) {
+    (void)state;
+    harness h;
+    opts o = {.memory_limit = 1 << 20};
+    h_start(&h, &o);
+    job j;
+    memset(&j, 0, sizeof j);
+    j.fn = c_eval_v;
+    run_job(&h, &j);
+    assert_true(j.ok);
+    assert_int_equal(j.n, 2);
+    assert_int_equal(j.code[0], fc_wire_error_for_status(FC_ERR_STATE)->code);
+    assert_false(j.fatal[0]);
+    assert_non_null(strstr(j.msg[0], "round 13 is not an open evaluation round"));
+    assert_int_equal(j.code[1], fc_wire_error_for_status(FC_ERR_REQUIREMENT)->code);
+    assert_non_null(strstr(j.msg[1], "claims 5000 examples, allowed 1..1000"));
+    assert_int_equal(h.rx.evals, 2);
+    assert_int_equal(h.rx.eval_client, 2);
+    assert_int_equal(h.rx.eval_round, ROUND);
+    assert_int_equal(h.rx.eval_version, BASE);
+    assert_int_equal(h.rx.eval_examples, 7);
+    assert_int_equal(h.rx.eval_n, 2);
+    assert_string_equal(h.rx.eval_name0, "accuracy");
+    assert_true(h.rx.eval_value0 == 0.875);
+    h_finish(&h);
+}
+
 /* The token table on its own: hashes only, name and token must both match, certificates only
  * for rows that allow them, and no detail ever contains the token. */
 static void test_token_table_checks_name_token_and_certificate(void **state) {
@@ -1352,6 +1457,7 @@ int main(void) {
         cmocka_unit_test(test_update_larger_than_staging_capacity_is_refused),
         cmocka_unit_test(test_half_sent_frame_is_dropped_by_progress_rule),
         cmocka_unit_test(test_send_task_reaches_the_client),
+        cmocka_unit_test(test_eval_result_reaches_the_callback_and_is_acked),
     };
     return cmocka_run_group_tests(tests, group_setup, NULL);
 }

@@ -81,9 +81,36 @@ void ex_sm_evaluate(const float *w, const ex_dataset *d, const size_t *idx, size
         *correct = ok;
 }
 
+typedef struct prox_hook_ctx {
+    const float *anchor;
+    double mu;
+} prox_hook_ctx;
+
+static fc_status prox_hook(void *user, float *g32, const float *w, fc_error *err) {
+    const prox_hook_ctx *p = user;
+    fc_status st = fc_prox_add(g32, w, p->anchor, EX_SM_PARAMS, p->mu);
+    if (st != FC_OK)
+        return fc_error_set(err, st, "train: FedProx term failed");
+    return FC_OK;
+}
+
 fc_status ex_sm_train(float *w, const ex_dataset *d, const size_t *idx, size_t count,
                       const ex_train_config *cfg, const float *anchor, ex_rng *rng,
                       double *last_epoch_loss, fc_error *err) {
+    if (!cfg)
+        return fc_error_set(err, FC_ERR_INVALID, "train: missing argument");
+    if (!isfinite(cfg->mu) || cfg->mu < 0)
+        return fc_error_set(err, FC_ERR_INVALID, "train: mu %g must be >= 0", cfg->mu);
+    if (cfg->mu > 0 && !anchor)
+        return fc_error_set(err, FC_ERR_INVALID, "train: mu %g needs the round's model", cfg->mu);
+    prox_hook_ctx p = {anchor, cfg->mu};
+    return ex_sm_train_hooked(w, d, idx, count, cfg, cfg->mu > 0 ? prox_hook : NULL, &p, rng,
+                              last_epoch_loss, err);
+}
+
+fc_status ex_sm_train_hooked(float *w, const ex_dataset *d, const size_t *idx, size_t count,
+                             const ex_train_config *cfg, ex_grad_hook hook, void *user,
+                             ex_rng *rng, double *last_epoch_loss, fc_error *err) {
     if (!w || !d || !cfg || !rng || (!idx && count > 0))
         return fc_error_set(err, FC_ERR_INVALID, "train: missing argument");
     if (count == 0)
@@ -93,10 +120,6 @@ fc_status ex_sm_train(float *w, const ex_dataset *d, const size_t *idx, size_t c
                             cfg->epochs, cfg->batch);
     if (!isfinite(cfg->lr) || cfg->lr <= 0)
         return fc_error_set(err, FC_ERR_INVALID, "train: learning rate %g must be > 0", cfg->lr);
-    if (!isfinite(cfg->mu) || cfg->mu < 0)
-        return fc_error_set(err, FC_ERR_INVALID, "train: mu %g must be >= 0", cfg->mu);
-    if (cfg->mu > 0 && !anchor)
-        return fc_error_set(err, FC_ERR_INVALID, "train: mu %g needs the round's model", cfg->mu);
     fc_status st = FC_OK;
     size_t *order = fc_mallocarray(count, sizeof *order);
     double *g = fc_mallocarray(EX_SM_PARAMS, sizeof *g);
@@ -124,10 +147,8 @@ fc_status ex_sm_train(float *w, const ex_dataset *d, const size_t *idx, size_t c
             batches++;
             for (size_t i = 0; i < EX_SM_PARAMS; i++)
                 g32[i] = (float)g[i];
-            if (cfg->mu > 0 && (st = fc_prox_add(g32, w, anchor, EX_SM_PARAMS, cfg->mu)) != FC_OK) {
-                fc_error_set(err, st, "train: FedProx term failed");
+            if (hook && (st = hook(user, g32, w, err)) != FC_OK)
                 goto done;
-            }
             for (size_t i = 0; i < EX_SM_PARAMS; i++)
                 w[i] = (float)((double)w[i] - cfg->lr * (double)g32[i]);
         }

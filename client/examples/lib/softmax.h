@@ -62,6 +62,19 @@ fc_status ex_sm_train(float *w, const ex_dataset *d, const size_t *idx, size_t c
                       const ex_train_config *cfg, const float *anchor, ex_rng *rng,
                       double *last_epoch_loss, fc_error *err);
 
+/* Called by ex_sm_train_hooked after every batch gradient has been rounded to f32 (g32, EX_SM_PARAMS
+ * values) and before the step, with the current weights w. It may change g32 (e.g. add a
+ * proximal term). A non-FC_OK return stops training with that status (err filled by the hook). */
+typedef fc_status (*ex_grad_hook)(void *user, float *g32, const float *w, fc_error *err);
+
+/* ex_sm_train with cfg->mu ignored and, instead, hook (may be NULL) applied to every gradient:
+ * the networked trainer adds FedProx through the SDK's fc_task_prox_add this way. With a hook
+ * that adds mu * (w - anchor) the result is bit-identical to ex_sm_train with that mu and anchor.
+ * Errors: those of ex_sm_train, and the hook's. */
+fc_status ex_sm_train_hooked(float *w, const ex_dataset *d, const size_t *idx, size_t count,
+                             const ex_train_config *cfg, ex_grad_hook hook, void *user,
+                             ex_rng *rng, double *last_epoch_loss, fc_error *err);
+
 /* Builds an fc_model (must be empty) owning copies of w as "fc.weight" f32 [10,64] and
  * "fc.bias" f32 [10]. Errors: FC_ERR_NOMEM; *out is left empty on error. */
 fc_status ex_sm_to_model(const float *w, fc_model *out, fc_error *err);
