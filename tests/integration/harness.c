@@ -10,6 +10,7 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sys/prctl.h>
 #include <sys/stat.h>
 #include <sys/wait.h>
 #include <time.h>
@@ -152,6 +153,9 @@ static int spawn(it_env *e, const char *const *sets, int timeout_s) {
     if (pid < 0)
         return why(e, "fork: %s", strerror(errno));
     if (pid == 0) {
+        /* A failed assertion longjmps past the test's cleanup: the daemon must not outlive
+         * the test program. */
+        prctl(PR_SET_PDEATHSIG, SIGKILL);
         int fd = open(e->log, O_WRONLY | O_CREAT | O_TRUNC, 0600);
         int nul = open("/dev/null", O_RDWR);
         if (fd < 0 || nul < 0 || dup2(fd, 2) < 0 || dup2(fd, 1) < 0 || dup2(nul, 0) < 0)
