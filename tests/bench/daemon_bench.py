@@ -37,7 +37,12 @@ ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__)
 BUILD = sys.argv[1] if len(sys.argv) > 1 else os.path.join(ROOT, "build")
 if not os.path.isabs(BUILD):
     BUILD = os.path.join(ROOT, BUILD)
-FEDCOORD = os.path.join(BUILD, "bin", "fedcoord")
+FEDCOORD = os.environ.get("BENCH_FEDCOORD") or os.path.join(BUILD, "bin", "fedcoord")
+# BENCH_BEFORE=PATH: a fedcoord built from an earlier commit; the benchmarks named in
+# BENCH_BEFORE_ONLY (default memory,ingest) then also run against it, in the same run, and the
+# results appear as NAME_before (before/after figures of an optimisation).
+BEFORE = os.environ.get("BENCH_BEFORE")
+BEFORE_ONLY = os.environ.get("BENCH_BEFORE_ONLY", "memory,ingest").split(",")
 LOADGEN = os.path.join(BUILD, "bench", "bench_loadgen")
 QUICK = os.environ.get("BENCH_QUICK", os.environ.get("QUICK", "0")) not in ("", "0")
 ONLY = [x for x in os.environ.get("BENCH_ONLY", "").split(",") if x]
@@ -214,6 +219,15 @@ class Daemon:
                             "commit_us": int(c.group(1)) if c else None})
         return out
 
+    def aggregated_us(self):
+        out = []
+        for _, line in self.lines:
+            if 'msg=aggregated' in line:
+                m = re.search(r"\bus=(\d+)", line)
+                if m:
+                    out.append(int(m.group(1)))
+        return out
+
     def round_starts(self):
         return [t for t, line in self.lines
                 if 'msg="round state"' in line and "to=TRAINING" in line]
@@ -267,6 +281,7 @@ def run_rounds(work, name, pki, tdb, params, n, rounds, storage=None, rule="feda
         st = d.status()
         commits = d.commits()
         starts = d.round_starts()
+        aggregated = d.aggregated_us()
         errs = d.errors()
     finally:
         d.stop()
@@ -274,7 +289,8 @@ def run_rounds(work, name, pki, tdb, params, n, rounds, storage=None, rule="feda
         raise RuntimeError("%s: %s errors, %d of %d rounds committed; loadgen: %s; daemon: %s" % (
             name, r["errors"], len(commits), rounds, r["stderr_tail"], errs[-5:]))
     return {"loadgen": r, "wall_s": wall, "vmhwm": st.get("VmHWM", 0), "base_rss": d.base_rss,
-            "commits": commits, "starts": starts, "config": d.config_text}
+            "commits": commits, "starts": starts, "aggregated_us": aggregated,
+            "config": d.config_text}
 
 
 # ---------------------------------------------------------------- benchmarks
@@ -357,8 +373,11 @@ def bench_overhead(work, pki, tdb):
     med = statistics.median(ctc)
     p90 = ctc[min(len(ctc) - 1, int(round(0.9 * (len(ctc) - 1))))]
     base = fsync_baseline(work, 4 * params, 20) * 1000.0
+    commit = statistics.median(c["commit_us"] / 1000.0 for c in r["commits"])
+    agg = statistics.median(a / 1000.0 for a in r["aggregated_us"]) if r["aggregated_us"] else None
     return {"params": params, "rounds": len(ctc), "close_to_commit_ms_median": med,
             "close_to_commit_ms_p90": p90, "write_fsync_ms_median": base,
+            "finish_job_ms_median": agg, "store_commit_ms_median": commit,
             "ratio_to_write_fsync": med / base, "goal": "<= 20 ms", "met": p90 <= 20.0}
 
 
@@ -417,21 +436,53 @@ def bench_robust_rules(work, pki, tdb):
 
 # ---------------------------------------------------------------- report
 
+def micro_results():
+    """Figures of the micro-benchmarks that tests/bench/run ran just before (same run)."""
+    out = {}
+    try:
+        with open(os.path.join(BUILD, "bench", "micro-results.txt")) as f:
+            text = f.read()
+    except OSError:
+        return out
+    m = re.search(r"fold f32->f64\s+([\d.]+) GB/s", text)
+    t = re.search(r"triad f64\s+([\d.]+) GB/s", text)
+    r = re.search(r"ratio fold/triad ([\d.]+)", text)
+    if m and t and r:
+        out["fold"] = {"fold_gb_s": float(m.group(1)), "triad_gb_s": float(t.group(1)),
+                       "ratio": float(r.group(1)), "goal": ">= 0.8",
+                       "met": float(r.group(1)) >= 0.8}
+    s = re.search(r"staging: copy into place \+ SHA-256\s+[\d.]+\s+([\d.]+)\s+([\d.]+)", text)
+    if s:
+        out["staging_copy_sha"] = {"gb_s": float(s.group(1)), "ratio_to_memcpy": float(s.group(2))}
+    c = re.search(r"^1000000\s+\d+\s+([\d.]+)ms\s+([\d.]+)ms\s+([\d.]+)", text, re.M)
+    if c:
+        out["store_commit_1m"] = {"file_fsync_ms": float(c.group(1)), "commit_ms": float(c.group(2)),
+                                  "ratio": float(c.group(3))}
+    return out
+
+
 def fmt_table(b):
     rows = []
     def add(measure, figure, ratio, goal, met):
         rows.append((measure, figure, ratio, goal, met))
-    if "ingest" in b and "error" not in b["ingest"]:
-        i = b["ingest"]
-        add("TLS ingest, %d clients, %d MB updates" % (i["clients"], i["update_bytes"] // 10**6),
+    mr = results.get("micro", {})
+    if "fold" in mr:
+        f = mr["fold"]
+        add("streaming fold f32->f64 (bench_fold)", "%.1f GB/s" % f["fold_gb_s"],
+            "%.2fx triad (%.1f GB/s)" % (f["ratio"], f["triad_gb_s"]), f["goal"], f["met"])
+    for key in ("ingest_before", "ingest"):
+      if key in b and "error" not in b[key]:
+        i = b[key]
+        add(("[before] " if key.endswith("_before") else "") + "TLS ingest, %d clients, %d MB updates" % (i["clients"], i["update_bytes"] // 10**6),
             "%.2f GB/s" % (i["ingest_bytes_per_s"] / 1e9),
             "%.2fx 1-core AES-256-GCM (%.2f GB/s)" % (i["ratio_to_aes_gcm"],
                                                     i["aes_256_gcm_bytes_per_s"] / 1e9),
             i["goal"], i["met"])
-    if "memory" in b and "error" not in b["memory"]:
-        m = b["memory"]
+    for key in ("memory_before", "memory"):
+      if key in b and "error" not in b[key]:
+        m = b[key]
         for c in m["counts"]:
-            add("peak RSS fedavg %dM params, %d clients" % (m["params"] // 10**6, c["clients"]),
+            add(("[before] " if key.endswith("_before") else "") + "peak RSS fedavg %.1fM params, %d clients" % (m["params"] / 1e6, c["clients"]),
                 "%.0f MB" % (c["vmhwm"] / MB), "%.2fx model" % c["ratio_to_model"], m["goal"],
                 c["met"])
     if "idle" in b and "error" not in b["idle"]:
@@ -441,8 +492,10 @@ def fmt_table(b):
             "%.2f of 1 GiB" % i["ratio_rss_to_1gib"], i["goal"], i["met"])
     if "overhead" in b and "error" not in b["overhead"]:
         o = b["overhead"]
-        add("round overhead, 1M params (close to commit)", "median %.1f ms, p90 %.1f ms" % (
-            o["close_to_commit_ms_median"], o["close_to_commit_ms_p90"]),
+        add("round overhead, 1M params (close to commit)",
+            "median %.1f ms, p90 %.1f ms (finish job %.1f, store commit %.1f)" % (
+            o["close_to_commit_ms_median"], o["close_to_commit_ms_p90"],
+            o["finish_job_ms_median"] or 0, o["store_commit_ms_median"]),
             "%.2fx write+fsync of 4 MB (%.1f ms)" % (o["ratio_to_write_fsync"],
                                                     o["write_fsync_ms_median"]),
             o["goal"], o["met"])
@@ -456,7 +509,7 @@ def fmt_table(b):
     if "robust" in b and "error" not in b["robust"]:
         r = b["robust"]
         for rule, v in r["rules"].items():
-            add("%s at close, n=%d, %dM params" % (rule, r["clients"], r["params"] // 10**6),
+            add("%s at close, n=%d, %.1fM params" % (rule, r["clients"], r["params"] / 1e6),
                 "round %.1f s, close->commit %.2f s" % (v["round_seconds"] or 0,
                                                        v["close_to_commit_seconds"]),
                 ("%.2fx library (%.2f s)" % (v["ratio_close_to_library"], v["library_seconds"])
@@ -478,6 +531,7 @@ def print_table(rows):
 
 
 def main():
+    global FEDCOORD
     if not os.path.exists(FEDCOORD) or not os.path.exists(LOADGEN):
         log("daemon_bench: %s or %s missing (run make first)" % (FEDCOORD, LOADGEN))
         return 1
@@ -487,6 +541,7 @@ def main():
     results["machine"] = machine()
     results["machine"]["nofile"] = nofile
     results["started"] = time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())
+    results["loadavg_start"] = os.getloadavg()
     log("daemon benchmarks%s in %s (fd limit %d)" % (" (QUICK: smaller sizes)" if QUICK else "",
                                                     work, nofile))
     status = 0
@@ -505,11 +560,17 @@ def main():
                 ("memory", lambda: bench_memory(work, pki, tdb)),
                 ("robust", lambda: bench_robust_rules(work, pki, tdb)),
                 ("big", lambda: bench_big(work, pki, tdb))]
+        runs = []
         for name, fn in plan:
             if ONLY and name not in ONLY:
                 continue
+            if BEFORE and name in BEFORE_ONLY:
+                runs.append((name + "_before", fn, BEFORE))
+            runs.append((name, fn, FEDCOORD))
+        for name, fn, binary in runs:
+            FEDCOORD = binary
             t = time.monotonic()
-            log("== daemon %s" % name)
+            log("== daemon %s%s" % (name, " (%s)" % binary if name.endswith("_before") else ""))
             try:
                 results["benchmarks"][name] = fn()
             except Exception as e:  # report and carry on with the others
@@ -520,6 +581,8 @@ def main():
             log("  (%.1f s)" % (time.monotonic() - t))
     finally:
         shutil.rmtree(work, ignore_errors=True)
+    results["micro"] = micro_results()
+    results["loadavg_end"] = os.getloadavg()
     rows = fmt_table(results["benchmarks"])
     results["table"] = [dict(zip(("measure", "figure", "ratio", "goal", "met"), r)) for r in rows]
     log("")
@@ -543,8 +606,10 @@ def write_doc(rows):
         "`tests/bench/performance_notes.md` and appended here)." % (
             " QUICK=1" if QUICK else "", results["started"]),
         "",
-        "Machine: %s, %d cores, %.1f GiB RAM, Linux %s, %s." % (
-            m["cpu"], m["cores"], m["memory_bytes"] / GB, m["kernel"], m["openssl"]),
+        "Machine: %s, %d cores, %.1f GiB RAM, Linux %s, %s. Load average at start %.1f, at "
+        "end %.1f (the machine may be shared: figures that compete for CPU vary from run to "
+        "run)." % (m["cpu"], m["cores"], m["memory_bytes"] / GB, m["kernel"], m["openssl"],
+                   results["loadavg_start"][0], results["loadavg_end"][0]),
         "",
     ]
     if QUICK:
