@@ -541,19 +541,13 @@ static void *worker_main(void *arg) {
     struct epoll_event evs[256];
     size_t next = 0;
     uint64_t last_hb = now_ms();
-    uint64_t hold_until = 0;
     for (;;) {
         uint64_t t = now_ms();
+        /* idle mode: the main thread ends the hold through g_stop */
         if (atomic_load(&g_stop) || t > g_deadline_ms)
             break;
         if (atomic_load(&g_finished) >= g_total_sessions)
             break;
-        if (g_idle_mode && hold_until && t >= hold_until)
-            break;
-        if (g_idle_mode && !hold_until && atomic_load(&g_connected) + atomic_load(&g_finished) >=
-                                              g_total_sessions &&
-            next >= w->n)
-            hold_until = 0; /* the main thread ends the hold through g_stop */
         while (next < w->n && atomic_load(&g_inflight) < g_inflight_max) {
             start_connect(w, &w->s[next]);
             next++;
@@ -744,16 +738,17 @@ int main(int argc, char **argv) {
             upload_ms += la[r] - fb[r];
             rounds++;
         }
-    size_t still = 0;
+    size_t still = 0; /* sessions still open: the hold ended (idle) or the timeout hit */
     for (size_t i = 0; i < n; i++)
         if (all[i].state != S_DONE) {
             still++;
+            all[i].failed = 1; /* counted in open_at_end, not as an error */
             sess_fail(&ws[0], &all[i], "closed by the load generator");
         }
     printf("result mode=%s sessions=%zu rounds=%d uploads=%llu payload_bytes=%llu upload_ms=%llu "
            "errors=%llu byes=%llu open_at_end=%zu seconds=%.2f\n",
            argv[1], n, rounds, (unsigned long long)uploads, (unsigned long long)bytes,
-           (unsigned long long)upload_ms, (unsigned long long)(errors - (g_idle_mode ? still : 0)),
+           (unsigned long long)upload_ms, (unsigned long long)errors,
            (unsigned long long)byes, still, (double)(now_ms() - t_start) / 1000.0);
     for (int t = 0; t < threads; t++) {
         close(ws[t].ep);
