@@ -655,6 +655,8 @@ def write_doc(rows):
         lines += ["**QUICK mode**: smaller models (memory: 2.5M parameters instead of 25M; robust: "
                   "1M instead of 10M; idle hold 5 s), the 4 GB round skipped. Run `make bench` "
                   "for the full sizes.", ""]
+    for n in results.get("notes", []):
+        lines += ["Note: " + n, ""]
     lines += ["| measure | figure | ratio | goal | met |", "|---|---|---|---|---|"]
     for r in rows:
         met = "-" if r[4] is None else ("yes" if r[4] else "**no**")
