@@ -24,6 +24,7 @@
  * Output: key=value lines on stdout ("connected ...", "result ..."); errors on stderr.
  * Run without arguments (as tests/bench/run would) it prints the usage and exits 0.
  */
+#include <arpa/inet.h>
 #include <errno.h>
 #include <fcntl.h>
 #include <netinet/in.h>
@@ -40,7 +41,6 @@
 #include <sys/socket.h>
 #include <time.h>
 #include <unistd.h>
-#include <arpa/inet.h>
 
 #include <openssl/err.h>
 #include <openssl/evp.h>
@@ -65,8 +65,8 @@ typedef struct session {
     int state;
     SSL *ssl;
     fc_frame_decoder dec;
-    fc_buf out;       /* encoded control frames and chunk headers */
-    size_t out_off;   /* bytes of out already written */
+    fc_buf out;          /* encoded control frames and chunk headers */
+    size_t out_off;      /* bytes of out already written */
     const uint8_t *bulk; /* chunk data still to write (points into the shared payload) */
     size_t bulk_len;
     uint64_t seq;
@@ -360,9 +360,8 @@ static void on_frame(worker *w, session *s, const uint8_t *data, size_t len) {
     switch (env->body_case) {
     case FEDCOORD__V1__ENVELOPE__BODY_WELCOME: {
         const Fedcoord__V1__Welcome *wl = env->welcome;
-        if (s->state != S_WELCOME ||
-            fc_wire_check_version(FC_WIRE_CLIENT, wl->protocol_major, wl->protocol_minor, &err) !=
-                FC_OK) {
+        if (s->state != S_WELCOME || fc_wire_check_version(FC_WIRE_CLIENT, wl->protocol_major,
+                                                           wl->protocol_minor, &err) != FC_OK) {
             sess_fail(w, s, err.msg[0] ? err.msg : "unexpected Welcome");
             break;
         }
@@ -406,8 +405,7 @@ static void on_frame(worker *w, session *s, const uint8_t *data, size_t len) {
         char msg[600];
         snprintf(msg, sizeof msg, "server error %s: %s", env->error->name ? env->error->name : "?",
                  env->error->message ? env->error->message : "");
-        if (env->error->fatal || s->state == S_BEGIN || s->state == S_CHUNKS ||
-            s->state == S_END) {
+        if (env->error->fatal || s->state == S_BEGIN || s->state == S_CHUNKS || s->state == S_END) {
             sess_fail(w, s, msg);
         } else {
             fprintf(stderr, "loadgen: session %d: %s\n", s->idx, msg);
@@ -599,10 +597,11 @@ static int enroll(const char *db, int n) {
 }
 
 static void usage(void) {
-    printf("bench_loadgen: load generator of tests/bench/daemon_bench.py (run by make bench)\n"
-           "  bench_loadgen enroll DB N\n"
-           "  bench_loadgen rounds PORT CA N [--threads T] [--timeout S] [--payload BYTES]\n"
-           "  bench_loadgen idle PORT CA N [--threads T] [--timeout S] [--hold S] [--inflight K]\n");
+    printf(
+        "bench_loadgen: load generator of tests/bench/daemon_bench.py (run by make bench)\n"
+        "  bench_loadgen enroll DB N\n"
+        "  bench_loadgen rounds PORT CA N [--threads T] [--timeout S] [--payload BYTES]\n"
+        "  bench_loadgen idle PORT CA N [--threads T] [--timeout S] [--hold S] [--inflight K]\n");
 }
 
 int main(int argc, char **argv) {
@@ -654,8 +653,8 @@ int main(int argc, char **argv) {
                 (unsigned long long)rl.rlim_cur, n);
     /* The payload: one shared read-only zero mapping (the kernel's zero page: no memory). */
     g_payload_len = payload ? payload : 4096;
-    void *pm = mmap(NULL, (size_t)g_payload_len, PROT_READ, MAP_PRIVATE | MAP_ANONYMOUS | MAP_NORESERVE,
-                    -1, 0);
+    void *pm = mmap(NULL, (size_t)g_payload_len, PROT_READ,
+                    MAP_PRIVATE | MAP_ANONYMOUS | MAP_NORESERVE, -1, 0);
     if (pm == MAP_FAILED) {
         fprintf(stderr, "loadgen: mmap of %llu payload bytes: %s\n",
                 (unsigned long long)g_payload_len, strerror(errno));
@@ -748,8 +747,8 @@ int main(int argc, char **argv) {
     printf("result mode=%s sessions=%zu rounds=%d uploads=%llu payload_bytes=%llu upload_ms=%llu "
            "errors=%llu byes=%llu open_at_end=%zu seconds=%.2f\n",
            argv[1], n, rounds, (unsigned long long)uploads, (unsigned long long)bytes,
-           (unsigned long long)upload_ms, (unsigned long long)errors,
-           (unsigned long long)byes, still, (double)(now_ms() - t_start) / 1000.0);
+           (unsigned long long)upload_ms, (unsigned long long)errors, (unsigned long long)byes,
+           still, (double)(now_ms() - t_start) / 1000.0);
     for (int t = 0; t < threads; t++) {
         close(ws[t].ep);
         fc_free(ws[t].rbuf);
