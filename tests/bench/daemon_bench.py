@@ -15,8 +15,9 @@ to a baseline measured in the same run:
   robust    median and krum, n = 100, d = 10M: round time vs bench_robust (library alone)
 
 Environment: BENCH_QUICK=1 (or QUICK=1) for smaller sizes (printed), BENCH_DIR for the scratch
-folder (default $TMPDIR or /tmp), BENCH_ONLY=name,name to run a subset, BENCH_NO_DOC=1 to skip
-writing docs/performance.md. Writes bench/results.json and docs/performance.md.
+folder (default $TMPDIR or /tmp), BENCH_ONLY=name,name to run a subset (written to bench/results.partial.json
+only), BENCH_NO_DOC=1 to skip writing docs/performance.md. Writes bench/results.json and
+docs/performance.md; `daemon_bench.py BUILD --render` rewrites the page from the JSON.
 It never listens on anything but 127.0.0.1 and removes its scratch folder at the end.
 """
 import json
@@ -627,9 +628,11 @@ def main():
     log("")
     print_table(rows)
     os.makedirs(os.path.join(ROOT, "bench"), exist_ok=True)
-    with open(os.path.join(ROOT, "bench", "results.json"), "w") as f:
+    # A subset (BENCH_ONLY) never replaces the results and the page of a whole run.
+    name = "results.partial.json" if ONLY else "results.json"
+    with open(os.path.join(ROOT, "bench", name), "w") as f:
         json.dump(results, f, indent=2, default=str)
-    if not os.environ.get("BENCH_NO_DOC"):
+    if not os.environ.get("BENCH_NO_DOC") and not ONLY:
         write_doc(rows)
     return status
 
@@ -664,7 +667,8 @@ def write_doc(rows):
     lines += ["", "## How to reproduce", "",
               "```", "make bench            # every benchmark, full sizes",
               "make bench QUICK=1    # or BENCH_QUICK=1: under 5 minutes",
-              "BENCH_ONLY=ingest,idle tests/bench/daemon_bench.py build   # a subset", "```", "",
+              "BENCH_ONLY=ingest,idle tests/bench/daemon_bench.py build   # a subset, "
+              "to bench/results.partial.json", "```", "",
               "The micro-benchmarks (bench_fold, bench_robust, bench_store, bench_stream) print "
               "their own figures first; the daemon benchmarks start `build/bin/fedcoord` with a "
               "throw-away PKI and data folder under $TMPDIR and drive it with "
