@@ -10,7 +10,7 @@
 #   make test-dashboard  the dashboard in headless Chromium against a real daemon (make test does)
 #   make test-clang      run them built with clang (CI does)
 #   make fuzz            build the libFuzzer targets with clang and run each for FUZZ_TIME s
-#   make bench           build and run the benchmarks (BENCH_QUICK=1 for a short run)
+#   make bench           build and run the benchmarks (QUICK=1 or BENCH_QUICK=1: under 5 min)
 #   make deps            install the Debian packages the project needs, only if missing
 #   make demo            a real federation on this machine (tools/demo.sh; knobs RULE ROUNDS
 #                        CLIENTS ALPHA MU OPT, e.g. make demo RULE=fedau OPT=adam)
@@ -282,8 +282,9 @@ fuzz: deps fuzz-build
 	@tests/fuzz/run $(FUZZ_BUILD) $(FUZZ_TIME) $(FUZZERS)
 
 # ---- benchmarks ----
-bench: deps benches
-	@tests/bench/run $(BUILD)
+# QUICK=1 is the same as BENCH_QUICK=1. The daemon benchmarks also need the programs (all).
+bench: deps all benches
+	@BENCH_QUICK=$${BENCH_QUICK:-$(QUICK)} tests/bench/run $(BUILD)
 
 # ---- packages ----
 deps:

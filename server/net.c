@@ -19,6 +19,7 @@
 #include <netinet/in.h>
 #include <sys/socket.h>
 #include <openssl/bio.h>
+#include <openssl/buffer.h>
 #include <openssl/err.h>
 #include <openssl/ssl.h>
 
@@ -647,6 +648,27 @@ static void tls_fail(net_conn *c, const char *what) {
     begin_close(c, FC_ERR_TLS, e.msg, CLOSE_GRACEFUL); /* graceful: flush the alert */
 }
 
+/* A memory BIO keeps the capacity of the largest read it ever buffered (NET_READ_BUF), for the
+ * life of the connection. Once it is drained, a large one is replaced by a fresh BIO, so a
+ * connection that uploaded once does not keep 64 KiB after it: with a thousand clients that was
+ * tens of megabytes. Costs one small allocation per large read while data flows. */
+static void shrink_rbio(net_conn *c) {
+    BUF_MEM *bm = NULL;
+    if (!c->ssl || BIO_ctrl_pending(c->rbio) != 0 || SSL_pending(c->ssl) > 0)
+        return;
+    BIO_get_mem_ptr(c->rbio, &bm);
+    if (!bm || bm->max <= NET_PLAIN_BUF)
+        return;
+    BIO *nb = BIO_new(BIO_s_mem());
+    if (!nb) {
+        ERR_clear_error();
+        return; /* keep the old one: only memory is lost */
+    }
+    BIO_set_mem_eof_return(nb, -1);
+    SSL_set0_rbio(c->ssl, nb); /* frees the old rbio */
+    c->rbio = nb;
+}
+
 static void tls_read_loop(net_conn *c) {
     net_listener *l = c->listener;
     while (c->state == NET_OPEN && !c->paused) {
@@ -668,6 +690,8 @@ static void tls_read_loop(net_conn *c) {
     }
     if (c->state == NET_OPEN)
         flush_or_close(c); /* post-handshake messages (e.g. KeyUpdate responses) */
+    if (c->state == NET_OPEN)
+        shrink_rbio(c);
 }
 
 static void tls_advance(net_conn *c) {

@@ -8,9 +8,14 @@
 
 #include "server/session.h"
 
-/* A session waiting for staging budget (embedded in the session). */
+/* A session waiting for staging budget (embedded in the session). Waiters are kept and woken in
+ * ascending `order` (the client id; FIFO among equal ones): the round driver folds updates in
+ * ascending client id and copies every update that arrives ahead of a lower one, so granting
+ * the lowest id first keeps those held copies to the few uploads admitted before the budget
+ * filled, whatever the number of clients. */
 typedef struct sess_waiter {
     struct sess_waiter *next;
+    uint64_t order;
     int queued;
     void (*wake)(struct sess_waiter *w);
 } sess_waiter;

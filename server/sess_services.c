@@ -25,7 +25,7 @@ struct sess_budget {
     uint64_t memory_limit, memory_used;
     char *spill_dir;
     uint64_t spill_limit, spill_used;
-    sess_waiter *head, *tail; /* FIFO of sessions waiting for budget */
+    sess_waiter *head, *tail; /* sessions waiting for budget, ascending order, FIFO in ties */
     size_t waiting;
 };
 
@@ -102,11 +102,19 @@ void sess_budget_wait(sess_budget *b, sess_waiter *w) {
         return;
     w->queued = 1;
     w->next = NULL;
-    if (b->tail)
-        b->tail->next = w;
-    else
-        b->head = w;
-    b->tail = w;
+    if (!b->tail || b->tail->order <= w->order) { /* the common case: append */
+        if (b->tail)
+            b->tail->next = w;
+        else
+            b->head = w;
+        b->tail = w;
+    } else {
+        sess_waiter **pp = &b->head;
+        while ((*pp)->order <= w->order)
+            pp = &(*pp)->next;
+        w->next = *pp;
+        *pp = w;
+    }
     b->waiting++;
 }
 

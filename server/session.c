@@ -772,6 +772,7 @@ static int start_upload(sess *s, fc_envelope *env) {
                FC_LU("bytes", total));
         s->wait_begin = env;
         s->waiter.wake = budget_wake;
+        s->waiter.order = s->client_id;
         s->waiting_budget = 1;
         sess_budget_wait(sv->cfg.budget, &s->waiter);
         net_pause_reading(s->c);
@@ -1326,8 +1327,15 @@ static void process_bytes(sess *s, const uint8_t *p, size_t len) {
         }
         handle_frame(s, f.data, f.len);
     }
-    if (s->state != SESS_CLOSING && s->c)
-        net_set_partial(s->c, fc_frame_decoder_pending(&s->dec) > 0);
+    if (s->state != SESS_CLOSING && s->c) {
+        size_t pending = fc_frame_decoder_pending(&s->dec);
+        net_set_partial(s->c, pending > 0);
+        /* Between frames and outside the chunks of an upload, give the frame buffer back: it has
+         * the capacity of the largest frame seen (a 1 MiB chunk), and a session that uploaded
+         * once would otherwise keep it for its lifetime, so memory grew with the client count. */
+        if (pending == 0 && (s->state != SESS_UPLOADING || s->validating))
+            fc_frame_decoder_trim(&s->dec);
+    }
 }
 
 /* ---- net callbacks ---- */
