@@ -312,6 +312,14 @@ static fc_status raw_wait(fc_client *c, uint64_t ref_seq) {
 fc_status it_raw_upload(fc_client *c, uint64_t round, uint64_t base_version,
                         const fc_tensor_spec *specs, size_t n, const void *data, uint64_t total,
                         uint64_t send_bytes, uint64_t num_examples) {
+    return it_raw_upload_kind(c, round, base_version, specs, n, data, total, send_bytes,
+                              num_examples, 1);
+}
+
+fc_status it_raw_upload_kind(fc_client *c, uint64_t round, uint64_t base_version,
+                             const fc_tensor_spec *specs, size_t n, const void *data,
+                             uint64_t total, uint64_t send_bytes, uint64_t num_examples,
+                             int is_delta) {
     fc_wire_update_begin_args a;
     memset(&a, 0, sizeof a);
     a.round = round;
@@ -319,7 +327,7 @@ fc_status it_raw_upload(fc_client *c, uint64_t round, uint64_t base_version,
     a.tensors = specs;
     a.n_tensors = n;
     a.total_bytes = total;
-    a.is_delta = 1;
+    a.is_delta = is_delta;
     fc_wire_msg m;
     fc_status st = fc_wire_update_begin(&m, ++c->seq_out, &a, &c->err);
     if (st != FC_OK) {

@@ -87,6 +87,13 @@ fc_status it_raw_upload(fc_client *c, uint64_t round, uint64_t base_version,
                         const fc_tensor_spec *specs, size_t n, const void *data, uint64_t total,
                         uint64_t send_bytes, uint64_t num_examples);
 
+/* it_raw_upload with UpdateBegin.is_delta chosen: 0 sends full trained weights, which the
+ * daemon turns into a delta against the round's base version. */
+fc_status it_raw_upload_kind(fc_client *c, uint64_t round, uint64_t base_version,
+                             const fc_tensor_spec *specs, size_t n, const void *data,
+                             uint64_t total, uint64_t send_bytes, uint64_t num_examples,
+                             int is_delta);
+
 /* Writes a safetensors file of f32 tensors: names[i], shape ndim[i]/shapes[i], data[i]. */
 int it_write_model_f32(const char *path, size_t n, const char *const *names,
                        const uint32_t *ndim, const uint64_t (*shapes)[FC_MAX_DIMS],

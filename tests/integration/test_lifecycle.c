@@ -255,6 +255,7 @@ typedef struct raw_job {
     uint64_t send_bytes;
     fc_status st;
     char err[512];
+    int weights; /* send full weights w_t + 1 instead of the delta 1 */
 } raw_job;
 
 static void *raw_main(void *arg) {
@@ -273,6 +274,15 @@ static void *raw_main(void *arg) {
         }
         for (size_t k = 0; k < count; k++)
             data[k] = 1;
+        if (j->weights) { /* the trained weights: this task's model plus one */
+            size_t at = 0;
+            for (size_t i = 0; i < fc_task_tensor_count(t); i++) {
+                fc_tensor_info info;
+                fc_task_tensor(t, i, &info);
+                for (size_t k = 0; k < (size_t)info.numel && at < count; k++)
+                    data[at++] += ((const float *)info.data)[k];
+            }
+        }
         fc_tensor_spec spec;
         memset(&spec, 0, sizeof spec);
         spec.name = "w";
@@ -280,8 +290,8 @@ static void *raw_main(void *arg) {
         spec.ndim = j->ndim;
         spec.shape[0] = j->shape[0];
         spec.shape[1] = j->shape[1];
-        j->st = it_raw_upload(c, fc_task_round(t), fc_task_model_version(t), &spec, 1, data,
-                              count * sizeof *data, j->send_bytes, 1);
+        j->st = it_raw_upload_kind(c, fc_task_round(t), fc_task_model_version(t), &spec, 1, data,
+                                   count * sizeof *data, j->send_bytes, 1, !j->weights);
         fc_free(data);
     }
 out:
@@ -307,7 +317,7 @@ static void test_bad_updates_are_rejected_and_the_round_commits_from_the_others(
     worker_init(&wn, &e, "nan", tn, NULL);
     wn.plan = plan_nan;
     wg.retry = wn.retry = 0;
-    raw_job js = {&e, "shape", ts, 2, {3, 2}, UINT64_MAX, 0, ""};
+    raw_job js = {&e, "shape", ts, 2, {3, 2}, UINT64_MAX, 0, "", 0};
     pthread_t ths;
     assert_int_equal(it_worker_start(&wg), 0);
     assert_int_equal(it_worker_start(&wn), 0);
@@ -364,7 +374,7 @@ static void test_client_killed_mid_upload_leaves_no_trace(void **state) {
     it_worker wg;
     worker_init(&wg, &e, "good", tg, NULL);
     wg.retry = 0;
-    raw_job jd = {&e, "dies", td, 2, {512, 1024}, 1u << 20, 0, ""};
+    raw_job jd = {&e, "dies", td, 2, {512, 1024}, 1u << 20, 0, "", 0};
     pthread_t thd;
     assert_int_equal(it_worker_start(&wg), 0);
     assert_int_equal(pthread_create(&thd, NULL, raw_main, &jd), 0);
@@ -396,6 +406,44 @@ static void test_client_killed_mid_upload_leaves_no_trace(void **state) {
     it_env_cleanup(&e);
 }
 
+/* An update sent as full trained weights (UpdateBegin.is_delta = false) is turned into a delta
+ * against the round's base by the daemon: two clients, one sending the delta +1 and one the
+ * weights w_t + 1, commit exactly w0 + 1. */
+static void test_full_weight_updates_become_deltas(void **state) {
+    (void)state;
+    it_env e;
+    start(&e, "weights",
+          "min_clients = 2\nclients_per_round = 2\nmin_updates = 2\nmax_rounds = 1\n"
+          "round_timeout = 30s\n",
+          NULL);
+    char ta[64], tb[64];
+    add(&e, "delta", ta);
+    add(&e, "weights", tb);
+    raw_job ja = {&e, "delta", ta, 2, {2, 3}, UINT64_MAX, 0, "", 0};
+    raw_job jb = {&e, "weights", tb, 2, {2, 3}, UINT64_MAX, 0, "", 1};
+    pthread_t tha, thb;
+    assert_int_equal(pthread_create(&tha, NULL, raw_main, &ja), 0);
+    assert_int_equal(pthread_create(&thb, NULL, raw_main, &jb), 0);
+    pthread_join(tha, NULL);
+    pthread_join(thb, NULL);
+    if (ja.st != FC_OK || jb.st != FC_OK)
+        fail_msg("delta: %s / weights: %s", ja.err, jb.err);
+    if (it_wait_round_final(&e, 1, 20) != STORE_ROUND_COMMITTED)
+        fail_msg("round 1: %s", e.why);
+    store *s = open_store(&e);
+    fc_error err = {0};
+    float *v2 = NULL;
+    size_t n = 0;
+    assert_int_equal(it_model_read_f32(s, 2, &v2, &n, &err), FC_OK);
+    assert_int_equal(n, 6);
+    for (size_t k = 0; k < n; k++)
+        assert_true(v2[k] == (float)(k + 1) + 1.0f);
+    fc_free(v2);
+    store_close(s);
+    assert_int_equal(it_daemon_signal_wait(&e, SIGTERM, 20), 0);
+    it_env_cleanup(&e);
+}
+
 int main(void) {
     const struct CMUnitTest tests[] = {
         cmocka_unit_test(test_sigkill_mid_round_then_restart_continues),
@@ -403,6 +451,7 @@ int main(void) {
         cmocka_unit_test(test_bad_token_refused_and_revoked_client_disconnected),
         cmocka_unit_test(test_bad_updates_are_rejected_and_the_round_commits_from_the_others),
         cmocka_unit_test(test_client_killed_mid_upload_leaves_no_trace),
+        cmocka_unit_test(test_full_weight_updates_become_deltas),
     };
     return cmocka_run_group_tests(tests, NULL, NULL);
 }
