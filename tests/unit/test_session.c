@@ -36,6 +36,7 @@
 #include "proto/wire.h"
 #include "server/session.h"
 #include "tests/lib/testutil.h"
+#include "tests/lib/rawcl.h"
 #include "tests/lib/tlsgen.h"
 
 static tlsgen_pki pki;
@@ -285,12 +286,7 @@ static void h_finish(harness *h) {
 
 /* ---- client side (threads) ---- */
 
-typedef struct cl {
-    int fd;
-    SSL_CTX *ctx;
-    SSL *ssl;
-    uint64_t seq;
-} cl;
+typedef rawcl cl;
 
 typedef struct job {
     harness *h;
@@ -315,99 +311,6 @@ typedef struct job {
         }                                                                                          \
     } while (0)
 
-static int cl_open(cl *c, int port, int with_cert) {
-    memset(c, 0, sizeof *c);
-    c->fd = -1;
-    c->ctx = SSL_CTX_new(TLS_client_method());
-    if (!c->ctx || SSL_CTX_load_verify_locations(c->ctx, pki.ca_cert, NULL) != 1)
-        return 0;
-    SSL_CTX_set_verify(c->ctx, SSL_VERIFY_PEER, NULL);
-    if (with_cert && (SSL_CTX_use_certificate_chain_file(c->ctx, pki.client_cert) != 1 ||
-                      SSL_CTX_use_PrivateKey_file(c->ctx, pki.client_key, SSL_FILETYPE_PEM) != 1))
-        return 0;
-    c->fd = socket(AF_INET, SOCK_STREAM, 0);
-    struct sockaddr_in a = {.sin_family = AF_INET, .sin_port = htons((uint16_t)port)};
-    inet_pton(AF_INET, "127.0.0.1", &a.sin_addr);
-    if (c->fd < 0 || connect(c->fd, (struct sockaddr *)&a, sizeof a) != 0)
-        return 0;
-    c->ssl = SSL_new(c->ctx);
-    SSL_set_fd(c->ssl, c->fd);
-    SSL_set1_host(c->ssl, "localhost");
-    return SSL_connect(c->ssl) == 1;
-}
-
-static void cl_free(cl *c) {
-    if (c->ssl)
-        SSL_free(c->ssl);
-    if (c->ctx)
-        SSL_CTX_free(c->ctx);
-    if (c->fd >= 0)
-        close(c->fd);
-    c->ssl = NULL, c->ctx = NULL, c->fd = -1;
-    ERR_clear_error();
-}
-
-static int cl_write(cl *c, const void *p, size_t n) {
-    return SSL_write(c->ssl, p, (int)n) == (int)n;
-}
-
-static int cl_read_exact(cl *c, void *buf, size_t len) {
-    size_t got = 0;
-    while (got < len) {
-        int r = SSL_read(c->ssl, (uint8_t *)buf + got, (int)(len - got));
-        if (r <= 0)
-            return 0;
-        got += (size_t)r;
-    }
-    return 1;
-}
-
-/* Sends m with the next seq (m was built with seq 0; we patch env.seq). */
-static int cl_send(cl *c, fc_wire_msg *m) {
-    fc_buf b = FC_BUF_INIT;
-    fc_error err = {0};
-    m->env.seq = ++c->seq;
-    int ok = fc_wire_encode(m, 0, &b, &err) == FC_OK && cl_write(c, b.data, b.len);
-    fc_wire_msg_free(m);
-    fc_buf_free(&b);
-    return ok;
-}
-
-static int cl_send_chunk(cl *c, uint32_t ti, uint64_t off, const void *data, size_t len) {
-    fc_buf b = FC_BUF_INIT;
-    fc_error err = {0};
-    int ok = fc_frame_encode_chunk(++c->seq, ti, off, data, len, 0, &b, &err) == FC_OK &&
-             cl_write(c, b.data, b.len);
-    fc_buf_free(&b);
-    return ok;
-}
-
-/* Reads one frame; NULL when the connection ended. */
-static fc_envelope *cl_recv(cl *c) {
-    uint8_t pre[4];
-    if (!cl_read_exact(c, pre, 4))
-        return NULL;
-    uint32_t n =
-        ((uint32_t)pre[0] << 24) | ((uint32_t)pre[1] << 16) | ((uint32_t)pre[2] << 8) | pre[3];
-    uint8_t *buf = malloc(n ? n : 1);
-    fc_envelope *env = NULL;
-    fc_error err = {0};
-    if (buf && cl_read_exact(c, buf, n))
-        fc_wire_decode(buf, n, &env, &err);
-    free(buf);
-    return env;
-}
-
-/* 1 if the server closed the connection (EOF or close_notify) before sending any more frame. */
-static int cl_sees_close(cl *c) {
-    fc_envelope *e = cl_recv(c);
-    if (e) {
-        fc_envelope_free(e);
-        return 0;
-    }
-    return 1;
-}
-
 static int hello(cl *c, const char *name, const char *token, uint32_t major) {
     fc_wire_msg m;
     fc_error err = {0};
@@ -417,12 +320,12 @@ static int hello(cl *c, const char *name, const char *token, uint32_t major) {
     if (fc_wire_hello(&m, 0, &a, &err) != FC_OK)
         return 0;
     m.body.hello.protocol_major = major;
-    return cl_send(c, &m);
+    return rawcl_send(c, &m);
 }
 
 /* Reads the next frame and records an Error into slot j->n. Returns the body case. */
 static int expect_error(job *j, cl *c) {
-    fc_envelope *e = cl_recv(c);
+    fc_envelope *e = rawcl_recv(c);
     CHECK(j, e, "connection ended instead of an Error");
     if (e->body_case != FEDCOORD__V1__ENVELOPE__BODY_ERROR) {
         snprintf(j->fail, sizeof j->fail, "got %s instead of an Error",
@@ -439,9 +342,9 @@ static int expect_error(job *j, cl *c) {
 }
 
 static int login(job *j, cl *c, const char *name, const char *token) {
-    CHECK(j, cl_open(c, j->h->port, 0), "TLS connect failed");
+    CHECK(j, rawcl_open(c, j->h->port, &pki, 0), "TLS connect failed");
     CHECK(j, hello(c, name, token, FC_PROTOCOL_MAJOR), "send Hello");
-    fc_envelope *e = cl_recv(c);
+    fc_envelope *e = rawcl_recv(c);
     CHECK(j, e, "no Welcome");
     int ok = e->body_case == FEDCOORD__V1__ENVELOPE__BODY_WELCOME && e->welcome->session_id &&
              *e->welcome->session_id && e->welcome->resume_token.len > 0;
@@ -484,14 +387,14 @@ static int c_hello_ok(job *j) {
         fc_wire_msg m;
         fc_error err = {0};
         fc_wire_heartbeat(&m, 0, 1, &err);
-        cl_send(&c, &m);
+        rawcl_send(&c, &m);
         fc_wire_bye(&m, 0, "done", &err);
-        cl_send(&c, &m);
-        ok = cl_sees_close(&c);
+        rawcl_send(&c, &m);
+        ok = rawcl_sees_close(&c);
         if (!ok)
             snprintf(j->fail, sizeof j->fail, "server answered after Bye");
     }
-    cl_free(&c);
+    rawcl_free(&c);
     j->ok = ok;
     return ok;
 }
@@ -510,7 +413,7 @@ static void test_hello_with_valid_token_gets_welcome(void **state) {
 
 static int c_refused(job *j) {
     cl c;
-    CHECK(j, cl_open(&c, j->h->port, 0), "TLS connect failed");
+    CHECK(j, rawcl_open(&c, j->h->port, &pki, 0), "TLS connect failed");
     int ok = 0;
     if (j->iarg == 0)
         ok = hello(&c, "alice", "wrong-token", FC_PROTOCOL_MAJOR);
@@ -520,13 +423,13 @@ static int c_refused(job *j) {
         fc_wire_msg m;
         fc_error err = {0};
         fc_wire_model_request(&m, 0, 7, 0, &err);
-        ok = cl_send(&c, &m);
+        ok = rawcl_send(&c, &m);
     }
     if (ok && expect_error(j, &c)) {
-        j->u[0] = (uint64_t)cl_sees_close(&c);
+        j->u[0] = (uint64_t)rawcl_sees_close(&c);
         j->ok = 1;
     }
-    cl_free(&c);
+    rawcl_free(&c);
     return 1;
 }
 static void c_refused_v(job *j) { c_refused(j); }
@@ -593,10 +496,10 @@ static int c_wrong_state(job *j) {
         fc_wire_msg_free(&m);
         fc_wire_heartbeat(&m, 0, 1, &err);
     }
-    cl_send(&c, &m);
+    rawcl_send(&c, &m);
     if (expect_error(j, &c))
-        j->u[0] = (uint64_t)cl_sees_close(&c);
-    cl_free(&c);
+        j->u[0] = (uint64_t)rawcl_sees_close(&c);
+    rawcl_free(&c);
     return 1;
 }
 static void c_wrong_state_v(job *j) { c_wrong_state(j); }
@@ -626,23 +529,23 @@ static int c_replace(job *j) {
         return 0;
     if (!login(j, &b, "alice", "tok-alice"))
         return 0;
-    fc_envelope *e = cl_recv(&a);
+    fc_envelope *e = rawcl_recv(&a);
     CHECK(j, e, "old session got no Bye");
     int bye = e->body_case == FEDCOORD__V1__ENVELOPE__BODY_BYE;
     snprintf(j->msg[0], sizeof j->msg[0], "%s", bye && e->bye->reason ? e->bye->reason : "");
     fc_envelope_free(e);
     CHECK(j, bye, "old session got something else than Bye");
-    j->u[0] = (uint64_t)cl_sees_close(&a);
+    j->u[0] = (uint64_t)rawcl_sees_close(&a);
     /* the new session works */
     fc_wire_msg m;
     fc_error err = {0};
     fc_wire_model_request(&m, 0, 99, 0, &err);
-    cl_send(&b, &m);
+    rawcl_send(&b, &m);
     j->n = 1;
     if (expect_error(j, &b))
         j->u[1] = j->code[1];
-    cl_free(&a);
-    cl_free(&b);
+    rawcl_free(&a);
+    rawcl_free(&b);
     return 1;
 }
 static void c_replace_v(job *j) { c_replace(j); }
@@ -662,13 +565,13 @@ static void test_reconnect_with_same_identity_replaces_old_session(void **state)
 
 static int c_mtls(job *j) {
     cl c;
-    CHECK(j, cl_open(&c, j->h->port, 1), "TLS connect with certificate failed");
+    CHECK(j, rawcl_open(&c, j->h->port, &pki, 1), "TLS connect with certificate failed");
     CHECK(j, hello(&c, "", NULL, FC_PROTOCOL_MAJOR), "send Hello");
-    fc_envelope *e = cl_recv(&c);
+    fc_envelope *e = rawcl_recv(&c);
     CHECK(j, e, "no answer");
     j->ok = e->body_case == FEDCOORD__V1__ENVELOPE__BODY_WELCOME;
     fc_envelope_free(e);
-    cl_free(&c);
+    rawcl_free(&c);
     return 1;
 }
 static void c_mtls_v(job *j) { c_mtls(j); }
@@ -694,8 +597,8 @@ static int c_download(job *j) {
     fc_wire_msg m;
     fc_error err = {0};
     fc_wire_model_request(&m, 0, 0, offset, &err);
-    cl_send(&c, &m);
-    fc_envelope *e = cl_recv(&c);
+    rawcl_send(&c, &m);
+    fc_envelope *e = rawcl_recv(&c);
     CHECK(j, e && e->body_case == FEDCOORD__V1__ENVELOPE__BODY_MODEL_BEGIN, "no ModelBegin");
     uint64_t total = e->model_begin->total_bytes;
     uint8_t begin_sha[32];
@@ -715,7 +618,7 @@ static int c_download(job *j) {
     uint64_t pos = offset;
     int chunks = 0, ok = 1;
     for (;;) {
-        e = cl_recv(&c);
+        e = rawcl_recv(&c);
         if (!e) {
             ok = 0;
             break;
@@ -755,7 +658,7 @@ static int c_download(job *j) {
     }
     j->u[5] = (uint64_t)same;
     free(have);
-    cl_free(&c);
+    rawcl_free(&c);
     CHECK(j, ok, "download broke off at byte %llu", (unsigned long long)pos);
     return 1;
 }
@@ -835,7 +738,7 @@ static int upload_begin(job *j, cl *c, int kind) {
                                    .total_bytes = wbytes + B_N * 4};
     fc_wire_msg m;
     CHECK(j, fc_wire_update_begin(&m, 0, &a, &err) == FC_OK, "build UpdateBegin: %s", err.msg);
-    CHECK(j, cl_send(c, &m), "send UpdateBegin");
+    CHECK(j, rawcl_send(c, &m), "send UpdateBegin");
     return 1;
 }
 
@@ -845,7 +748,7 @@ static int upload_data(job *j, cl *c, int kind);
 
 static int upload_rest(job *j, cl *c, int kind) {
     uint64_t begin_seq = c->seq;
-    fc_envelope *e = cl_recv(c);
+    fc_envelope *e = rawcl_recv(c);
     CHECK(j, e, "no answer to UpdateBegin");
     if (e->body_case == FEDCOORD__V1__ENVELOPE__BODY_ERROR) {
         j->code[j->n] = e->error->code;
@@ -874,18 +777,18 @@ static int upload_data(job *j, cl *c, int kind) {
     for (int k = 0; k < 4; k++) {
         if (kind == UP_GAP && k == 2)
             continue;
-        cl_send_chunk(c, 0, (uint64_t)k * 4096, (uint8_t *)w + k * 4096, 4096);
+        rawcl_send_chunk(c, 0, (uint64_t)k * 4096, (uint8_t *)w + k * 4096, 4096);
         if (kind == UP_DISCONNECT && k == 1) {
             /* wait for the server's first Ack (4 KiB staged), then vanish */
-            e = cl_recv(c);
+            e = rawcl_recv(c);
             j->u[6] = e && e->body_case == FEDCOORD__V1__ENVELOPE__BODY_ACK ? e->ack->offset : 0;
             fc_envelope_free(e);
             return 1;
         }
     }
-    cl_send_chunk(c, 1, 0, b, B_N * 4);
+    rawcl_send_chunk(c, 1, 0, b, B_N * 4);
     if (kind == UP_TOO_MANY)
-        cl_send_chunk(c, 1, B_N * 4, b, 16);
+        rawcl_send_chunk(c, 1, B_N * 4, b, 16);
     uint8_t sha[32];
     EVP_MD_CTX *x = EVP_MD_CTX_new();
     unsigned hl = 0;
@@ -898,19 +801,19 @@ static int upload_data(job *j, cl *c, int kind) {
         sha[5] ^= 1;
     fc_wire_metric met = {"train_loss", 0.5};
     fc_wire_update_end(&m, 0, sha, kind == UP_EXAMPLES ? 5000 : 100, &met, 1, &err);
-    cl_send(c, &m);
+    rawcl_send(c, &m);
     uint64_t end_seq = c->seq;
     if (kind == UP_END_CLOSE) {
         /* close cleanly (close_notify, then drain to EOF) so no TCP reset can discard the
          * UpdateEnd before the server reads it */
         SSL_shutdown(c->ssl);
-        while ((e = cl_recv(c)) != NULL)
+        while ((e = rawcl_recv(c)) != NULL)
             fc_envelope_free(e);
         return 1;
     }
     /* read Acks until the answer for UpdateEnd or an Error */
     for (;;) {
-        e = cl_recv(c);
+        e = rawcl_recv(c);
         CHECK(j, e, "connection ended during upload");
         if (e->body_case == FEDCOORD__V1__ENVELOPE__BODY_ERROR) {
             j->code[j->n] = e->error->code;
@@ -939,14 +842,14 @@ static int c_upload(job *j) {
     if (!login(j, &c, "alice", "tok-alice"))
         return 0;
     if (!upload(j, &c, j->iarg)) {
-        cl_free(&c);
+        rawcl_free(&c);
         return 0;
     }
     if (j->iarg != UP_DISCONNECT && j->iarg != UP_OK && j->iarg != UP_END_CLOSE) {
         /* the session goes on: a good upload after the rejected one is accepted */
         j->u[7] = (uint64_t)upload(j, &c, UP_OK);
     }
-    cl_free(&c); /* abrupt close, no Bye */
+    rawcl_free(&c); /* abrupt close, no Bye */
     return 1;
 }
 static void c_upload_v(job *j) { c_upload(j); }
@@ -1079,7 +982,7 @@ static int c_two(job *j) {
         return 0;
     if (!upload_begin(j, &a, UP_OK))
         return 0;
-    fc_envelope *e = cl_recv(&a);
+    fc_envelope *e = rawcl_recv(&a);
     CHECK(j, e && e->body_case == FEDCOORD__V1__ENVELOPE__BODY_ACK, "alice's begin not acked");
     fc_envelope_free(e);
     if (!upload_begin(j, &b, UP_OK))
@@ -1093,8 +996,8 @@ static int c_two(job *j) {
     j->u[3] = j->u[0];
     j->u[0] = 0;
     j->u[4] = (uint64_t)upload_rest(j, &b, UP_OK);
-    cl_free(&a);
-    cl_free(&b);
+    rawcl_free(&a);
+    rawcl_free(&b);
     return 1;
 }
 static void c_two_v(job *j) { c_two(j); }
@@ -1215,10 +1118,10 @@ static int c_loris(job *j) {
     if (!login(j, &c, "alice", "tok-alice"))
         return 0;
     uint8_t two[2] = {0, 0};
-    CHECK(j, cl_write(&c, two, 2), "write");
+    CHECK(j, rawcl_write(&c, two, 2), "write");
     if (expect_error(j, &c))
-        j->u[0] = (uint64_t)cl_sees_close(&c);
-    cl_free(&c);
+        j->u[0] = (uint64_t)rawcl_sees_close(&c);
+    rawcl_free(&c);
     return 1;
 }
 static void c_loris_v(job *j) { c_loris(j); }
@@ -1244,14 +1147,14 @@ static int c_task(job *j) {
         return 0;
     atomic_store(&t->ready, 1);
     uv_async_send(&j->h->wake);
-    fc_envelope *e = cl_recv(&c);
+    fc_envelope *e = rawcl_recv(&c);
     CHECK(j, e && e->body_case == FEDCOORD__V1__ENVELOPE__BODY_TASK, "no Task");
     j->u[0] = e->task->round;
     j->u[1] = e->task->model_version;
     j->u[2] = e->task->n_tensors;
     j->u[3] = e->seq;
     fc_envelope_free(e);
-    cl_free(&c);
+    rawcl_free(&c);
     return 1;
 }
 static void c_task_v(job *j) { c_task(j); }
@@ -1302,12 +1205,12 @@ static int send_eval(cl *c, uint64_t round, uint64_t examples) {
     fc_wire_metric met[2] = {{"accuracy", 0.875}, {"loss", 0.25}};
     if (fc_wire_eval_result(&m, 0, round, BASE, examples, met, 2, &err) != FC_OK)
         return 0;
-    return cl_send(c, &m);
+    return rawcl_send(c, &m);
 }
 
 /* Reads the next frame: 1 if it is an Ack of ref_seq. */
 static int expect_ack(job *j, cl *c, uint64_t ref_seq) {
-    fc_envelope *e = cl_recv(c);
+    fc_envelope *e = rawcl_recv(c);
     CHECK(j, e, "connection ended instead of an Ack");
     int ok = e->body_case == FEDCOORD__V1__ENVELOPE__BODY_ACK && e->ack->ref_seq == ref_seq;
     if (!ok)
@@ -1342,7 +1245,7 @@ static void c_eval_v(job *j) {
     memset(&c, 0, sizeof c);
     c.fd = -1;
     j->ok = c_eval(j, &c);
-    cl_free(&c);
+    rawcl_free(&c);
 }
 
 static void test_eval_result_reaches_the_callback_and_is_acked(void **state) {

@@ -44,6 +44,7 @@
 #include "proto/stream.h"
 #include "proto/wire.h"
 #include "server/session.h"
+#include "tests/lib/rawcl.h"
 #include "tests/lib/tlsgen.h"
 
 #include "fedcoord/client.h"
@@ -289,12 +290,7 @@ static sess_resume_stats stats(harness *h) {
 
 /* ---- raw clients (threads) ---- */
 
-typedef struct cl {
-    int fd;
-    SSL_CTX *ctx;
-    SSL *ssl;
-    uint64_t seq;
-} cl;
+typedef rawcl cl;
 
 typedef struct job {
     harness *h;
@@ -321,85 +317,15 @@ typedef struct job {
         }                                                                                          \
     } while (0)
 
-static int cl_open(cl *c, int port) {
-    memset(c, 0, sizeof *c);
-    c->fd = -1;
-    c->ctx = SSL_CTX_new(TLS_client_method());
-    if (!c->ctx || SSL_CTX_load_verify_locations(c->ctx, pki.ca_cert, NULL) != 1)
-        return 0;
-    SSL_CTX_set_verify(c->ctx, SSL_VERIFY_PEER, NULL);
-    c->fd = socket(AF_INET, SOCK_STREAM, 0);
-    struct sockaddr_in a = {.sin_family = AF_INET, .sin_port = htons((uint16_t)port)};
-    inet_pton(AF_INET, "127.0.0.1", &a.sin_addr);
-    if (c->fd < 0 || connect(c->fd, (struct sockaddr *)&a, sizeof a) != 0)
-        return 0;
-    c->ssl = SSL_new(c->ctx);
-    SSL_set_fd(c->ssl, c->fd);
-    SSL_set1_host(c->ssl, "localhost");
-    return SSL_connect(c->ssl) == 1;
-}
-
-/* Abrupt close: no Bye, no close_notify. */
-static void cl_free(cl *c) {
-    if (c->ssl)
-        SSL_free(c->ssl);
-    if (c->ctx)
-        SSL_CTX_free(c->ctx);
-    if (c->fd >= 0)
-        close(c->fd);
-    c->ssl = NULL, c->ctx = NULL, c->fd = -1;
-    ERR_clear_error();
-}
-
-static int cl_write(cl *c, const void *p, size_t n) {
-    return SSL_write(c->ssl, p, (int)n) == (int)n;
-}
-
-static int cl_read_exact(cl *c, void *buf, size_t len) {
-    size_t got = 0;
-    while (got < len) {
-        int r = SSL_read(c->ssl, (uint8_t *)buf + got, (int)(len - got));
-        if (r <= 0)
-            return 0;
-        got += (size_t)r;
-    }
-    return 1;
-}
-
-static int cl_send(cl *c, fc_wire_msg *m) {
-    fc_buf b = FC_BUF_INIT;
-    fc_error err = {0};
-    m->env.seq = ++c->seq;
-    int ok = fc_wire_encode(m, 0, &b, &err) == FC_OK && cl_write(c, b.data, b.len);
-    fc_wire_msg_free(m);
-    fc_buf_free(&b);
-    return ok;
-}
-
-static fc_envelope *cl_recv(cl *c) {
-    uint8_t pre[4];
-    if (!cl_read_exact(c, pre, 4))
-        return NULL;
-    uint32_t n =
-        ((uint32_t)pre[0] << 24) | ((uint32_t)pre[1] << 16) | ((uint32_t)pre[2] << 8) | pre[3];
-    uint8_t *buf = malloc(n ? n : 1);
-    fc_envelope *env = NULL;
-    fc_error err = {0};
-    if (buf && cl_read_exact(c, buf, n))
-        fc_wire_decode(buf, n, &env, &err);
-    free(buf);
-    return env;
-}
-
 static int login(job *j, cl *c) {
-    CHECK(j, cl_open(c, j->h->port), "TLS connect failed");
+    CHECK(j, rawcl_open(c, j->h->port, &pki, 0), "TLS connect failed");
     fc_wire_msg m;
     fc_error err = {0};
     fc_wire_hello_args a = {.client_name = j->name,
                             .token = {(const uint8_t *)j->token, strlen(j->token)},
                             .software = "test"};
-    CHECK(j, fc_wire_hello(&m, 0, &a, &err) == FC_OK && cl_send(c, &m), "send Hello");
-    fc_envelope *e = cl_recv(c);
+    CHECK(j, fc_wire_hello(&m, 0, &a, &err) == FC_OK && rawcl_send(c, &m), "send Hello");
+    fc_envelope *e = rawcl_recv(c);
     int ok = e && e->body_case == FEDCOORD__V1__ENVELOPE__BODY_WELCOME;
     fc_envelope_free(e);
     CHECK(j, ok, "no Welcome");
@@ -418,9 +344,9 @@ static int begin(job *j, cl *c, uint64_t resume_offset, int is_delta, uint64_t *
                                    .resume_offset = resume_offset};
     fc_wire_msg m;
     CHECK(j, fc_wire_update_begin(&m, 0, &a, &err) == FC_OK, "build UpdateBegin: %s", err.msg);
-    CHECK(j, cl_send(c, &m), "send UpdateBegin");
+    CHECK(j, rawcl_send(c, &m), "send UpdateBegin");
     uint64_t seq = c->seq;
-    fc_envelope *e = cl_recv(c);
+    fc_envelope *e = rawcl_recv(c);
     CHECK(j, e, "no answer to UpdateBegin");
     int ok = e->body_case == FEDCOORD__V1__ENVELOPE__BODY_ACK && e->ack->ref_seq == seq;
     if (ok)
@@ -446,7 +372,7 @@ static int send_range(job *j, cl *c, uint64_t from, uint64_t to) {
         fc_buf b = FC_BUF_INIT;
         int ok = fc_frame_encode_chunk(++c->seq, d.tensor_index, d.offset, bytes + d.global_offset,
                                        d.len, 0, &b, &err) == FC_OK &&
-                 cl_write(c, b.data, b.len);
+                 rawcl_write(c, b.data, b.len);
         fc_buf_free(&b);
         CHECK(j, ok, "send chunk at %llu", (unsigned long long)d.global_offset);
     }
@@ -456,7 +382,7 @@ static int send_range(job *j, cl *c, uint64_t from, uint64_t to) {
 /* Reads until the server acknowledges `want` staged bytes. */
 static int wait_acked(job *j, cl *c, uint64_t want) {
     for (;;) {
-        fc_envelope *e = cl_recv(c);
+        fc_envelope *e = rawcl_recv(c);
         CHECK(j, e, "connection ended before %llu bytes were acknowledged",
               (unsigned long long)want);
         int done = e->body_case == FEDCOORD__V1__ENVELOPE__BODY_ACK && e->ack->offset >= want;
@@ -475,10 +401,10 @@ static int finish(job *j, cl *c) {
     fc_wire_msg m;
     fc_error err = {0};
     CHECK(j, fc_wire_update_end(&m, 0, sha, 10, NULL, 0, &err) == FC_OK, "build UpdateEnd");
-    CHECK(j, cl_send(c, &m), "send UpdateEnd");
+    CHECK(j, rawcl_send(c, &m), "send UpdateEnd");
     uint64_t end_seq = c->seq;
     for (;;) {
-        fc_envelope *e = cl_recv(c);
+        fc_envelope *e = rawcl_recv(c);
         CHECK(j, e, "connection ended before the answer to UpdateEnd");
         if (e->body_case == FEDCOORD__V1__ENVELOPE__BODY_ERROR) {
             snprintf(j->fail, sizeof j->fail, "UpdateEnd refused: %s", e->error->message);
@@ -507,13 +433,13 @@ static int c_two_sessions(job *j) {
     cl c1, c2;
     uint64_t s = 0;
     if (!login(j, &c1) || !begin(j, &c1, 0, 1, &s)) {
-        cl_free(&c1);
+        rawcl_free(&c1);
         return 0;
     }
     j->ack[0] = s;
     int ok = send_range(j, &c1, 0, j->cut_at) && (j->cut_at == 0 || wait_acked(j, &c1, j->cut_at));
     if (!j->replace)
-        cl_free(&c1);
+        rawcl_free(&c1);
     if (!ok)
         return 0;
     atomic_store(&j->step, 1);
@@ -524,9 +450,9 @@ static int c_two_sessions(job *j) {
         j->ack[1] = s;
         ok = send_range(j, &c2, s, TOTAL) && finish(j, &c2);
     }
-    cl_free(&c2);
+    rawcl_free(&c2);
     if (j->replace)
-        cl_free(&c1);
+        rawcl_free(&c1);
     return ok;
 }
 
@@ -536,7 +462,7 @@ static int c_stage_and_vanish(job *j) {
     uint64_t s = 0;
     int ok = login(j, &c) && begin(j, &c, 0, 1, &s) && send_range(j, &c, 0, j->cut_at) &&
              wait_acked(j, &c, j->cut_at);
-    cl_free(&c);
+    rawcl_free(&c);
     return ok;
 }
 
@@ -553,12 +479,12 @@ static int c_stage_and_quit(job *j) {
         fc_wire_bye(&m, 0, "giving up", &err);
         if (j->replace)
             c.seq += 5; /* seq gap: PROTOCOL_VIOLATION */
-        ok = cl_send(&c, &m);
+        ok = rawcl_send(&c, &m);
         fc_envelope *e;
-        while ((e = cl_recv(&c)) != NULL) /* until the server closes */
+        while ((e = rawcl_recv(&c)) != NULL) /* until the server closes */
             fc_envelope_free(e);
     }
-    cl_free(&c);
+    rawcl_free(&c);
     return ok;
 }
 
@@ -571,7 +497,7 @@ static int c_whole(job *j) {
         j->ack[0] = s;
         ok = send_range(j, &c, 0, TOTAL) && finish(j, &c);
     }
-    cl_free(&c);
+    rawcl_free(&c);
     return ok;
 }
 

@@ -40,6 +40,7 @@
 #include "proto/stream.h"
 #include "proto/wire.h"
 #include "server/session.h"
+#include "tests/lib/rawcl.h"
 #include "tests/lib/tlsgen.h"
 
 #include "fedcoord/client.h"
@@ -423,98 +424,16 @@ static fc_client *sdk_open(job *j) {
 
 /* ---- raw frame client ---- */
 
-typedef struct cl {
-    int fd;
-    SSL_CTX *ctx;
-    SSL *ssl;
-    uint64_t seq;
-} cl;
-
-static int cl_open(cl *c, int port) {
-    memset(c, 0, sizeof *c);
-    c->fd = -1;
-    c->ctx = SSL_CTX_new(TLS_client_method());
-    if (!c->ctx || SSL_CTX_load_verify_locations(c->ctx, pki.ca_cert, NULL) != 1)
-        return 0;
-    SSL_CTX_set_verify(c->ctx, SSL_VERIFY_PEER, NULL);
-    c->fd = socket(AF_INET, SOCK_STREAM, 0);
-    struct sockaddr_in a = {.sin_family = AF_INET, .sin_port = htons((uint16_t)port)};
-    inet_pton(AF_INET, "127.0.0.1", &a.sin_addr);
-    if (c->fd < 0 || connect(c->fd, (struct sockaddr *)&a, sizeof a) != 0)
-        return 0;
-    c->ssl = SSL_new(c->ctx);
-    SSL_set_fd(c->ssl, c->fd);
-    SSL_set1_host(c->ssl, "localhost");
-    return SSL_connect(c->ssl) == 1;
-}
-
-static void cl_free(cl *c) {
-    if (c->ssl)
-        SSL_free(c->ssl);
-    if (c->ctx)
-        SSL_CTX_free(c->ctx);
-    if (c->fd >= 0)
-        close(c->fd);
-    c->ssl = NULL, c->ctx = NULL, c->fd = -1;
-    ERR_clear_error();
-}
-
-static int cl_read_exact(cl *c, void *buf, size_t len) {
-    size_t got = 0;
-    while (got < len) {
-        int r = SSL_read(c->ssl, (uint8_t *)buf + got, (int)(len - got));
-        if (r <= 0)
-            return 0;
-        got += (size_t)r;
-    }
-    return 1;
-}
-
-/* Sends m with the next seq (m was built with seq 0). */
-static int cl_send(cl *c, fc_wire_msg *m) {
-    fc_buf b = FC_BUF_INIT;
-    fc_error err = {0};
-    m->env.seq = ++c->seq;
-    int ok = fc_wire_encode(m, 0, &b, &err) == FC_OK &&
-             SSL_write(c->ssl, b.data, (int)b.len) == (int)b.len;
-    fc_wire_msg_free(m);
-    fc_buf_free(&b);
-    return ok;
-}
-
-static int cl_send_chunk(cl *c, uint32_t ti, uint64_t off, const void *data, size_t len) {
-    fc_buf b = FC_BUF_INIT;
-    fc_error err = {0};
-    int ok = fc_frame_encode_chunk(++c->seq, ti, off, data, len, 0, &b, &err) == FC_OK &&
-             SSL_write(c->ssl, b.data, (int)b.len) == (int)b.len;
-    fc_buf_free(&b);
-    return ok;
-}
-
-/* Reads one frame; NULL when the connection ended or the socket's read timeout passed. */
-static fc_envelope *cl_recv(cl *c) {
-    uint8_t pre[4];
-    if (!cl_read_exact(c, pre, 4))
-        return NULL;
-    uint32_t n =
-        ((uint32_t)pre[0] << 24) | ((uint32_t)pre[1] << 16) | ((uint32_t)pre[2] << 8) | pre[3];
-    uint8_t *buf = malloc(n ? n : 1);
-    fc_envelope *env = NULL;
-    fc_error err = {0};
-    if (buf && cl_read_exact(c, buf, n))
-        fc_wire_decode(buf, n, &env, &err);
-    free(buf);
-    return env;
-}
+typedef rawcl cl;
 
 static int login(job *j, cl *c) {
-    CHECK(j, cl_open(c, j->h->port), "TLS connect failed");
+    CHECK(j, rawcl_open(c, j->h->port, &pki, 0), "TLS connect failed");
     fc_wire_msg m;
     fc_error err = {0};
     fc_wire_hello_args a = {
         .client_name = "alice", .token = {(const uint8_t *)"tok-alice", 9}, .software = "test"};
-    CHECK(j, fc_wire_hello(&m, 0, &a, &err) == FC_OK && cl_send(c, &m), "send Hello");
-    fc_envelope *e = cl_recv(c);
+    CHECK(j, fc_wire_hello(&m, 0, &a, &err) == FC_OK && rawcl_send(c, &m), "send Hello");
+    fc_envelope *e = rawcl_recv(c);
     CHECK(j, e, "no Welcome");
     int ok = e->body_case == FEDCOORD__V1__ENVELOPE__BODY_WELCOME;
     if (ok)
@@ -529,7 +448,7 @@ static int login(job *j, cl *c) {
 static int record_answer(job *j, cl *c) {
     fc_envelope *e;
     for (;;) {
-        e = cl_recv(c);
+        e = rawcl_recv(c);
         CHECK(j, e, "connection ended instead of an answer (slot %d)", j->nr);
         if (e->body_case != FEDCOORD__V1__ENVELOPE__BODY_HEARTBEAT)
             break;
@@ -682,7 +601,7 @@ static int c_raw_evals(job *j) {
             m.body.eval_result.metrics[0]->value = NAN; /* what a broken peer could send */
         if (k == 4)
             m.body.eval_result.num_examples = 0;
-        CHECK(j, cl_send(&c, &m), "send EvalResult %d", k);
+        CHECK(j, rawcl_send(&c, &m), "send EvalResult %d", k);
         j->u[k] = c.seq;
         if (!record_answer(j, &c))
             return 0;
@@ -690,8 +609,8 @@ static int c_raw_evals(job *j) {
     fc_wire_msg m;
     fc_error err = {0};
     fc_wire_bye(&m, 0, "done", &err);
-    cl_send(&c, &m);
-    cl_free(&c);
+    rawcl_send(&c, &m);
+    rawcl_free(&c);
     return 1;
 }
 static void c_raw_evals_v(job *j) { c_raw_evals(j); }
@@ -743,7 +662,7 @@ static int c_silent(job *j) {
     struct timespec t0;
     clock_gettime(CLOCK_MONOTONIC, &t0);
     while (elapsed_ms(&t0) < 600) {
-        fc_envelope *e = cl_recv(&c);
+        fc_envelope *e = rawcl_recv(&c);
         if (!e) { /* the 50 ms read timeout; a closed connection is seen below */
             if (SSL_get_error(c.ssl, -1) == SSL_ERROR_ZERO_RETURN)
                 break;
@@ -756,7 +675,7 @@ static int c_silent(job *j) {
             j->u[1]++;
         fc_envelope_free(e);
     }
-    cl_free(&c);
+    rawcl_free(&c);
     return 1;
 }
 static void c_silent_v(job *j) { c_silent(j); }
@@ -1009,13 +928,13 @@ static int c_raw_proposal(job *j) {
                                        .n_tensors = 1,
                                        .total_bytes = 16,
                                        .is_delta = delta};
-        CHECK(j, fc_wire_update_begin(&m, 0, &a, &err) == FC_OK && cl_send(&c, &m),
+        CHECK(j, fc_wire_update_begin(&m, 0, &a, &err) == FC_OK && rawcl_send(&c, &m),
               "send UpdateBegin");
         j->u[j->nr] = c.seq;
         if (!record_answer(j, &c))
             return 0;
     }
-    CHECK(j, cl_send_chunk(&c, 0, 0, data, sizeof data), "send chunk");
+    CHECK(j, rawcl_send_chunk(&c, 0, 0, data, sizeof data), "send chunk");
     fc_model mm = FC_MODEL_INIT;
     uint8_t sha[FC_SHA256_BYTES];
     fc_error err = {0};
@@ -1024,14 +943,14 @@ static int c_raw_proposal(job *j) {
     fc_stream_model_sha256(&mm, sha, &err);
     fc_model_free(&mm);
     fc_wire_msg m;
-    CHECK(j, fc_wire_update_end(&m, 0, sha, 1, NULL, 0, &err) == FC_OK && cl_send(&c, &m),
+    CHECK(j, fc_wire_update_end(&m, 0, sha, 1, NULL, 0, &err) == FC_OK && rawcl_send(&c, &m),
           "send UpdateEnd");
     j->u[j->nr] = c.seq;
     if (!record_answer(j, &c))
         return 0;
     fc_wire_bye(&m, 0, "done", &err);
-    cl_send(&c, &m);
-    cl_free(&c);
+    rawcl_send(&c, &m);
+    rawcl_free(&c);
     return 1;
 }
 static void c_raw_proposal_v(job *j) { c_raw_proposal(j); }
@@ -1085,12 +1004,12 @@ static int c_raw_wrong_layout(job *j) {
                                    .n_tensors = 1,
                                    .total_bytes = 16,
                                    .is_delta = 1};
-    CHECK(j, fc_wire_update_begin(&m, 0, &a, &err) == FC_OK && cl_send(&c, &m), "send UpdateBegin");
+    CHECK(j, fc_wire_update_begin(&m, 0, &a, &err) == FC_OK && rawcl_send(&c, &m), "send UpdateBegin");
     if (!record_answer(j, &c))
         return 0;
     fc_wire_bye(&m, 0, "done", &err);
-    cl_send(&c, &m);
-    cl_free(&c);
+    rawcl_send(&c, &m);
+    rawcl_free(&c);
     return 1;
 }
 static void c_raw_wrong_layout_v(job *j) { c_raw_wrong_layout(j); }
