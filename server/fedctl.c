@@ -10,12 +10,10 @@
 #endif
 
 static const fedctl_command *const commands[] = {
-    &fedctl_cmd_aggregate,
-    &fedctl_cmd_client,
-    &fedctl_cmd_export,
-    &fedctl_cmd_rounds,
-    &fedctl_cmd_verify,
-    NULL,
+    &fedctl_cmd_status,  &fedctl_cmd_watch,  &fedctl_cmd_rounds, &fedctl_cmd_round,
+    &fedctl_cmd_clients, &fedctl_cmd_models, &fedctl_cmd_export, &fedctl_cmd_pause,
+    &fedctl_cmd_resume,  &fedctl_cmd_stop,   &fedctl_cmd_client, &fedctl_cmd_verify,
+    &fedctl_cmd_aggregate, NULL,
 };
 
 static void usage(FILE *out) {

@@ -26,6 +26,20 @@ extern const fedctl_command fedctl_cmd_client;
 extern const fedctl_command fedctl_cmd_export;
 extern const fedctl_command fedctl_cmd_rounds;
 extern const fedctl_command fedctl_cmd_verify;
+/* fedctl_http.c: subcommands over the daemon's HTTP API */
+extern const fedctl_command fedctl_cmd_status;
+extern const fedctl_command fedctl_cmd_round;
+extern const fedctl_command fedctl_cmd_clients;
+extern const fedctl_command fedctl_cmd_models;
+extern const fedctl_command fedctl_cmd_pause;
+extern const fedctl_command fedctl_cmd_resume;
+extern const fedctl_command fedctl_cmd_stop;
+extern const fedctl_command fedctl_cmd_watch;
+/* `rounds` and `export` without --db talk to the HTTP API through these. */
+int fedctl_http_rounds(int argc, char **argv);
+int fedctl_http_export(int argc, char **argv);
+/* 1 if argv (after the command name) holds the option `flag`. */
+int fedctl_has_flag(int argc, char **argv, const char *flag);
 
 /* Prints "fedctl CMD: " + message + newline to stderr; returns FEDCTL_BAD_INPUT. */
 int fedctl_bad_input(const char *cmd, const char *fmt, ...) __attribute__((format(printf, 2, 3)));

@@ -29,3 +29,10 @@ int fedctl_failed(const char *cmd, const char *fmt, ...) {
 }
 
 int fedctl_is_help(const char *arg) { return strcmp(arg, "-h") == 0 || strcmp(arg, "--help") == 0; }
+
+int fedctl_has_flag(int argc, char **argv, const char *flag) {
+    for (int i = 1; i < argc; i++)
+        if (strcmp(argv[i], flag) == 0)
+            return 1;
+    return 0;
+}

@@ -23,6 +23,12 @@
 
 static const char usage_text[] =
     "usage: fedctl export --db PATH --out FILE [--version V]\n"
+    "       fedctl export VERSION -o FILE [--url URL] [--token-file FILE] [--ca FILE]\n"
+    "\n"
+    "Without --db it downloads version VERSION from a running daemon's HTTP API (--url, default\n"
+    "$FEDCOORD_URL or http://127.0.0.1:7080), streaming it to FILE.partial, checks the data\n"
+    "against the committed SHA-256 the API sends, and only then renames it to FILE; on any\n"
+    "error no FILE is left. With --db:\n"
     "\n"
     "Writes model version V (default: the newest) of the database as a safetensors file:\n"
     "the tensors in their stored order with their names, dtypes and shapes, and metadata\n"
@@ -271,6 +277,8 @@ out:
 }
 
 static int run(int argc, char **argv) {
+    if (!fedctl_has_flag(argc, argv, "--db"))
+        return fedctl_http_export(argc, argv); /* a running daemon, over HTTP */
     args a;
     int rc = parse(argc, argv, &a);
     if (rc != FEDCTL_OK)

@@ -34,6 +34,11 @@
 static const char usage_text[] =
     "usage: fedctl rounds --db PATH [--limit N] [--follow [--until N] [--while-pid PID]\n"
     "                     [--interval MS]]\n"
+    "       fedctl rounds [--limit N] [--url URL] [--token-file FILE] [--json]\n"
+    "\n"
+    "Without --db it asks a running daemon's HTTP API (--url, default $FEDCOORD_URL or\n"
+    "http://127.0.0.1:7080) and lists its newest rounds: id, state, base and produced version,\n"
+    "duration and failure reason (--json: the API's JSON). With --db:\n"
     "\n"
     "Prints one row per committed training round: its number (1, 2, ... counting committed\n"
     "training rounds), the clients whose updates were accepted, their example-weighted mean\n"
@@ -358,6 +363,8 @@ static int parse(int argc, char **argv, args *a) {
 }
 
 static int run(int argc, char **argv) {
+    if (!fedctl_has_flag(argc, argv, "--db"))
+        return fedctl_http_rounds(argc, argv); /* a running daemon, over HTTP */
     args a;
     int rc = parse(argc, argv, &a);
     if (rc != FEDCTL_OK)

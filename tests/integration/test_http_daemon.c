@@ -95,6 +95,20 @@ static int http_port(const it_env *e) {
     return port;
 }
 
+/* Runs fedctl and checks its exit status and that stdout or stderr contains needle. */
+static void fedctl_expect(it_env *e, const char *out, const char *errf, int status,
+                          const char *needle, const char *const *argv) {
+    (void)e;
+    int rc = fc_test_run(argv, out, errf, 30);
+    char *o = fc_test_slurp(out, NULL), *er = fc_test_slurp(errf, NULL);
+    int found = (o && strstr(o, needle)) || (er && strstr(er, needle));
+    if (rc != status || !found)
+        fail_msg("fedctl %s: status %d (want %d), looking for '%s'\nstdout: %s\nstderr: %s",
+                 argv[1], rc, status, needle, o ? o : "", er ? er : "");
+    free(o);
+    free(er);
+}
+
 static it_action plan_two(it_worker *w, const fc_task *t, const float *model, float *delta,
                           size_t numel, uint64_t *num_examples) {
     (void)w, (void)t, (void)model;
@@ -242,6 +256,42 @@ static void test_http_api_of_a_running_daemon(void **state) {
     assert_int_equal(r.status, 409); /* the run is over: STOPPED */
     assert_non_null(strstr(r.body, "stopped"));
     reply_free(&r);
+    /* fedctl over the same API */
+    char url[64];
+    snprintf(url, sizeof url, "http://127.0.0.1:%d", hp);
+    char out[IT_PATH_MAX + 16], errf[IT_PATH_MAX + 16], exported[IT_PATH_MAX + 32];
+    snprintf(out, sizeof out, "%.500s/fedctl.out", e.dir);
+    snprintf(errf, sizeof errf, "%.500s/fedctl.err", e.dir);
+    snprintf(exported, sizeof exported, "%.500s/v3.safetensors", e.dir);
+    fedctl_expect(&e, out, errf, 0, "state     STOPPED",
+                  (const char *[]){e.fedctl, "status", "--url", url, NULL});
+    fedctl_expect(&e, out, errf, 0, "\"state\": \"STOPPED\"",
+                  (const char *[]){e.fedctl, "status", "--json", "--url", url, NULL});
+    fedctl_expect(&e, out, errf, 0, "committed",
+                  (const char *[]){e.fedctl, "rounds", "--url", url, NULL});
+    fedctl_expect(&e, out, errf, 0, "site",
+                  (const char *[]){e.fedctl, "round", "2", "--url", url, NULL});
+    fedctl_expect(&e, out, errf, 1, "not found: round 99",
+                  (const char *[]){e.fedctl, "round", "99", "--url", url, NULL});
+    fedctl_expect(&e, out, errf, 0, "site",
+                  (const char *[]){e.fedctl, "clients", "--url", url, NULL});
+    fedctl_expect(&e, out, errf, 0, "      3",
+                  (const char *[]){e.fedctl, "models", "--url", url, NULL});
+    fedctl_expect(&e, out, errf, 0, "written to",
+                  (const char *[]){e.fedctl, "export", "3", "-o", exported, "--url", url, NULL});
+    fc_st_file *ex = NULL;
+    assert_int_equal(fc_st_open(exported, &ex, &err), FC_OK);
+    for (int k = 0; k < 8; k++)
+        assert_true(((const float *)fc_st_model(ex)->tensors[0].data)[k] == w0[k] + 4.0f);
+    fc_st_close(ex);
+    fedctl_expect(&e, out, errf, 1, "not found: model version 77",
+                  (const char *[]){e.fedctl, "export", "77", "-o", exported, "--url", url, NULL});
+    fedctl_expect(&e, out, errf, 1, "unauthorised",
+                  (const char *[]){e.fedctl, "pause", "--url", url, NULL});
+    fedctl_expect(&e, out, errf, 0, "the federation is stopped",
+                  (const char *[]){e.fedctl, "watch", "--url", url, NULL});
+    fedctl_expect(&e, out, errf, 1, "cannot reach the fedcoord HTTP API",
+                  (const char *[]){e.fedctl, "status", "--url", "http://127.0.0.1:1", NULL});
     assert_int_equal(it_daemon_signal_wait(&e, SIGTERM, 20), 0);
     /* the admin token never reaches the log */
     char *log = fc_test_slurp(e.log, NULL);
