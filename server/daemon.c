@@ -482,6 +482,7 @@ static void free_all(fcd *d) {
     store_close(d->ro);
     store_close(d->wro);
     fc_free(d->w_cache);
+    fc_free(d->w_spare);
     while (d->models) {
         dmodel *m = d->models;
         d->models = m->next;

@@ -109,7 +109,11 @@ struct fcd {
      * at each round's finish); read by the pool's finish job, replaced on the loop at commit */
     float *w_cache;
     uint64_t w_cache_version;
-    /* the pool jobs' read connection (jobs of an abandoned round may overlap a new round's) */
+    /* the cache's previous buffer, reused by the next finish (same size; under wro_mu) */
+    float *w_spare;
+    uint64_t w_spare_bytes;
+    /* the pool jobs' read connection and w_spare (jobs of an abandoned round may overlap a new
+     * round's) */
     store *wro;
     pthread_mutex_t wro_mu;
     uint8_t *opt_blob; /* optimizer state of the current version */

@@ -222,7 +222,17 @@ static void job_finish(fold_job *j) {
     agg_report_free(&rep);
     if (j->st == FC_OK)
         j->st = agg_round_save_state(rd->agg, &rd->rule_state, &j->err);
-    if (j->st == FC_OK && !(rd->w = fc_mallocarray(rd->base->numel ? rd->base->numel : 1, 4)))
+    if (j->st == FC_OK) {
+        /* the buffer of the version before last, kept for this (no fresh pages to fault in) */
+        pthread_mutex_lock(&d->wro_mu);
+        if (d->w_spare && d->w_spare_bytes == rd->base->bytes) {
+            rd->w = d->w_spare;
+            d->w_spare = NULL;
+        }
+        pthread_mutex_unlock(&d->wro_mu);
+    }
+    if (j->st == FC_OK && !rd->w &&
+        !(rd->w = fc_mallocarray(rd->base->numel ? rd->base->numel : 1, 4)))
         j->st = fc_error_set(&j->err, FC_ERR_NOMEM, "out of memory for the model (%" PRIu64
                              " floats)", rd->base->numel);
     if (j->st == FC_OK) {
@@ -575,7 +585,14 @@ static void commit_done(fcd *d, dwjob *j, fc_status st, const fc_error *err) {
                 memcpy(d->opt_blob, rd->opt_state.data, rd->opt_state.len);
                 d->opt_blob_len = rd->opt_state.len;
             }
-            fc_free(d->w_cache);
+            pthread_mutex_lock(&d->wro_mu);
+            if (!d->w_spare && d->w_cache && rd->base->bytes <= DAEMON_CACHE_BYTES) {
+                d->w_spare = d->w_cache; /* the next finish writes w_{t+2} into it */
+                d->w_spare_bytes = rd->base->bytes;
+            } else {
+                fc_free(d->w_cache);
+            }
+            pthread_mutex_unlock(&d->wro_mu);
             d->w_cache = NULL;
             if (rd->base->bytes <= DAEMON_CACHE_BYTES) {
                 d->w_cache = rd->w; /* w_{t+1} is the next round's w_t */
