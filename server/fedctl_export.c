@@ -9,11 +9,11 @@
 #include <stdlib.h>
 #include <string.h>
 
-#include <jansson.h>
 
 #include "core/alloc.h"
 #include "core/safetensors.h"
 #include "core/tensor.h"
+#include "server/api.h"
 #include "server/fedctl.h"
 #include "storage/store.h"
 
@@ -104,88 +104,6 @@ static int parse(int argc, char **argv, args *a) {
     return FEDCTL_OK;
 }
 
-/* Parses the store's tensor_specs_json: a JSON array (or an object whose "tensors" member is
- * one) of {"name": string, "dtype": "f32"|"F32"|...|1..4, "shape": [int, ...]}. On success
- * *specs is an fc_mallocarray'ed array of *count specs with fc_strdup'ed names. */
-static fc_status parse_specs(const char *text, int64_t version, fc_tensor_spec **specs,
-                             size_t *count, fc_error *err) {
-    json_error_t jerr;
-    json_t *root = json_loads(text ? text : "", JSON_REJECT_DUPLICATES, &jerr);
-    fc_tensor_spec *out = NULL;
-    size_t n = 0;
-    fc_status st = FC_OK;
-    if (!root)
-        return fc_error_set(err, FC_ERR_CORRUPT,
-                            "version %" PRId64 ": tensor specs are not JSON (%s, column %d)",
-                            version, jerr.text, jerr.column);
-    json_t *list = json_is_object(root) ? json_object_get(root, "tensors") : root;
-    if (!json_is_array(list) || json_array_size(list) == 0 ||
-        json_array_size(list) > MAX_TENSORS) {
-        st = fc_error_set(err, FC_ERR_CORRUPT,
-                          "version %" PRId64 ": tensor specs are not a list of 1..%u tensors",
-                          version, MAX_TENSORS);
-        goto done;
-    }
-    n = json_array_size(list);
-    if (!(out = fc_calloc(n, sizeof *out))) {
-        st = fc_error_set(err, FC_ERR_NOMEM, "out of memory for %zu tensor specs", n);
-        n = 0;
-        goto done;
-    }
-    for (size_t i = 0; i < n; i++) {
-        json_t *t = json_array_get(list, i);
-        json_t *name = json_object_get(t, "name"), *dt = json_object_get(t, "dtype"),
-               *shape = json_object_get(t, "shape");
-        fc_dtype dtype = FC_DTYPE_INVALID;
-        if (json_is_string(dt))
-            dtype = fc_dtype_parse(json_string_value(dt));
-        else if (json_is_integer(dt) && json_integer_value(dt) >= 1 && json_integer_value(dt) <= 4)
-            dtype = (fc_dtype)json_integer_value(dt);
-        if (!json_is_string(name) || json_string_length(name) == 0 ||
-            json_string_length(name) > FC_MAX_TENSOR_NAME || dtype == FC_DTYPE_INVALID ||
-            !json_is_array(shape) || json_array_size(shape) > FC_MAX_DIMS) {
-            st = fc_error_set(err, FC_ERR_CORRUPT,
-                              "version %" PRId64 ": tensor spec %zu is not {name, dtype, shape} "
-                              "with a known dtype and at most %d dimensions",
-                              version, i, FC_MAX_DIMS);
-            goto done;
-        }
-        out[i].dtype = dtype;
-        out[i].ndim = (uint32_t)json_array_size(shape);
-        for (size_t d = 0; d < out[i].ndim; d++) {
-            json_t *x = json_array_get(shape, d);
-            if (!json_is_integer(x) || json_integer_value(x) < 0) {
-                st = fc_error_set(err, FC_ERR_CORRUPT,
-                                  "version %" PRId64 ": tensor '%s' has a bad dimension %zu",
-                                  version, json_string_value(name), d);
-                goto done;
-            }
-            out[i].shape[d] = (uint64_t)json_integer_value(x);
-        }
-        if (!(out[i].name = fc_strdup(json_string_value(name)))) {
-            st = fc_error_set(err, FC_ERR_NOMEM, "out of memory for tensor names");
-            goto done;
-        }
-    }
-done:
-    json_decref(root);
-    if (st != FC_OK && out) {
-        for (size_t i = 0; i < n; i++)
-            fc_free(out[i].name);
-        fc_free(out);
-        return st;
-    }
-    *specs = out;
-    *count = n;
-    return st;
-}
-
-static void free_specs(fc_tensor_spec *specs, size_t n) {
-    for (size_t i = 0; specs && i < n; i++)
-        fc_free(specs[i].name);
-    fc_free(specs);
-}
-
 static fc_status sink_to_writer(void *ud, const void *data, size_t len, uint64_t offset,
                                 fc_error *err) {
     (void)offset;
@@ -220,8 +138,10 @@ static int export_version(store *s, const args *a) {
                               version);
         goto out;
     }
-    if ((st = parse_specs(info.tensor_specs_json, version, &specs, &n, &err)) != FC_OK) {
-        rc = fedctl_failed(CMD, "%s: %s", a->db, fc_error_text(&err));
+    if ((st = api_specs_from_json(info.tensor_specs_json, MAX_TENSORS, &specs, &n, &err)) !=
+        FC_OK) {
+        rc = fedctl_failed(CMD, "%s: version %" PRId64 ": %s", a->db, version,
+                           fc_error_text(&err));
         goto out;
     }
     uint64_t total = 0;
@@ -271,7 +191,7 @@ static int export_version(store *s, const args *a) {
     rc = FEDCTL_OK;
 out:
     fc_st_writer_abort(w);
-    free_specs(specs, n);
+    api_specs_free(specs, n);
     store_model_info_clear(&info);
     return rc;
 }
