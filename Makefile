@@ -222,7 +222,8 @@ $(BUILD)/bench/%: $(BUILD)/obj/tests/bench/%.o $(LIBS_ALL)
           $(BUILD)/obj/client/examples/*.d $(BUILD)/obj/gen/*.d)
 
 # ---- tests ----
-# check: run every unit test binary in this configuration; tests/run-tests prints the summary.
+# check: run every unit and integration test binary in this configuration; tests/run-tests
+# prints the summary.
 check: all $(TESTS) $(ITESTS)
 	@tests/run-tests $(BUILD) $(TESTS) $(ITESTS)
 
