@@ -193,7 +193,18 @@ static void run_once(const uint8_t *data, size_t size) {
     /* close with a reset: no TIME_WAIT, so a million inputs do not exhaust the local ports */
     struct linger lg = {.l_onoff = 1, .l_linger = 0};
     CHECK(setsockopt(G.fd, SOL_SOCKET, SO_LINGER, &lg, sizeof lg) == 0);
-    CHECK(connect(G.fd, (struct sockaddr *)&sa, sizeof sa) == 0);
+    /* a transient refusal (e.g. no local port free for a moment) is retried, bounded */
+    int tries = 0;
+    while (connect(G.fd, (struct sockaddr *)&sa, sizeof sa) != 0) {
+        fprintf(stderr, "fuzz_session: connect: %s (retrying)\n", strerror(errno));
+        CHECK(++tries < 100);
+        close(G.fd);
+        uv_run(&G.loop, UV_RUN_NOWAIT);
+        usleep(10000);
+        G.fd = socket(AF_INET, SOCK_STREAM, 0);
+        CHECK(G.fd >= 0);
+        CHECK(setsockopt(G.fd, SOL_SOCKET, SO_LINGER, &lg, sizeof lg) == 0);
+    }
     CHECK(fcntl(G.fd, F_SETFL, O_NONBLOCK) == 0);
     size_t off = 0;
     uv_timer_start(&G.tick, tick_cb, 1, 1);
