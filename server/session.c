@@ -1482,10 +1482,11 @@ fc_status sess_server_new(const sess_config *cfg, sess_server **out, fc_error *e
         sv->cfg.max_chunk_bytes = (uint32_t)FC_CHUNK_MAX_DATA;
     if (sv->cfg.max_frame_bytes < FC_WIRE_MIN_FRAME ||
         sv->cfg.max_chunk_bytes + 64 > sv->cfg.max_frame_bytes) {
+        uint32_t chunk = sv->cfg.max_chunk_bytes; /* read before sv is freed */
         fc_free(sv);
         return fc_error_set(err, FC_ERR_CONFIG,
                             "max_frame_bytes %u must be >= %u and 64 above max_chunk_bytes %u",
-                            cfg->max_frame_bytes, FC_WIRE_MIN_FRAME, sv->cfg.max_chunk_bytes);
+                            cfg->max_frame_bytes, FC_WIRE_MIN_FRAME, chunk);
     }
     if (!sv->cfg.heartbeat_interval_ms)
         sv->cfg.heartbeat_interval_ms = 30000;

@@ -7,6 +7,7 @@
  */
 #include <assert.h>
 #include <errno.h>
+#include <fcntl.h>
 #include <stdio.h>
 #include <string.h>
 #include <sys/stat.h>
@@ -262,6 +263,18 @@ fc_status store_open(const char *path, const store_options *opt, store **out, fc
     if (!opt->readonly && (st = probe_readonly(s, 1, err)) != FC_OK) goto fail;
     int flags = opt->readonly ? SQLITE_OPEN_READONLY : SQLITE_OPEN_READWRITE;
     if (!opt->readonly && !opt->must_exist) flags |= SQLITE_OPEN_CREATE;
+    if (flags & SQLITE_OPEN_CREATE) {
+        /* The database holds token hashes and every model: create it owner-only (0600) whatever
+         * the umask. SQLite gives the -wal and -shm files the main file's permissions. An
+         * existing file keeps the mode its operator gave it. */
+        int fd = open(path, O_RDWR | O_CREAT | O_CLOEXEC, 0600);
+        if (fd < 0) {
+            st = fc_error_set(err, FC_ERR_IO, "%s: creating the database file: %s", path,
+                              strerror(errno));
+            goto fail;
+        }
+        close(fd);
+    }
     int rc = sqlite3_open_v2(path, &s->db, flags | SQLITE_OPEN_NOMUTEX, NULL);
     if (rc != SQLITE_OK) {
         st = store_sqlite_error(s, rc, err, "opening");

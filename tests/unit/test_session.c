@@ -1333,6 +1333,35 @@ static int group_setup(void **state) {
     return 0;
 }
 
+/* Regression (found by fuzz_session): the refusal of a frame limit too small for the chunk
+ * limit read the freed server to format its message (heap-use-after-free under ASan). */
+static void test_frame_limit_below_chunk_limit_is_refused(void **state) {
+    (void)state;
+    uv_loop_t loop;
+    assert_int_equal(uv_loop_init(&loop), 0);
+    sess_budget *budget = NULL;
+    sess_auth_tokens *auth = NULL;
+    fc_error err = {0};
+    assert_int_equal(sess_budget_new(&loop, 1u << 20, NULL, 0, &budget, &err), FC_OK);
+    assert_int_equal(sess_auth_tokens_new(&auth, &err), FC_OK);
+    sess_config cfg = {.loop = &loop,
+                       .budget = budget,
+                       .auth = sess_auth_tokens_check,
+                       .auth_ctx = auth,
+                       .max_frame_bytes = 1u << 16};
+    sess_server *sv = NULL;
+    assert_int_equal(sess_server_new(&cfg, &sv, &err), FC_ERR_CONFIG);
+    assert_null(sv);
+    char want[64];
+    snprintf(want, sizeof want, "max_chunk_bytes %u", (unsigned)FC_CHUNK_MAX_DATA);
+    if (!strstr(err.msg, want))
+        fail_msg("message \"%s\" does not name %s", err.msg, want);
+    sess_auth_tokens_free(auth);
+    sess_budget_free(budget);
+    uv_run(&loop, UV_RUN_DEFAULT);
+    assert_int_equal(uv_loop_close(&loop), 0);
+}
+
 int main(void) {
     const struct CMUnitTest tests[] = {
         cmocka_unit_test(test_token_table_checks_name_token_and_certificate),
@@ -1361,6 +1390,7 @@ int main(void) {
         cmocka_unit_test(test_half_sent_frame_is_dropped_by_progress_rule),
         cmocka_unit_test(test_send_task_reaches_the_client),
         cmocka_unit_test(test_eval_result_reaches_the_callback_and_is_acked),
+        cmocka_unit_test(test_frame_limit_below_chunk_limit_is_refused),
     };
     return cmocka_run_group_tests(tests, group_setup, NULL);
 }

@@ -1695,9 +1695,33 @@ static void test_allocation_failures_give_clean_errors(void **state) {
     store_close(s);
 }
 
+/* A new database and its -wal and -shm files are owner-only (0600) even under a permissive
+ * umask: they hold token hashes and every model. */
+static void test_new_database_files_are_owner_only(void **state) {
+    (void)state;
+    char path[600], side[640];
+    new_path(path, sizeof path, "perm");
+    mode_t old = umask(0);
+    store *s = open_small(path, 0);
+    umask(old);
+    exec_raw(path, "CREATE TABLE IF NOT EXISTS perm_probe(x); INSERT INTO perm_probe VALUES (1)");
+    struct stat st;
+    assert_int_equal(stat(path, &st), 0);
+    assert_int_equal(st.st_mode & 0777, 0600);
+    /* the store's connection is open, so the WAL index exists; a write made the WAL */
+    snprintf(side, sizeof side, "%s-wal", path);
+    assert_int_equal(stat(side, &st), 0);
+    assert_int_equal(st.st_mode & 0777, 0600);
+    snprintf(side, sizeof side, "%s-shm", path);
+    assert_int_equal(stat(side, &st), 0);
+    assert_int_equal(st.st_mode & 0777, 0600);
+    store_close(s);
+}
+
 int main(void) {
     const struct CMUnitTest tests[] = {
         cmocka_unit_test(test_open_creates_current_schema_in_wal_mode),
+        cmocka_unit_test(test_new_database_files_are_owner_only),
         cmocka_unit_test(test_migrates_from_v1_keeping_data),
         cmocka_unit_test(test_migrates_from_empty_file),
         cmocka_unit_test(test_migration_is_refused_on_readonly_open),
