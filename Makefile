@@ -12,6 +12,7 @@
 #   make fuzz            build the libFuzzer targets with clang and run each for FUZZ_TIME s
 #   make bench           build and run the benchmarks (QUICK=1 or BENCH_QUICK=1: under 5 min)
 #   make deps            install the Debian packages the project needs, only if missing
+#   make experiment-robustness  fedsim attacks x rules table -> docs/robustness.md
 #   make demo            a real federation on this machine (tools/demo.sh; knobs RULE ROUNDS
 #                        CLIENTS ALPHA MU OPT, e.g. make demo RULE=fedau OPT=adam)
 #   make install         install into $(DESTDIR)$(PREFIX)
@@ -130,7 +131,7 @@ ALL_OBJ := $(CORE_OBJ) $(AGG_OBJ) $(STORE_OBJ) $(SERVER_OBJ) $(CLIENT_OBJ) $(EXL
            $(TESTLIB_OBJ) $(ITESTLIB_OBJ)
 
 .PHONY: all libs tests benches check test test-plain test-asan test-python test-dashboard test-clang \
-        fuzz fuzz-build bench deps demo install clean test-deploy test-chaos FORCE
+        fuzz fuzz-build bench deps demo experiment-robustness install clean test-deploy test-chaos FORCE
 all: libs $(BINS) $(if $(CLIENT_SRC),$(SO_CLIENT))
 libs: $(LIBS_ALL)
 tests: $(TESTS) $(ITESTS)
@@ -295,6 +296,10 @@ deps:
 # exported); it installs packages and builds by itself ----
 demo:
 	@tools/demo.sh
+
+# ---- experiment-robustness: regenerates the accuracy table of docs/robustness.md (~1 min) ----
+experiment-robustness: $(BUILD)/bin/fedsim
+	@tools/robustness.sh
 
 # ---- install ----
 # The daemon, fedctl and the example trainer (the container's demo clients run it).

@@ -6,6 +6,7 @@
 #include <stdio.h>
 #include <string.h>
 
+#include "client/examples/lib/attack.h"
 #include "client/examples/lib/cli.h"
 #include "client/examples/lib/common.h"
 #include "client/examples/lib/sim.h"
@@ -34,6 +35,15 @@ static void usage(FILE *f) {
             "  --opt-param K=V    optimizer parameter, repeatable\n"
             "  --baseline-epochs E  epochs of the centralized baseline (default %d)\n"
             "  --save PATH        write the final model as safetensors\n"
+            "  --attack NAME      Byzantine simulation: none (default), signflip (-c*own delta),\n"
+            "                     noise (N(0,sigma^2) instead of the delta), alie (mean - z*std of\n"
+            "                     the honest deltas), ipm (-eps*mean of the honest deltas),\n"
+            "                     labelflip (train on labels 9-y); alie and ipm are omniscient:\n"
+            "                     they see the honest deltas of the round\n"
+            "  --attackers FRAC   fraction of clients that attack, f = round(FRAC*C) (clients\n"
+            "                     0..f-1; default 0.2 when --attack is given)\n"
+            "  --attack-param X   c for signflip (1), sigma for noise (sqrt(200)), z for alie\n"
+            "                     (Phi^-1((n-f-s)/(n-f)), s = floor(n/2+1)-f), eps for ipm (0.1)\n"
             "  --help             this text\n",
             EX_DEFAULT_DATA, EX_DEFAULT_CLIENTS, EX_DEFAULT_ALPHA, EX_DEFAULT_SEED,
             EX_DEFAULT_ROUNDS, EX_DEFAULT_LOCAL_EPOCHS, EX_DEFAULT_LR, EX_DEFAULT_BATCH,
@@ -61,6 +71,8 @@ int main(int argc, char **argv) {
         .opt_params = {opt_kv, 0},
     };
     size_t baseline_epochs = EX_DEFAULT_CENTRAL_EPOCHS;
+    double attackers = 0.2, attack_param = 0;
+    int attack_param_set = 0;
     fc_error err = {0};
     fc_status st = FC_OK;
     for (int i = 1; i < argc && st == FC_OK; i++) {
@@ -97,7 +109,14 @@ int main(int argc, char **argv) {
             st = ex_cli_size(a, v, 1, 1000000, &cfg.train.batch, &err);
         else if (strcmp(a, "--mu") == 0)
             st = ex_cli_double(a, v, 0, 0, 1e6, &cfg.train.mu, &err);
-        else if (strcmp(a, "--rule") == 0)
+        else if (strcmp(a, "--attack") == 0)
+            st = ex_attack_parse(v, &cfg.attack, &err);
+        else if (strcmp(a, "--attackers") == 0)
+            st = ex_cli_double(a, v, 0, 1, 0.99, &attackers, &err);
+        else if (strcmp(a, "--attack-param") == 0) {
+            st = ex_cli_double(a, v, -1e6, 0, 1e6, &attack_param, &err);
+            attack_param_set = 1;
+        } else if (strcmp(a, "--rule") == 0)
             cfg.rule = v;
         else if (strcmp(a, "--opt") == 0)
             cfg.opt = v;
@@ -122,6 +141,21 @@ int main(int argc, char **argv) {
         return 2;
     }
     cfg.seed = sc.seed;
+    if (cfg.attack != EX_ATTACK_NONE) {
+        cfg.attackers = (size_t)(attackers * (double)sc.clients + 0.5);
+        cfg.attack_param = attack_param;
+        if (cfg.attackers == 0 || cfg.attackers >= sc.clients) {
+            fprintf(stderr, "fedsim: --attackers %g of %zu clients gives %zu attackers; need 1 "
+                    "to %zu\n", attackers, sc.clients, cfg.attackers, sc.clients - 1);
+            return 2;
+        }
+        if (!attack_param_set &&
+            ex_attack_default_param(cfg.attack, sc.clients, cfg.attackers, &cfg.attack_param,
+                                    &err) != FC_OK) {
+            fprintf(stderr, "fedsim: %s\n", fc_error_text(&err));
+            return 2;
+        }
+    }
 
     ex_dataset data = EX_DATASET_INIT;
     ex_split split = EX_SPLIT_INIT;
@@ -133,6 +167,12 @@ int main(int argc, char **argv) {
            "%zu rounds x %zu local epochs, lr %g, batch %zu, mu %g\n",
            data.n, split.clients, sc.alpha, (unsigned long long)sc.seed, cfg.rule, cfg.opt,
            cfg.rounds, cfg.train.epochs, cfg.train.lr, cfg.train.batch, cfg.train.mu);
+    if (cfg.attack != EX_ATTACK_NONE)
+        printf("attack: %s, %zu of %zu clients (ids 0..%zu), param %g%s\n",
+               ex_attack_name(cfg.attack), cfg.attackers, split.clients, cfg.attackers - 1,
+               cfg.attack_param,
+               cfg.attack == EX_ATTACK_ALIE || cfg.attack == EX_ATTACK_IPM
+                   ? ", omniscient (sees the honest deltas of each round)" : "");
     printf("round clients train_loss  eval_acc  time_ms\n");
     float w[EX_SM_PARAMS] = {0}, base[EX_SM_PARAMS] = {0};
     ex_train_config btc = cfg.train;

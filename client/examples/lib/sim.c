@@ -77,22 +77,36 @@ fc_status ex_sim_federated(const ex_dataset *d, const ex_split *s, const ex_sim_
     if (!opt)
         return fc_error_set(err, FC_ERR_CONFIG, "unknown optimizer '%s'; known: %s",
                             cfg->opt ? cfg->opt : "(none)", agg_opt_names());
-    const size_t C = s->clients;
+    const size_t C = s->clients, P = EX_SM_PARAMS;
+    const size_t f = cfg->attack == EX_ATTACK_NONE ? 0 : cfg->attackers;
+    if (cfg->attack != EX_ATTACK_NONE &&
+        (f == 0 || f >= C || (cfg->attack == EX_ATTACK_ALIE && C - f < 2)))
+        return fc_error_set(err, FC_ERR_CONFIG,
+                            "attack %s with %zu attackers of %zu clients: need at least 1 "
+                            "attacker and %d honest clients", ex_attack_name(cfg->attack), f, C,
+                            cfg->attack == EX_ATTACK_ALIE ? 2 : 1);
     fc_status st;
     agg_opt_state *opt_state = NULL;
     agg_round *round = NULL;
     fc_buf rule_blob = FC_BUF_INIT, next_blob = FC_BUF_INIT;
-    float *deltas = fc_mallocarray(C, EX_SM_PARAMS * sizeof(float));
-    double *agg = fc_mallocarray(EX_SM_PARAMS, sizeof *agg);
-    if (!deltas || !agg) {
+    float *deltas = fc_mallocarray(C, P * sizeof(float));
+    double *agg = fc_mallocarray(P, sizeof *agg);
+    float *crafted = fc_mallocarray(P, sizeof *crafted);
+    uint8_t *flipped = NULL;
+    if (cfg->attack == EX_ATTACK_LABELFLIP && (flipped = fc_malloc(d->n ? d->n : 1)) != NULL)
+        for (size_t i = 0; i < d->n; i++)
+            flipped[i] = (uint8_t)ex_attack_flip_label(d->y[i]);
+    if (!deltas || !agg || !crafted || (cfg->attack == EX_ATTACK_LABELFLIP && !flipped)) {
         st = fc_error_set(err, FC_ERR_NOMEM, "simulation: out of memory for %zu clients", C);
         goto done;
     }
-    if ((st = opt->create(&cfg->opt_params, EX_SM_PARAMS, &opt_state, err)) != FC_OK)
+    /* The attackers' view of the data: same features, labels 9 - y. */
+    const ex_dataset poisoned = {d->n, d->x, flipped};
+    if ((st = opt->create(&cfg->opt_params, P, &opt_state, err)) != FC_OK)
         goto done;
     for (size_t t = 0; t < cfg->rounds; t++) {
         double t0 = now_seconds();
-        agg_context ctx = {.dim = EX_SM_PARAMS, .round = t, .num_registered = C};
+        agg_context ctx = {.dim = P, .round = t, .num_registered = C};
         if ((st = agg_round_begin(rule, &cfg->rule_params, &ctx, rule_blob.data, rule_blob.len,
                                   &round, err)) != FC_OK) {
             fc_error_prefix(err, "round %zu", t + 1);
@@ -101,17 +115,39 @@ fc_status ex_sim_federated(const ex_dataset *d, const ex_split *s, const ex_sim_
         double loss_sum = 0, weight_sum = 0;
         for (size_t j = 0; j < C; j++) {
             const ex_client_split *c = &s->client[j];
-            float *delta = deltas + j * EX_SM_PARAMS;
+            const ex_dataset *data = j < f && flipped ? &poisoned : d;
             double loss = 0;
-            st = ex_client_round(d, c, &cfg->train, cfg->seed, j, t, w, delta, &loss, err);
+            st = ex_client_round(data, c, &cfg->train, cfg->seed, j, t, w, deltas + j * P, &loss,
+                                 err);
             if (st != FC_OK) {
                 fc_error_prefix(err, "round %zu, client %zu", t + 1, j);
                 goto done;
             }
             loss_sum += loss * (double)c->n_train;
             weight_sum += (double)c->n_train;
-            agg_update u = {.client_id = j, .dtype = FC_DTYPE_F32, .data = delta,
-                            .data_stable = 1, .weight = (double)c->n_train};
+        }
+        /* Omniscient attacks see the honest rows f..C-1 of this round. */
+        if (cfg->attack == EX_ATTACK_ALIE)
+            st = ex_attack_alie(deltas + f * P, C - f, P, cfg->attack_param, crafted, err);
+        else if (cfg->attack == EX_ATTACK_IPM)
+            st = ex_attack_ipm(deltas + f * P, C - f, P, cfg->attack_param, crafted, err);
+        if (st != FC_OK) {
+            fc_error_prefix(err, "round %zu", t + 1);
+            goto done;
+        }
+        for (size_t j = 0; j < f; j++) {
+            float *delta = deltas + j * P;
+            if (cfg->attack == EX_ATTACK_SIGNFLIP)
+                ex_attack_signflip(delta, P, cfg->attack_param, delta);
+            else if (cfg->attack == EX_ATTACK_NOISE)
+                ex_attack_noise(ex_seed_derive(cfg->seed ^ EX_ATTACK_NOISE_STREAM, 1 + j, t), P,
+                                cfg->attack_param, delta);
+            else if (cfg->attack == EX_ATTACK_ALIE || cfg->attack == EX_ATTACK_IPM)
+                memcpy(delta, crafted, P * sizeof *delta);
+        }
+        for (size_t j = 0; j < C; j++) {
+            agg_update u = {.client_id = j, .dtype = FC_DTYPE_F32, .data = deltas + j * P,
+                            .data_stable = 1, .weight = (double)s->client[j].n_train};
             if ((st = agg_round_add(round, &u, err)) != FC_OK) {
                 fc_error_prefix(err, "round %zu, client %zu", t + 1, j);
                 goto done;
@@ -156,5 +192,7 @@ done:
     fc_buf_free(&next_blob);
     fc_free(deltas);
     fc_free(agg);
+    fc_free(crafted);
+    fc_free(flipped);
     return st;
 }

@@ -9,6 +9,14 @@
  *   state (fedau) is carried from round to round. Evaluation after each round: the new global
  *   model on every client's local test split, example-weighted (which equals the accuracy on the
  *   union of the test splits).
+ * Attack mode (attack != EX_ATTACK_NONE, attackers = f > 0): clients 0..f-1 are Byzantine
+ * (the split is a seeded random partition, so the first f ids are as good as any f). Every
+ * client first computes its delta as above; a labelflip attacker trains on labels 9 - y instead.
+ * Then each attacker's delta is replaced by the crafted one (client/examples/lib/attack.h): sign
+ * flip of its own delta; Gaussian noise seeded by ex_seed_derive(seed ^ EX_ATTACK_NOISE_STREAM,
+ * 1 + j, t); ALIE or IPM computed from the deltas of the honest clients f..C-1 of the same round
+ * (omniscient attacker). Attackers report their real n_train as weight. All C updates then
+ * go to the rule in client order; evaluation is on every client's test split, as without attack.
  * Centralized: the same model, code and train config on the union of the train splits (epochs
  * passes, generator ex_seed_derive(seed, 0, 0)), evaluated on the union of the test splits.
  *
@@ -21,6 +29,7 @@
 #include <stdint.h>
 
 #include "aggregators/agg.h"
+#include "client/examples/lib/attack.h"
 #include "client/examples/lib/digits.h"
 #include "client/examples/lib/softmax.h"
 #include "client/examples/lib/split.h"
@@ -34,7 +43,14 @@ typedef struct ex_sim_config {
     const char *opt;       /* server optimizer name, e.g. "sgd" */
     agg_params opt_params;
     uint64_t seed;
+    ex_attack_kind attack; /* EX_ATTACK_NONE (zero-initialised) = no attack */
+    size_t attackers;      /* f: clients 0..f-1 attack; must be < clients */
+    double attack_param;   /* c, sigma, z or eps (see attack.h); unused by labelflip */
 } ex_sim_config;
+
+/* Mixed into the seed of the noise attack's generator so that it never shares a stream with
+ * training. */
+#define EX_ATTACK_NOISE_STREAM 0x4e4f495345ull
 
 typedef struct ex_round_stats {
     size_t round;         /* 1-based */
@@ -62,7 +78,8 @@ void ex_sim_evaluate(const float *w, const ex_dataset *d, const ex_split *s, dou
 
 /* Runs the federated simulation from w (EX_SM_PARAMS values, the initial model; updated in
  * place to the final model). cb (may be NULL) is called after every round. Errors: FC_ERR_CONFIG
- * for an unknown rule or optimizer (listing the known ones) or bad parameters, and any error of
+ * for an unknown rule or optimizer (listing the known ones) or bad parameters, or for an attack
+ * whose attackers leave too few honest clients (alie needs 2, the others 1), and any error of
  * training or aggregation, with the round and client in the message. */
 fc_status ex_sim_federated(const ex_dataset *d, const ex_split *s, const ex_sim_config *cfg,
                            float *w, ex_round_cb cb, void *user, fc_error *err);
