@@ -18,6 +18,7 @@
 #include <arpa/inet.h>
 #include <errno.h>
 #include <fcntl.h>
+#include <poll.h>
 #include <netinet/in.h>
 #include <stdint.h>
 #include <stdio.h>
@@ -193,19 +194,30 @@ static void run_once(const uint8_t *data, size_t size) {
     /* close with a reset: no TIME_WAIT, so a million inputs do not exhaust the local ports */
     struct linger lg = {.l_onoff = 1, .l_linger = 0};
     CHECK(setsockopt(G.fd, SOL_SOCKET, SO_LINGER, &lg, sizeof lg) == 0);
-    /* a transient refusal (e.g. no local port free for a moment) is retried, bounded */
-    int tries = 0;
-    while (connect(G.fd, (struct sockaddr *)&sa, sizeof sa) != 0) {
-        fprintf(stderr, "fuzz_session: connect: %s (retrying)\n", strerror(errno));
-        CHECK(++tries < 100);
-        close(G.fd);
-        uv_run(&G.loop, UV_RUN_NOWAIT);
-        usleep(10000);
-        G.fd = socket(AF_INET, SOCK_STREAM, 0);
-        CHECK(G.fd >= 0);
-        CHECK(setsockopt(G.fd, SOL_SOCKET, SO_LINGER, &lg, sizeof lg) == 0);
-    }
+    /* Non-blocking connect: libFuzzer's SIGALRM (its -timeout watchdog) interrupts a blocking
+     * connect with EINTR. Here the connection completes while the loop turns (the listener
+     * accepts), and a signal only interrupts poll, which is simply repeated. */
     CHECK(fcntl(G.fd, F_SETFL, O_NONBLOCK) == 0);
+    int rc = connect(G.fd, (struct sockaddr *)&sa, sizeof sa);
+    CHECK(rc == 0 || errno == EINPROGRESS || errno == EINTR);
+    for (int waited = 0; rc != 0; waited++) {
+        CHECK(waited < 5000); /* 5 s */
+        uv_run(&G.loop, UV_RUN_NOWAIT);
+        struct pollfd pf = {.fd = G.fd, .events = POLLOUT};
+        int pr = poll(&pf, 1, 1);
+        if (pr < 0 && errno == EINTR)
+            continue;
+        CHECK(pr >= 0);
+        if (pr == 1) {
+            int soerr = 0;
+            socklen_t sl = sizeof soerr;
+            CHECK(getsockopt(G.fd, SOL_SOCKET, SO_ERROR, &soerr, &sl) == 0);
+            if (soerr != 0)
+                fprintf(stderr, "fuzz_session: connect: %s\n", strerror(soerr));
+            CHECK(soerr == 0);
+            rc = 0;
+        }
+    }
     size_t off = 0;
     uv_timer_start(&G.tick, tick_cb, 1, 1);
     int turns = 0;
