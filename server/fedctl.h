@@ -38,6 +38,10 @@ extern const fedctl_command fedctl_cmd_watch;
 /* `rounds` and `export` without --db talk to the HTTP API through these. */
 int fedctl_http_rounds(int argc, char **argv);
 int fedctl_http_export(int argc, char **argv);
+/* Opens the database at path read-only (it must exist). FEDCTL_OK with *out set, or the
+ * error printed as one line: bad input for a missing or foreign file or schema, failure else. */
+struct store;
+int fedctl_open_store_ro(const char *cmd, const char *path, struct store **out);
 /* 1 if argv (after the command name) holds the option `flag`. */
 int fedctl_has_flag(int argc, char **argv, const char *flag);
 

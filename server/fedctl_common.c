@@ -4,6 +4,7 @@
 #include <string.h>
 
 #include "server/fedctl.h"
+#include "storage/store.h"
 
 __attribute__((format(printf, 2, 0))) static void vreport(const char *cmd, const char *fmt,
                                                           va_list ap) {
@@ -35,4 +36,17 @@ int fedctl_has_flag(int argc, char **argv, const char *flag) {
         if (strcmp(argv[i], flag) == 0)
             return 1;
     return 0;
+}
+
+int fedctl_open_store_ro(const char *cmd, const char *path, store **out) {
+    store_options opt = {.version = STORE_OPTIONS_V1, .readonly = 1, .must_exist = 1};
+    fc_error err = {0};
+    *out = NULL;
+    fc_status st = store_open(path, &opt, out, &err);
+    if (st == FC_OK)
+        return FEDCTL_OK;
+    if (st == FC_ERR_NOT_FOUND || st == FC_ERR_FORMAT || st == FC_ERR_VERSION ||
+        st == FC_ERR_INVALID)
+        return fedctl_bad_input(cmd, "%s", fc_error_text(&err));
+    return fedctl_failed(cmd, "%s", fc_error_text(&err));
 }

@@ -369,16 +369,9 @@ static int run(int argc, char **argv) {
     int rc = parse(argc, argv, &a);
     if (rc != FEDCTL_OK)
         return rc;
-    store_options opt = {.version = STORE_OPTIONS_V1, .readonly = 1, .must_exist = 1};
     store *s = NULL;
-    fc_error err = {0};
-    fc_status st = store_open(a.db, &opt, &s, &err);
-    if (st != FC_OK) {
-        if (st == FC_ERR_NOT_FOUND || st == FC_ERR_FORMAT || st == FC_ERR_VERSION ||
-            st == FC_ERR_INVALID)
-            return fedctl_bad_input(CMD, "%s", fc_error_text(&err));
-        return fedctl_failed(CMD, "%s", fc_error_text(&err));
-    }
+    if ((rc = fedctl_open_store_ro(CMD, a.db, &s)) != FEDCTL_OK)
+        return rc;
     view v = {.a = &a, .next_id = 1};
     if (a.limit) {
         v.ring = fc_calloc(a.limit, sizeof *v.ring);
@@ -389,7 +382,8 @@ static int run(int argc, char **argv) {
         v.buffering = 1;
     }
     int saw_later = 0;
-    st = poll_once(&v, s, &saw_later, &err);
+    fc_error err = {0};
+    fc_status st = poll_once(&v, s, &saw_later, &err);
     if (!a.follow && st == FC_OK)
         flush_pending(&v);
     if (v.buffering)
