@@ -87,12 +87,19 @@ static void http(int port, const char *method, const char *path, const char *tok
     free(buf);
 }
 
+/* The HTTP API starts after the client listener (whose line the harness waited for): poll the
+ * log for its "http api ready ... http_port=N" line, at most 20 s (slow under sanitizers). */
 static int http_port(const it_env *e) {
-    char *log = fc_test_slurp(e->log, NULL);
-    const char *p = log ? strstr(log, "http_port=") : NULL;
-    int port = p ? atoi(p + 10) : 0;
-    free(log);
-    return port;
+    for (int i = 0; i < 2000; i++) {
+        char *log = fc_test_slurp(e->log, NULL);
+        const char *p = log ? strstr(log, "http_port=") : NULL;
+        int port = p ? atoi(p + 10) : 0;
+        free(log);
+        if (port > 0)
+            return port;
+        it_sleep_ms(10);
+    }
+    return 0;
 }
 
 /* Runs fedctl and checks its exit status and that stdout or stderr contains needle. */
