@@ -97,7 +97,7 @@ const dclient *daemon_client(const fcd *d, uint64_t id) {
     return i < d->n_clients && d->clients[i].id == id ? &d->clients[i] : NULL;
 }
 
-static dclient *client_note(fcd *d, uint64_t id, const char *name, int counted) {
+static dclient *client_note(fcd *d, uint64_t id, const char *name) {
     size_t i = client_pos(d, id);
     if (i < d->n_clients && d->clients[i].id == id)
         return &d->clients[i];
@@ -114,7 +114,6 @@ static dclient *client_note(fcd *d, uint64_t id, const char *name, int counted) 
     dclient *c = &d->clients[i];
     memset(c, 0, sizeof *c);
     c->id = id;
-    c->counted = counted;
     snprintf(c->name, sizeof c->name, "%s", name);
     /* fedau: a client first seen once rounds have run starts counting at the next round. */
     c->registered_round = d->sched && d->registration_scans ? round_current_id(d->sched) : 0;
@@ -180,7 +179,7 @@ static fc_status authenticate(void *ctx, const char *name, const uint8_t *token,
     }
     if (c.revoked_at != 0)
         return fc_error_set(err, FC_ERR_AUTH, "client '%s' is revoked", c.name);
-    if (!client_note(d, (uint64_t)c.id, c.name, 1))
+    if (!client_note(d, (uint64_t)c.id, c.name))
         return fc_error_set(err, FC_ERR_NOMEM, "out of memory");
     *client_id = (uint64_t)c.id;
     snprintf(name_out, name_cap, "%s", c.name);
@@ -189,7 +188,7 @@ static fc_status authenticate(void *ctx, const char *name, const uint8_t *token,
 
 static void on_presence(void *ctx, uint64_t client_id, const char *name, int up) {
     fcd *d = ctx;
-    dclient *c = client_note(d, client_id, name, 1);
+    dclient *c = client_note(d, client_id, name);
     if (c)
         c->connected = up;
     DMETRIC(d, metrics_gauge_add, connected_clients, up ? 1.0 : -1.0);
@@ -205,7 +204,7 @@ static void on_peer_error(void *ctx, uint64_t client_id, fc_status st, int fatal
            FC_LS("code", fc_status_name(st)), FC_LI("fatal", fatal), FC_LS("message", message));
     if (client_id != d->proposer || d->models)
         return;
-    dclient *c = client_note(d, client_id, "", 1);
+    dclient *c = client_note(d, client_id, "");
     if (c)
         c->no_proposal = 1;
     d->proposer = 0;

@@ -50,7 +50,6 @@ typedef struct dclient {
     uint64_t id;
     char name[DAEMON_NAME_MAX];
     uint64_t registered_round; /* fedau: round t from which its participation counts */
-    int counted;               /* seen in a registration scan */
     int connected;             /* has an authenticated session */
     int no_proposal;           /* answered the proposal task with an error: not asked again */
 } dclient;

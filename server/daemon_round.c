@@ -1179,34 +1179,21 @@ fc_status dround_eval(void *ctx, uint64_t client_id, uint64_t round, uint64_t mo
 
 /* ---- registration count (fedau's N) ---- */
 
-typedef struct reg_scan {
-    fcd *d;
-    uint64_t n;
-    uint64_t round;
-} reg_scan;
-
 static fc_status count_one(void *ud, const store_client *c) {
-    reg_scan *r = ud;
     if (c->revoked_at == 0)
-        r->n++;
+        (*(uint64_t *)ud)++;
     return FC_OK;
 }
 
+/* Clients in the table that are not revoked (certificate clients are enrolled there too). */
 static uint64_t count_registered(fcd *d) {
-    reg_scan r = {d, 0, 0};
+    uint64_t n = 0;
     fc_error err = {0};
-    if (store_client_list(d->ro, count_one, &r, &err) != FC_OK)
+    if (store_client_list(d->ro, count_one, &n, &err) != FC_OK)
         FC_LOG(FC_LOG_WARN, "could not count registered clients", FC_LS("error", err.msg));
-    /* Certificate-only clients are not in the table: count the ones seen. */
-    for (size_t i = 0; i < d->n_clients; i++)
-        if (!d->clients[i].counted) {
-            store_client c;
-            if (store_client_by_name(d->ro, d->clients[i].name, &c, &err) != FC_OK)
-                r.n++;
-        }
     d->registration_scans++;
-    d->registered_count = r.n;
-    return r.n;
+    d->registered_count = n;
+    return n;
 }
 
 /* ---- life cycle ---- */
