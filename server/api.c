@@ -200,6 +200,22 @@ static int set_new(json_t *o, const char *k, json_t *v, int *ok) {
     return *ok;
 }
 
+/* Adds child (owned) to o under key when ok, then answers 200 with o, or 503 when memory ran out
+ * here or earlier (ok == 0). Takes o and child. */
+static void respond_with_member(http_response *res, json_t *o, const char *key, json_t *child,
+                                int ok) {
+    if (ok)
+        set_new(o, key, child, &ok);
+    else
+        json_decref(child);
+    if (!ok) {
+        json_decref(o);
+        http_respond_error(res, 503, "no_memory", "out of memory");
+        return;
+    }
+    respond_json(res, 200, o);
+}
+
 static json_t *json_text_or_null(const char *s) { return s ? json_string(s) : json_null(); }
 
 /* Embeds stored JSON text as JSON; text that does not parse is kept as a string. */
@@ -668,16 +684,7 @@ static void get_round(store *s, int64_t id, http_response *res) {
         store_failed(res, st, &err);
         return;
     }
-    if (ok)
-        set_new(o, "participants", parts, &ok);
-    else
-        json_decref(parts);
-    if (!ok) {
-        json_decref(o);
-        http_respond_error(res, 503, "no_memory", "out of memory");
-        return;
-    }
-    respond_json(res, 200, o);
+    respond_with_member(res, o, "participants", parts, ok);
 }
 
 static fc_status client_cb(void *ud, const store_client *c) {
@@ -832,16 +839,7 @@ static void get_model(store *s, int64_t version, http_response *res) {
         if (!item || json_array_append_new(chain, item) != 0)
             ok = 0;
     }
-    if (ok)
-        set_new(o, "parent_chain", chain, &ok);
-    else
-        json_decref(chain);
-    if (!ok) {
-        json_decref(o);
-        http_respond_error(res, 503, "no_memory", "out of memory");
-        return;
-    }
-    respond_json(res, 200, o);
+    respond_with_member(res, o, "parent_chain", chain, ok);
 }
 
 /* ---- tensor specs JSON ---- */
