@@ -20,6 +20,7 @@ static const agg_rule *const rules[] = {
     &agg_centered_clip,
     &agg_norm_bound,
     &agg_ida,
+    &agg_fedbuff,
     NULL,
 };
 

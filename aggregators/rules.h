@@ -21,6 +21,7 @@ extern const agg_rule agg_geomed;
 extern const agg_rule agg_centered_clip;
 extern const agg_rule agg_norm_bound;
 extern const agg_rule agg_ida;
+extern const agg_rule agg_fedbuff;
 
 /* server optimizers */
 extern const agg_opt agg_opt_sgd;

@@ -284,6 +284,7 @@ static void on_tick(uv_timer_t *t) {
     tail_events(d);
     DMETRIC(d, metrics_gauge_set, staging_bytes,
             (double)(sess_budget_memory_used(d->budget) + sess_budget_spill_used(d->budget)));
+    dround_gauges(d);
 }
 
 /* ---- shutdown ---- */

@@ -127,6 +127,13 @@ struct fcd {
     dround *zombies; /* rounds abandoned while a pool job still uses them */
     uint64_t deferred_gone[64];
     size_t n_deferred_gone;
+    /* async mode: answers that arrived while the last buffer was being committed, replayed in
+     * order into the next buffer (daemon_round.c), and the commit times of the last minute */
+    struct dheld *held_head, *held_tail;
+    size_t n_held;
+#define DAEMON_VPM_RING 4096
+    uint64_t commit_ms[DAEMON_VPM_RING];
+    size_t n_commits;
     /* operator HTTP API (daemon_http.c); metrics is NULL when [http] enabled = false */
     metrics_registry *metrics_reg;
     metrics_fedcoord *metrics;
@@ -199,6 +206,10 @@ fc_status dround_eval(void *ctx, uint64_t client_id, uint64_t round, uint64_t mo
                       size_t n, fc_error *err);
 /* A model became current (initial import or proposal): start scheduling. */
 void dround_model_ready(fcd *d);
+/* Versions committed in the 60 s before now (status and metrics). */
+uint64_t dround_versions_last_minute(const fcd *d);
+/* Refreshes the gauges that change without an event (versions per minute, async buffer). */
+void dround_gauges(fcd *d);
 /* Shutdown: stop the scheduler; returns 1 when nothing is in flight any more. */
 int dround_quiet(fcd *d);
 

@@ -27,7 +27,7 @@ static const char *const log_levels[] = {"debug", "info", "warn", "error", NULL}
 static const char *const log_formats[] = {"logfmt", "json", NULL};
 static const char *const mtls_modes[] = {"off", "optional", "require", NULL};
 static const char *const tls_versions[] = {"1.2", "1.3", NULL};
-static const char *const round_modes[] = {"sync", NULL};
+static const char *const round_modes[] = {"sync", "async", NULL};
 static const char *const optimizers[] = {"sgd", "adam", "yogi", "adagrad", NULL};
 
 /* The daemon's keys. Defaults of [limits] equal net_limits_default (a test checks this). */
@@ -57,7 +57,8 @@ static const fc_config_key schema[] = {
      "lowest TLS protocol version accepted"},
     /* [round] */
     {"round", "mode", FC_CONFIG_ENUM, "sync", NULL, NULL, round_modes, 0,
-     "round mode; only synchronous rounds exist"},
+     "sync: rounds of selected clients; async: FedBuff, clients train whenever idle and each "
+     "buffer_size updates commit a version (needs [aggregator] rule = fedbuff)"},
     {"round", "min_clients", FC_CONFIG_INT, "2", "1", "100000", NULL, 0,
      "connected, idle, authorised clients needed before a round starts"},
     {"round", "clients_per_round", FC_CONFIG_INT, "2", "1", "100000", NULL, 0,
@@ -78,6 +79,12 @@ static const fc_config_key schema[] = {
      "seed of the client-selection PRNG; the same seed and clients give the same selection"},
     {"round", "mu", FC_CONFIG_DOUBLE, "0", "0", "1000", NULL, 0,
      "FedProx proximal weight sent to clients with each task; 0 = plain local training"},
+    {"round", "buffer_size", FC_CONFIG_INT, "10", "1", "100000", NULL, 0,
+     "async: accepted updates per committed version (FedBuff's K)"},
+    {"round", "concurrency", FC_CONFIG_INT, "100", "1", "100000", NULL, 0,
+     "async: clients training at once; an idle client gets a task while fewer are out"},
+    {"round", "max_staleness", FC_CONFIG_INT, "20", "0", "1000000000", NULL, 0,
+     "async: an update trained from a version more than this many versions old is refused"},
     {"round", "initial_model", FC_CONFIG_PATH, NULL, NULL, NULL, NULL, 0,
      "safetensors file of the first model; unset: the first client to connect proposes its "
      "tensors. Used only while the database holds no model"},
@@ -480,10 +487,16 @@ static fc_status check_and_fill(dcfg *c, fc_error *err) {
                          fc_config_get_enum(cfg, "tls", "client_auth"));
 
     /* [round] */
-    c->round.mode = DCFG_ROUND_SYNC;
-    if ((st = check_le(cfg, "round", "min_updates", "round", "clients_per_round", err)) != FC_OK ||
-        (st = check_le(cfg, "round", "min_updates", "round", "min_clients", err)) != FC_OK)
+    c->round.mode = strcmp(fc_config_get_enum(cfg, "round", "mode"), "async") == 0
+                        ? DCFG_ROUND_ASYNC
+                        : DCFG_ROUND_SYNC;
+    if (c->round.mode == DCFG_ROUND_SYNC &&
+        ((st = check_le(cfg, "round", "min_updates", "round", "clients_per_round", err)) != FC_OK ||
+         (st = check_le(cfg, "round", "min_updates", "round", "min_clients", err)) != FC_OK))
         return st;
+    c->round.buffer_size = fc_config_get_int(cfg, "round", "buffer_size");
+    c->round.concurrency = fc_config_get_int(cfg, "round", "concurrency");
+    c->round.max_staleness = fc_config_get_int(cfg, "round", "max_staleness");
     c->round.min_clients = fc_config_get_int(cfg, "round", "min_clients");
     c->round.clients_per_round = fc_config_get_int(cfg, "round", "clients_per_round");
     c->round.over_select = fc_config_get_int(cfg, "round", "over_select");
@@ -503,6 +516,19 @@ static fc_status check_and_fill(dcfg *c, fc_error *err) {
     if (!c->aggregator.rule)
         return key_error(cfg, "aggregator", "rule", err, "unknown rule \"%s\"; known rules: %s",
                          rule_name, agg_rule_names());
+    int fedbuff = strcmp(c->aggregator.rule->name, "fedbuff") == 0;
+    if (c->round.mode == DCFG_ROUND_ASYNC && !fedbuff)
+        return key_error(cfg, "aggregator", "rule", err,
+                         "\"%s\" cannot run with [round] mode = async (%s): the asynchronous "
+                         "buffer is the rule fedbuff",
+                         rule_name, where(cfg, "round", "mode"));
+    if (c->round.mode == DCFG_ROUND_SYNC && fedbuff)
+        return key_error(cfg, "aggregator", "rule", err,
+                         "fedbuff is the buffer of [round] mode = async (%s is sync)",
+                         where(cfg, "round", "mode"));
+    if (c->round.mode == DCFG_ROUND_ASYNC && c->round.eval_every)
+        return key_error(cfg, "round", "eval_every", err,
+                         "evaluation rounds exist only in mode = sync; set 0 with mode = async");
     char what[96];
     snprintf(what, sizeof what, "rule %s", c->aggregator.rule->name);
     if ((st = parse_params(cfg, "aggregator", what, c->aggregator.rule->params,

@@ -32,7 +32,7 @@ const fc_config_key *dcfg_schema(size_t *n);
 #define DCFG_NAME_MAX 64
 int dcfg_valid_client_name(const char *name);
 
-typedef enum dcfg_round_mode { DCFG_ROUND_SYNC = 0 } dcfg_round_mode;
+typedef enum dcfg_round_mode { DCFG_ROUND_SYNC = 0, DCFG_ROUND_ASYNC = 1 } dcfg_round_mode;
 typedef enum dcfg_log_format { DCFG_LOG_LOGFMT = 0, DCFG_LOG_JSON = 1 } dcfg_log_format;
 
 /* The effective configuration. Strings point into the loaded fc_config or into storage owned
@@ -57,6 +57,8 @@ typedef struct dcfg {
         int64_t seed;
         double mu;
         const char *initial_model; /* NULL when unset */
+        /* mode = async (FedBuff): see docs/rounds.md */
+        int64_t buffer_size, concurrency, max_staleness;
     } round;
     struct {
         const agg_rule *rule;

@@ -53,7 +53,22 @@ static fc_status p_status(void *ctx, json_t *o, fc_error *err) {
     for (size_t i = 0; i < d->n_clients; i++)
         connected += d->clients[i].connected != 0;
     round_state rs = round_get_state(d->sched);
-    json_object_set_new(o, "mode", json_string("sync"));
+    int async = d->cfg->round.mode == DCFG_ROUND_ASYNC;
+    json_object_set_new(o, "mode", json_string(async ? "async" : "sync"));
+    json_object_set_new(o, "versions_per_minute",
+                        json_integer((json_int_t)dround_versions_last_minute(d)));
+    round_async_stats as;
+    if (async && round_get_async_stats(d->sched, &as) == FC_OK)
+        json_object_set_new(o, "async",
+                            json_pack("{s:i, s:i, s:I, s:i, s:I, s:I, s:I, s:I, s:I}",
+                                      "buffer_fill", (int)as.buffer_fill, "buffer_size",
+                                      (int)as.buffer_size, "in_flight", (json_int_t)as.in_flight,
+                                      "concurrency", (int)as.concurrency, "max_staleness",
+                                      (json_int_t)d->cfg->round.max_staleness, "held",
+                                      (json_int_t)d->n_held, "tasks_sent",
+                                      (json_int_t)as.tasks_sent, "tasks_expired",
+                                      (json_int_t)as.tasks_expired, "tasks_dropped",
+                                      (json_int_t)as.tasks_dropped));
     json_object_set_new(o, "state", json_string(round_state_name(rs)));
     uint64_t rid = round_current_id(d->sched);
     round_info ri;
@@ -65,7 +80,7 @@ static fc_status p_status(void *ctx, json_t *o, fc_error *err) {
         json_object_set_new(r, "model_version", json_integer((json_int_t)ri.model_version));
         json_object_set_new(r, "started_ms_ago",
                             json_integer((json_int_t)(daemon_now_ms() - ri.started_ms)));
-        if (ri.state == ROUND_TRAINING)
+        if (ri.state == ROUND_TRAINING && !async)
             json_object_set_new(
                 r, "deadline_in_ms",
                 json_integer((json_int_t)(ri.started_ms + (uint64_t)d->cfg->round.round_timeout_ms) -
@@ -75,7 +90,8 @@ static fc_status p_status(void *ctx, json_t *o, fc_error *err) {
         json_object_set_new(r, "rejected", json_integer(ri.rejected));
         json_object_set_new(r, "timed_out", json_integer(ri.timed_out));
         json_object_set_new(r, "dropped", json_integer(ri.dropped));
-        json_object_set_new(r, "required", json_integer(d->cfg->round.min_updates));
+        json_object_set_new(r, "required", json_integer(async ? d->cfg->round.buffer_size
+                                                              : d->cfg->round.min_updates));
         if (ri.reason[0])
             json_object_set_new(r, "reason", json_string(ri.reason));
         json_object_set_new(o, "round", r);

@@ -10,6 +10,11 @@
  * as one transaction; only after it is durable is the new version current and announced.
  * Nothing partial reaches the aggregate: the session layer hands over only complete, validated
  * updates, and a round that fails is discarded with its driver.
+ *
+ * Async mode (docs/rounds.md): a round is one FedBuff buffer. Tasks belong to clients, not to
+ * rounds (round_task_check answers the session's "what may this client upload"); updates fold
+ * in arrival order with their staleness, and answers that arrive while the previous buffer is
+ * being committed (or while paused) are held in order and replayed into the next buffer.
  */
 #include <inttypes.h>
 #include <jansson.h>
@@ -29,6 +34,7 @@ typedef struct fold_job {
     dround *rd;
     fold_kind kind;
     sess_update up;   /* ADD */
+    uint64_t staleness; /* ADD, async */
     uint64_t client;  /* DROP */
     char reason[64];  /* DROP */
     fc_status st;
@@ -185,9 +191,9 @@ static void job_add(fold_job *j) {
         return;
     void *flat = m.count ? m.tensors[0].data : NULL;
     fc_model_free(&m);
-    if (!j->up.is_delta) {
+    if (!j->up.is_delta) { /* the session checked base_version: the round's, or the task's */
         sub_sink s = {flat, rd->base->bytes};
-        if ((j->st = worker_read(rd, (int64_t)rd->base_version, subtract_base, &s, &j->err)) !=
+        if ((j->st = worker_read(rd, (int64_t)j->up.base_version, subtract_base, &s, &j->err)) !=
             FC_OK)
             return;
     }
@@ -198,6 +204,7 @@ static void job_add(fold_job *j) {
         .dtype = FC_DTYPE_F32,
         .data = flat,
         .weight = (double)j->up.num_examples,
+        .staleness = j->staleness,
         .registered_round = cl ? cl->registered_round : 0,
     };
     j->st = agg_round_add(rd->agg, &u, &j->err);
@@ -423,6 +430,12 @@ static char *round_config_json(fcd *d, const dround *rd) {
                           rd->kind == ROUND_KIND_EVALUATE ? "evaluate" : "train", "model_version",
                           (json_int_t)rd->base_version, "rule", d->cfg->aggregator.rule->name,
                           "optimizer", d->opt->name, "selected", (json_int_t)rd->n_parts);
+    if (o && d->cfg->round.mode == DCFG_ROUND_ASYNC &&
+        (json_object_set_new(o, "mode", json_string("async")) != 0 ||
+         json_object_set_new(o, "buffer_size", json_integer(d->cfg->round.buffer_size)) != 0)) {
+        json_decref(o);
+        o = NULL;
+    }
     char *text = o ? json_dumps(o, JSON_COMPACT) : NULL;
     json_decref(o);
     char *copy = text ? fc_strdup(text) : NULL;
@@ -607,6 +620,7 @@ static void commit_done(fcd *d, dwjob *j, fc_status st, const fc_error *err) {
         if (rd->kind == ROUND_KIND_TRAIN) {
             DMETRIC(d, metrics_gauge_set, model_version, (double)cj->c.version);
             queue_prune(d, (uint64_t)cj->c.version);
+            d->commit_ms[d->n_commits++ % DAEMON_VPM_RING] = daemon_now_ms();
         }
         FC_LOG(FC_LOG_INFO, "round committed", FC_LU("round", rd->id),
                FC_LS("kind", round_kind_name(rd->kind)),
@@ -731,7 +745,9 @@ static dround *new_round(fcd *d, const round_action *a) {
         };
         fc_error err = {0};
         if (agg_round_begin(d->cfg->aggregator.rule, &d->cfg->aggregator.params, &ctx,
-                            d->rule_blob, d->rule_blob_len, &rd->agg, &err) != FC_OK) {
+                            d->rule_blob, d->rule_blob_len, &rd->agg, &err) != FC_OK ||
+            (d->cfg->round.mode == DCFG_ROUND_ASYNC &&
+             agg_round_arrival_order(rd->agg, &err) != FC_OK)) {
             FC_LOG(FC_LOG_ERROR, "aggregation could not start", FC_LU("round", rd->id),
                    FC_LS("error", err.msg));
             fc_free(rd);
@@ -743,7 +759,7 @@ static dround *new_round(fcd *d, const round_action *a) {
 
 static void send_task(fcd *d, const round_action *a) {
     dround *rd = d->cur;
-    if (rd && rd->id == a->round_id) {
+    if (rd && rd->id == a->round_id && d->cfg->round.mode == DCFG_ROUND_SYNC) {
         if (rd->n_parts == rd->cap_parts) {
             size_t cap = rd->cap_parts ? rd->cap_parts * 2 : 16;
             dpart *p = fc_realloc(rd->parts, cap * sizeof *p);
@@ -866,7 +882,10 @@ static void handle(fcd *d, const round_action *a, int *agg_failed) {
         break;
     case ROUND_ACT_SEND_TASK: send_task(d, a); break;
     case ROUND_ACT_CANCEL_TASK:
-        if (d->cur && d->cur->id == a->round_id)
+        if (d->cfg->round.mode == DCFG_ROUND_ASYNC)
+            FC_LOG(FC_LOG_INFO, "task cancelled", FC_LU("client", a->client_id),
+                   FC_LU("task_round", a->round_id), FC_LS("reason", a->reason));
+        else if (d->cur && d->cur->id == a->round_id)
             queue_drop(d->cur, a->client_id, "cancelled");
         break;
     case ROUND_ACT_ARM_TIMER: arm_deadline(d, a->deadline_ms); break;
@@ -934,6 +953,8 @@ static void expect_selected(dround *rd) {
 }
 
 static void maybe_ask_proposal(fcd *d);
+static void held_replay_one(fcd *d);
+static void held_free_all(fcd *d);
 
 void dround_pump(fcd *d) {
     if (!d->sched)
@@ -948,9 +969,18 @@ void dround_pump(fcd *d) {
             sess_server_round_changed(d->sv);
         }
         if (d->cur && d->cur->begin_pending) {
-            if (!d->cur->expected)
+            if (!d->cur->expected && d->cfg->round.mode == DCFG_ROUND_SYNC)
                 expect_selected(d->cur);
             queue_begin(d, d->cur);
+        }
+        if (d->held_head && round_get_state(d->sched) == ROUND_TRAINING && d->cur) {
+            held_replay_one(d);
+            continue;
+        }
+        if (d->held_head && round_get_state(d->sched) == ROUND_STOPPED) {
+            FC_LOG(FC_LOG_INFO, "held answers discarded: the scheduler stopped",
+                   FC_LU("answers", d->n_held));
+            held_free_all(d);
         }
         fc_error err = {0};
         uint64_t now = daemon_now_ms();
@@ -1052,6 +1082,21 @@ fc_status dround_round_info(void *ctx, uint64_t client_id, sess_round_info *out,
         }
         return fc_error_set(err, FC_ERR_STATE, "no model yet and no proposal was asked of you");
     }
+    if (d->cfg->round.mode == DCFG_ROUND_ASYNC) {
+        round_task t;
+        fc_status st = round_task_check(d->sched, client_id, &t, NULL, err);
+        if (st == FC_ERR_NOT_FOUND)
+            return fc_error_set(err, FC_ERR_STATE,
+                                "you have no task outstanding (async mode): wait for a task");
+        if (st != FC_OK)
+            return st; /* stale */
+        const dmodel *m = dmodel_current(d);
+        out->round = t.round_id;
+        out->base_version = t.model_version;
+        out->specs = m->specs;
+        out->n_specs = m->n_specs;
+        return FC_OK;
+    }
     dround *rd = d->cur;
     if (!rd || round_get_state(d->sched) != ROUND_TRAINING)
         return fc_error_set(err, FC_ERR_STATE, "no round is accepting updates now");
@@ -1092,10 +1137,17 @@ static void add_train_metrics(dround *rd, const sess_update *u) {
     }
 }
 
+static void async_update(fcd *d, sess_update *u);
+
 void dround_sink(void *ctx, sess_update *u) {
     fcd *d = ctx;
     if (u->round == 0) {
         dmodel_commit_proposal(d, u);
+        return;
+    }
+    if (d->cfg->round.mode == DCFG_ROUND_ASYNC) {
+        async_update(d, u);
+        dround_pump(d);
         return;
     }
     fc_error err = {0};
@@ -1132,6 +1184,154 @@ void dround_sink(void *ctx, sess_update *u) {
     dround_pump(d);
 }
 
+/* ---- async mode: answers into the open buffer, held while it is not open ---- */
+
+typedef struct dheld {
+    int is_update;
+    sess_update up; /* is_update */
+    uint64_t client, round;
+    char why[ROUND_REASON_MAX];
+    struct dheld *next;
+} dheld;
+
+/* Answers wait while the buffer is being committed (or paused), and behind earlier ones. */
+static int must_hold(const fcd *d) {
+    round_state rs = round_get_state(d->sched);
+    return d->held_head || (rs != ROUND_TRAINING && rs != ROUND_STOPPED);
+}
+
+static int hold(fcd *d, dheld *h) {
+    if (!h)
+        return 0;
+    if (d->held_tail)
+        d->held_tail->next = h;
+    else
+        d->held_head = h;
+    d->held_tail = h;
+    d->n_held++;
+    return 1;
+}
+
+static void async_update_now(fcd *d, sess_update *u) {
+    uint64_t tau = 0;
+    round_task_check(d->sched, u->client_id, NULL, &tau, NULL); /* tau even when stale */
+    fc_error err = {0};
+    fc_status st = round_update_received(d->sched, daemon_now_ms(), u->client_id, u->round,
+                                         u->num_examples, &err);
+    dround *rd = d->cur;
+    fold_job *j = NULL;
+    if (st == FC_OK && rd && rd->agg && rd->n_parts == rd->cap_parts) {
+        size_t cap = rd->cap_parts ? rd->cap_parts * 2 : 16;
+        dpart *g = fc_realloc(rd->parts, cap * sizeof *g);
+        if (g) {
+            rd->parts = g;
+            rd->cap_parts = cap;
+        }
+    }
+    if (st != FC_OK || !rd || !rd->agg || rd->n_parts == rd->cap_parts ||
+        !(j = fc_calloc(1, sizeof *j))) {
+        FC_LOG(st != FC_OK ? FC_LOG_INFO : FC_LOG_ERROR, "update discarded",
+               FC_LU("client", u->client_id), FC_LU("round", u->round),
+               FC_LS("reason", st != FC_OK ? err.msg : "out of memory"));
+        sess_update_release(u);
+        return;
+    }
+    dpart *p = &rd->parts[rd->n_parts++];
+    *p = (dpart){.client_id = u->client_id, .offered = 1, .bytes = fc_stage_total(u->stage)};
+    DMETRIC(d, metrics_counter_add, updates_accepted, 1);
+    DMETRIC(d, metrics_counter_add, bytes_received, (double)p->bytes);
+    DMETRIC(d, metrics_histogram_observe, staleness, (double)tau);
+    p->metrics_json = metrics_json_of((const char *const *)u->metric_names, u->metric_values,
+                                      u->n_metrics);
+    add_train_metrics(rd, u);
+    j->kind = FOLD_ADD;
+    j->staleness = tau;
+    j->up = *u;
+    memset(u, 0, sizeof *u);
+    enqueue(rd, j);
+}
+
+static void async_update(fcd *d, sess_update *u) {
+    if (must_hold(d)) {
+        dheld *h = fc_calloc(1, sizeof *h);
+        if (h) {
+            h->is_update = 1;
+            h->up = *u;
+            memset(u, 0, sizeof *u);
+        }
+        if (hold(d, h))
+            return;
+        FC_LOG(FC_LOG_ERROR, "update discarded", FC_LU("client", u->client_id),
+               FC_LU("round", u->round), FC_LS("reason", "out of memory holding it"));
+        sess_update_release(u);
+        return;
+    }
+    async_update_now(d, u);
+}
+
+static void async_reject_now(fcd *d, uint64_t client, uint64_t round, const char *why) {
+    fc_error err = {0};
+    if (round_update_rejected(d->sched, daemon_now_ms(), client, round, why, &err) != FC_OK)
+        FC_LOG(FC_LOG_DEBUG, "rejection not recorded", FC_LU("client", client),
+               FC_LU("round", round), FC_LS("reason", err.msg));
+}
+
+static void async_reject(fcd *d, uint64_t client, uint64_t round, const char *why) {
+    if (must_hold(d)) {
+        dheld *h = fc_calloc(1, sizeof *h);
+        if (h) {
+            h->client = client;
+            h->round = round;
+            snprintf(h->why, sizeof h->why, "%s", why);
+        }
+        if (hold(d, h))
+            return;
+    }
+    async_reject_now(d, client, round, why);
+}
+
+static void held_replay_one(fcd *d) {
+    dheld *h = d->held_head;
+    d->held_head = h->next;
+    if (!d->held_head)
+        d->held_tail = NULL;
+    d->n_held--;
+    if (h->is_update)
+        async_update_now(d, &h->up);
+    else
+        async_reject_now(d, h->client, h->round, h->why);
+    fc_free(h);
+}
+
+static void held_free_all(fcd *d) {
+    while (d->held_head) {
+        dheld *h = d->held_head;
+        d->held_head = h->next;
+        sess_update_release(&h->up);
+        fc_free(h);
+    }
+    d->held_tail = NULL;
+    d->n_held = 0;
+}
+
+uint64_t dround_versions_last_minute(const fcd *d) {
+    uint64_t now = daemon_now_ms(), n = 0;
+    size_t k = d->n_commits < DAEMON_VPM_RING ? d->n_commits : DAEMON_VPM_RING;
+    for (size_t i = 0; i < k; i++)
+        n += d->commit_ms[i] + 60000 > now;
+    return n;
+}
+
+void dround_gauges(fcd *d) {
+    DMETRIC(d, metrics_gauge_set, versions_per_min, (double)dround_versions_last_minute(d));
+    round_async_stats st;
+    if (!d->metrics || !d->sched || round_get_async_stats(d->sched, &st) != FC_OK)
+        return;
+    DMETRIC(d, metrics_gauge_set, buffer_fill, (double)st.buffer_fill);
+    DMETRIC(d, metrics_gauge_set, buffer_size, (double)st.buffer_size);
+    DMETRIC(d, metrics_gauge_set, tasks_in_flight, (double)st.in_flight);
+}
+
 void dround_reject(void *ctx, uint64_t client_id, uint64_t round, fc_status st,
                    const char *reason) {
     fcd *d = ctx;
@@ -1140,6 +1340,11 @@ void dround_reject(void *ctx, uint64_t client_id, uint64_t round, fc_status st,
     snprintf(why, sizeof why, "%s: %s", fc_wire_error_for_status(st)->name, reason ? reason : "");
     if (d->metrics)
         metrics_fedcoord_reject(d->metrics, fc_wire_error_for_status(st)->name);
+    if (d->cfg->round.mode == DCFG_ROUND_ASYNC) {
+        async_reject(d, client_id, round, why);
+        dround_pump(d);
+        return;
+    }
     if (round_update_rejected(d->sched, daemon_now_ms(), client_id, round, why, &err) == FC_OK &&
         d->cur && d->cur->id == round)
         queue_drop(d->cur, client_id, "rejected");
@@ -1210,6 +1415,10 @@ fc_status dround_init(fcd *d, const store_recovery *rec, fc_error *err) {
     rc.eval_every = (uint64_t)d->cfg->round.eval_every;
     rc.seed = (uint64_t)d->cfg->round.seed;
     rc.mu = d->cfg->round.mu;
+    rc.mode = d->cfg->round.mode == DCFG_ROUND_ASYNC ? ROUND_MODE_ASYNC : ROUND_MODE_SYNC;
+    rc.buffer_size = (uint32_t)d->cfg->round.buffer_size;
+    rc.concurrency = (uint32_t)d->cfg->round.concurrency;
+    rc.max_staleness = (uint64_t)d->cfg->round.max_staleness;
     fc_status st = round_create(&rc, &d->sched, err);
     if (st != FC_OK)
         return st;
@@ -1258,6 +1467,7 @@ int dround_quiet(fcd *d) {
 }
 
 void dround_free_all(fcd *d) {
+    held_free_all(d);
     abandon(d, d->cur);
     while (d->zombies) {
         dround *z = d->zombies;

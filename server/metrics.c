@@ -413,6 +413,7 @@ const size_t metrics_reject_reason_count =
     sizeof metrics_reject_reasons / sizeof metrics_reject_reasons[0];
 
 /* Seconds. Rounds last seconds to hours; aggregation and commits milliseconds to minutes. */
+static const double staleness_buckets[] = {0, 1, 2, 3, 5, 10, 20, 50, 100};
 static const double round_buckets[] = {1, 5, 10, 30, 60, 120, 300, 600, 1800, 3600, 7200};
 static const double fast_buckets[] = {0.001, 0.005, 0.01, 0.05, 0.1, 0.25, 0.5,
                                       1,     2.5,   5,    10,   30,  60,   300};
@@ -479,7 +480,23 @@ fc_status metrics_fedcoord_new(metrics_fedcoord *m, fc_error *err) {
                    "Id of the running or last round, 0 before the first.", NULL, 0,
                    &m->current_round, err)) != FC_OK ||
         (st = add1(r, METRICS_GAUGE, "fedcoord_model_version", "Newest committed model version.",
-                   NULL, 0, &m->model_version, err)) != FC_OK)
+                   NULL, 0, &m->model_version, err)) != FC_OK ||
+        (st = add1(r, METRICS_GAUGE, "fedcoord_buffer_fill",
+                   "Async mode: updates accepted into the open buffer.", NULL, 0, &m->buffer_fill,
+                   err)) != FC_OK ||
+        (st = add1(r, METRICS_GAUGE, "fedcoord_buffer_size",
+                   "Async mode: updates per committed version (0 in sync mode).", NULL, 0,
+                   &m->buffer_size, err)) != FC_OK ||
+        (st = add1(r, METRICS_GAUGE, "fedcoord_tasks_in_flight",
+                   "Async mode: clients training a task now.", NULL, 0, &m->tasks_in_flight,
+                   err)) != FC_OK ||
+        (st = add1(r, METRICS_GAUGE, "fedcoord_versions_per_minute",
+                   "Model versions committed in the last 60 seconds.", NULL, 0,
+                   &m->versions_per_min, err)) != FC_OK ||
+        (st = add1(r, METRICS_HISTOGRAM, "fedcoord_update_staleness",
+                   "Async mode: versions committed between a task and its accepted update.",
+                   staleness_buckets, sizeof staleness_buckets / sizeof *staleness_buckets,
+                   &m->staleness, err)) != FC_OK)
         goto fail;
     if ((st = metrics_family_add(r, METRICS_COUNTER, "fedcoord_http_requests_total",
                                  "HTTP API responses, by status class.", code, 1, NULL, 0, &f,

@@ -97,6 +97,12 @@ typedef struct metrics_fedcoord {
     metrics_series *current_round;     /* fedcoord_current_round (gauge) */
     metrics_series *model_version;     /* fedcoord_model_version (gauge) */
     metrics_series *http_requests[5];  /* fedcoord_http_requests_total{code="1xx".."5xx"} */
+    /* asynchronous mode (stay 0 in sync mode) */
+    metrics_series *buffer_fill;       /* fedcoord_buffer_fill (gauge) */
+    metrics_series *buffer_size;       /* fedcoord_buffer_size (gauge) */
+    metrics_series *tasks_in_flight;   /* fedcoord_tasks_in_flight (gauge) */
+    metrics_series *versions_per_min;  /* fedcoord_versions_per_minute (gauge) */
+    metrics_series *staleness;         /* fedcoord_update_staleness (histogram, versions) */
 } metrics_fedcoord;
 
 /* Creates a registry holding the daemon's metric set (names, help, buckets in

@@ -1,4 +1,4 @@
-/* round.c: the synchronous round scheduler (see round.h and docs/rounds.md).
+/* round.c: the round scheduler, synchronous or asynchronous (see round.h and docs/rounds.md).
  *
  * Owns the round state machine, the sorted set of idle clients, the selection PRNG and the
  * participant records of the current and previous round. It must never do I/O, read a clock or
@@ -8,6 +8,9 @@
  * Memory: the participant arrays and the action queue are sized from the configuration at
  * create; the idle set grows with the number of registered clients. Nothing else allocates, and
  * nothing on the close/fail paths can fail: the idle set always has room for the busy clients.
+ * Async mode: the task table holds `concurrency` entries; a buffer's participant array grows
+ * on the answer path (an allocation failure refuses that answer and changes nothing). A client
+ * answers at most once per buffer: after its answer it rests until the buffer ends.
  */
 #include "server/round.h"
 
@@ -23,7 +26,7 @@
 typedef struct round_slot {
     round_info info;
     round_participant *parts;
-    size_t n_parts;
+    size_t n_parts, cap_parts;
     round_metric_result metrics[ROUND_MAX_METRICS];
     size_t n_metrics;
     uint64_t deadline_ms;
@@ -48,7 +51,16 @@ struct round_sched {
     round_slot *cur, *prev; /* cur NULL until the first round starts */
     round_action *queue;
     size_t q_head, q_len, q_cap;
+    /* async mode */
+    round_task *tasks; /* n_tasks == n_busy outstanding tasks, unordered */
+    size_t n_tasks;
+    size_t n_resting;  /* answered in the open buffer, still connected: idle when it ends */
+    uint64_t armed;    /* the deadline the daemon's timer is armed for; 0 = none */
+    round_prng aprng;  /* which idle client gets the next task */
+    uint64_t tasks_sent, tasks_expired, tasks_dropped;
 };
+
+static bool is_async(const round_sched *r) { return r->cfg.mode == ROUND_MODE_ASYNC; }
 
 /* ---------------------------------------------------------------- config */
 
@@ -63,6 +75,25 @@ void round_config_defaults(round_config *cfg) {
     cfg->eval_every = 0;
     cfg->seed = 0;
     cfg->mu = 0.0;
+    cfg->mode = ROUND_MODE_SYNC;
+    cfg->buffer_size = 10;
+    cfg->concurrency = 100;
+    cfg->max_staleness = 20;
+}
+
+static fc_status async_config_validate(const round_config *c, fc_error *err) {
+    if (c->buffer_size < 1 || c->buffer_size > ROUND_MAX_SELECT)
+        return fc_error_set(err, FC_ERR_CONFIG, "[round] buffer_size = %" PRIu32 ": accepted 1..%u",
+                            c->buffer_size, ROUND_MAX_SELECT);
+    if (c->concurrency < 1 || c->concurrency > ROUND_MAX_SELECT)
+        return fc_error_set(err, FC_ERR_CONFIG, "[round] concurrency = %" PRIu32 ": accepted 1..%u",
+                            c->concurrency, ROUND_MAX_SELECT);
+    if (c->eval_every)
+        return fc_error_set(err, FC_ERR_CONFIG,
+                            "[round] eval_every = %" PRIu64 ": evaluation rounds exist only in "
+                            "mode = sync (set eval_every = 0 with mode = async)",
+                            c->eval_every);
+    return FC_OK;
 }
 
 fc_status round_config_validate(const round_config *c, fc_error *err) {
@@ -97,6 +128,11 @@ fc_status round_config_validate(const round_config *c, fc_error *err) {
     if (!isfinite(c->mu) || c->mu < 0)
         return fc_error_set(err, FC_ERR_CONFIG,
                             "[round] mu = %g: must be a finite number >= 0", c->mu);
+    if (c->mode != ROUND_MODE_SYNC && c->mode != ROUND_MODE_ASYNC)
+        return fc_error_set(err, FC_ERR_CONFIG, "[round] mode %d: accepted sync or async",
+                            (int)c->mode);
+    if (c->mode == ROUND_MODE_ASYNC)
+        return async_config_validate(c, err);
     return FC_OK;
 }
 
@@ -189,12 +225,22 @@ fc_status round_create(const round_config *cfg, round_sched **out, fc_error *err
     r->next_round_id = 1;
     r->max_select = cfg->clients_per_round + cfg->over_select;
     /* Worst event: deadline failure (cancel all, 3 transitions, record) that starts the next
-     * round (send to all, timer): 2 * max_select + 5. */
-    r->q_cap = 2 * (size_t)r->max_select + 16;
+     * round (send to all, timer): 2 * max_select + 5. Async: a tick that expires every task
+     * and hands them all out again, or a commit that opens the next buffer and fills every
+     * free slot: 2 * concurrency + 5. */
+    size_t widest = r->max_select;
+    if (is_async(r)) {
+        widest = cfg->concurrency;
+        r->max_select = cfg->buffer_size + cfg->concurrency; /* first size of a buffer's records */
+        r->tasks = fc_mallocarray(cfg->concurrency, sizeof *r->tasks);
+        round_prng_seed(&r->aprng, cfg->seed, 0);
+    }
+    r->q_cap = 2 * widest + 16;
     r->queue = fc_mallocarray(r->q_cap, sizeof *r->queue);
     r->slots[0].parts = fc_mallocarray(r->max_select, sizeof(round_participant));
     r->slots[1].parts = fc_mallocarray(r->max_select, sizeof(round_participant));
-    if (!r->queue || !r->slots[0].parts || !r->slots[1].parts) {
+    r->slots[0].cap_parts = r->slots[1].cap_parts = r->max_select;
+    if (!r->queue || !r->slots[0].parts || !r->slots[1].parts || (is_async(r) && !r->tasks)) {
         round_free(r);
         return fc_error_set(err, FC_ERR_NOMEM, "round scheduler: out of memory for %" PRIu32
                             " selected clients", cfg->clients_per_round + cfg->over_select);
@@ -207,6 +253,7 @@ void round_free(round_sched *r) {
     if (!r)
         return;
     fc_free(r->queue);
+    fc_free(r->tasks);
     fc_free(r->slots[0].parts);
     fc_free(r->slots[1].parts);
     fc_free(r->idle);
@@ -363,16 +410,242 @@ static void select_clients(round_sched *r, round_slot *s, size_t k) {
     r->n_busy = k;
 }
 
-static void try_start(round_sched *r) {
-    if (r->state != ROUND_WAITING || r->n_idle < r->cfg.min_clients)
-        return;
+/* The other slot becomes the current round (its participant array is kept and reused). */
+static round_slot *next_slot(round_sched *r) {
     round_slot *next = r->cur == &r->slots[0] ? &r->slots[1] : &r->slots[0];
     r->prev = r->cur;
     r->cur = next;
     round_participant *parts = next->parts;
+    size_t cap = next->cap_parts;
     memset(next, 0, sizeof *next);
     next->parts = parts;
+    next->cap_parts = cap;
     next->info.round_id = r->next_round_id++;
+    return next;
+}
+
+/* ---------------------------------------------------------------- async mode */
+
+/* Arms the daemon's timer for the earliest task deadline, if that changed. */
+static void async_arm(round_sched *r) {
+    uint64_t min = 0;
+    for (size_t i = 0; i < r->n_tasks; i++)
+        if (!min || r->tasks[i].deadline_ms < min)
+            min = r->tasks[i].deadline_ms;
+    if (min == r->armed)
+        return;
+    r->armed = min;
+    if (min)
+        push(r, ROUND_ACT_ARM_TIMER)->deadline_ms = min;
+    else
+        push(r, ROUND_ACT_DISARM_TIMER);
+}
+
+/* Hands tasks to idle clients, chosen uniformly by the seeded PRNG, up to concurrency. Only
+ * while a buffer is open and no pause or stop is pending. */
+static void async_dispatch(round_sched *r) {
+    if (r->state == ROUND_TRAINING && !r->pause_requested && !r->stop_requested) {
+        while (r->n_tasks < r->cfg.concurrency && r->n_idle > 0) {
+            size_t i = (size_t)round_prng_below(&r->aprng, r->n_idle);
+            uint64_t id = r->idle[i];
+            idle_remove_at(r, i);
+            round_task *t = &r->tasks[r->n_tasks++];
+            t->client_id = id;
+            t->round_id = r->cur->info.round_id;
+            t->model_version = r->model_version;
+            t->deadline_ms = r->now + r->cfg.round_timeout_ms;
+            r->n_busy++;
+            r->tasks_sent++;
+            round_action *a = push(r, ROUND_ACT_SEND_TASK);
+            a->client_id = id;
+            a->model_version = t->model_version;
+            a->deadline_ms = t->deadline_ms;
+        }
+    }
+    async_arm(r);
+}
+
+static round_task *find_task(round_sched *r, uint64_t client) {
+    for (size_t i = 0; i < r->n_tasks; i++)
+        if (r->tasks[i].client_id == client)
+            return &r->tasks[i];
+    return NULL;
+}
+
+static void task_remove(round_sched *r, round_task *t) {
+    *t = r->tasks[--r->n_tasks];
+    r->n_busy--;
+}
+
+/* Ends every outstanding task (stop, max_rounds): the clients are told and become idle. */
+static void async_cancel_all(round_sched *r, const char *why) {
+    while (r->n_tasks) {
+        round_task *t = &r->tasks[r->n_tasks - 1];
+        round_action *a = push(r, ROUND_ACT_CANCEL_TASK);
+        a->client_id = t->client_id;
+        a->round_id = t->round_id;
+        copy_reason(a->reason, why);
+        uint64_t id = t->client_id;
+        task_remove(r, t);
+        idle_insert(r, id);
+    }
+    async_arm(r);
+}
+
+/* Opens the next buffer: the clients that rested in the last one are idle again. */
+static void async_open(round_sched *r) {
+    if (r->state != ROUND_WAITING)
+        return;
+    round_slot *next = next_slot(r);
+    next->info.kind = ROUND_KIND_TRAIN;
+    next->info.model_version = r->model_version;
+    next->info.started_ms = r->now;
+    r->started_any = true;
+    if (r->prev)
+        for (size_t i = 0; i < r->prev->n_parts; i++)
+            if (!r->prev->parts[i].gone) {
+                r->n_resting--;
+                idle_insert(r, r->prev->parts[i].client_id);
+            }
+    assert(r->n_resting == 0);
+    transition(r, ROUND_TRAINING,
+               "async buffer: collecting %" PRIu32 " updates on version %" PRIu64
+               " (%zu tasks in flight, %zu clients idle)",
+               r->cfg.buffer_size, r->model_version, r->n_tasks, r->n_idle);
+    async_dispatch(r);
+}
+
+static void async_close(round_sched *r) {
+    round_slot *s = r->cur;
+    s->info.closed_ms = r->now;
+    s->info.selected = (uint32_t)s->n_parts;
+    transition(r, ROUND_AGGREGATING,
+               "buffer full: %" PRIu32 " updates (%" PRIu32 " rejected) on version %" PRIu64,
+               s->info.accepted, s->info.rejected, r->model_version);
+    push(r, ROUND_ACT_START_AGGREGATION);
+}
+
+/* The answer of client's task `round_id` goes into the open buffer. */
+static fc_status async_answer(round_sched *r, uint64_t client, uint64_t round_id,
+                              round_outcome o, uint64_t n, const char *reason, fc_error *err) {
+    round_task *t = find_task(r, client);
+    if (!t)
+        return fc_error_set(err, FC_ERR_PROTOCOL, "client %" PRIu64 " has no task outstanding",
+                            client);
+    if (t->round_id != round_id)
+        return fc_error_set(err, FC_ERR_PROTOCOL,
+                            "client %" PRIu64 "'s task is round %" PRIu64 ", not round %" PRIu64,
+                            client, t->round_id, round_id);
+    round_slot *s = r->cur;
+    if (r->state != ROUND_TRAINING)
+        return fc_error_set(err, FC_ERR_STATE,
+                            "the buffer of round %" PRIu64 " is being committed (state %s)",
+                            s ? s->info.round_id : 0, round_state_name(r->state));
+    if (s->n_parts == s->cap_parts) {
+        size_t cap = s->cap_parts ? 2 * s->cap_parts : 16;
+        round_participant *g = cap > SIZE_MAX / sizeof *g ? NULL
+                                                          : fc_realloc(s->parts, cap * sizeof *g);
+        if (!g)
+            return fc_error_set(err, FC_ERR_NOMEM, "client %" PRIu64 ": no memory for the answer "
+                                "%zu of round %" PRIu64, client, cap, s->info.round_id);
+        s->parts = g;
+        s->cap_parts = cap;
+    }
+    round_participant *p = &s->parts[s->n_parts++];
+    memset(p, 0, sizeof *p);
+    p->client_id = client;
+    p->outcome = o;
+    p->num_examples = o == ROUND_ACCEPTED ? n : 0;
+    p->base_version = t->model_version;
+    p->staleness = r->model_version - t->model_version;
+    if (o == ROUND_ACCEPTED) {
+        s->info.accepted++;
+        s->info.total_examples += n;
+    } else {
+        s->info.rejected++;
+        copy_reason(p->reason, reason);
+    }
+    task_remove(r, t);
+    r->n_resting++;
+    if (o == ROUND_ACCEPTED && s->info.accepted >= r->cfg.buffer_size)
+        async_close(r);
+    else
+        async_dispatch(r);
+    return FC_OK;
+}
+
+/* Tasks past their deadline end; their clients may get a fresh task at once. */
+static void async_expire(round_sched *r) {
+    for (size_t i = 0; i < r->n_tasks;) {
+        round_task *t = &r->tasks[i];
+        if (t->deadline_ms > r->now) {
+            i++;
+            continue;
+        }
+        round_action *a = push(r, ROUND_ACT_CANCEL_TASK);
+        a->client_id = t->client_id;
+        a->round_id = t->round_id;
+        snprintf(a->reason, sizeof a->reason, "task of round %" PRIu64 " passed its deadline",
+                 t->round_id);
+        uint64_t id = t->client_id;
+        task_remove(r, t); /* moves the last task into slot i */
+        r->tasks_expired++;
+        idle_insert(r, id);
+    }
+    async_dispatch(r);
+}
+
+fc_status round_task_check(const round_sched *r, uint64_t client_id, round_task *out,
+                           uint64_t *staleness, fc_error *err) {
+    if (!r || !is_async(r))
+        return fc_error_set(err, FC_ERR_STATE, "tasks are tracked per client only in async mode");
+    for (size_t i = 0; i < r->n_tasks; i++) {
+        if (r->tasks[i].client_id != client_id)
+            continue;
+        const round_task *t = &r->tasks[i];
+        uint64_t tau = r->model_version - t->model_version;
+        if (out)
+            *out = *t;
+        if (staleness)
+            *staleness = tau;
+        if (tau > r->cfg.max_staleness)
+            return fc_error_set(err, FC_ERR_REQUIREMENT,
+                                "stale: trained from version %" PRIu64 ", %" PRIu64
+                                " versions behind the current %" PRIu64 " (max_staleness %" PRIu64
+                                ")",
+                                t->model_version, tau, r->model_version, r->cfg.max_staleness);
+        return FC_OK;
+    }
+    return fc_error_set(err, FC_ERR_NOT_FOUND, "client %" PRIu64 " has no task outstanding",
+                        client_id);
+}
+
+fc_status round_get_async_stats(const round_sched *r, round_async_stats *out) {
+    if (!r || !is_async(r))
+        return FC_ERR_STATE;
+    memset(out, 0, sizeof *out);
+    out->buffer_fill = r->state == ROUND_TRAINING && r->cur ? r->cur->info.accepted : 0;
+    out->buffer_size = r->cfg.buffer_size;
+    out->in_flight = r->n_tasks;
+    out->concurrency = r->cfg.concurrency;
+    out->tasks_sent = r->tasks_sent;
+    out->tasks_expired = r->tasks_expired;
+    out->tasks_dropped = r->tasks_dropped;
+    return FC_OK;
+}
+
+round_mode round_get_mode(const round_sched *r) { return r->cfg.mode; }
+
+/* ---------------------------------------------------------------- sync rounds */
+
+static void try_start(round_sched *r) {
+    if (is_async(r)) {
+        async_open(r);
+        return;
+    }
+    if (r->state != ROUND_WAITING || r->n_idle < r->cfg.min_clients)
+        return;
+    round_slot *next = next_slot(r);
     next->info.kind = eval_due(r) ? ROUND_KIND_EVALUATE : ROUND_KIND_TRAIN;
     next->info.model_version = r->model_version;
     next->info.started_ms = r->now;
@@ -399,6 +672,8 @@ static void round_ended(round_sched *r) {
     s->info.ended_ms = r->now;
     if (s->info.kind == ROUND_KIND_EVALUATE && s->info.model_version > r->last_eval_version)
         r->last_eval_version = s->info.model_version;
+    if (is_async(r) && (r->stop_requested || done_training(r)))
+        async_cancel_all(r, r->stop_requested ? r->stop_reason : "max_rounds reached");
     if (r->stop_requested)
         transition(r, ROUND_STOPPED, "%s", r->stop_reason);
     else if (done_training(r))
@@ -568,7 +843,18 @@ fc_status round_client_available(round_sched *r, uint64_t now_ms, uint64_t clien
     if (idle_contains(r, client_id))
         return fc_error_set(err, FC_ERR_EXISTS, "client %" PRIu64 " is already available",
                             client_id);
-    if (r->cur && r->state == ROUND_TRAINING) {
+    round_participant *rest = NULL;
+    if (is_async(r)) {
+        if (find_task(r, client_id))
+            return fc_error_set(err, FC_ERR_EXISTS,
+                                "client %" PRIu64 " has a task outstanding (report it gone first)",
+                                client_id);
+        rest = r->cur && r->state != ROUND_WAITING ? find_part(r->cur, client_id) : NULL;
+        if (rest && !rest->gone)
+            return fc_error_set(err, FC_ERR_EXISTS,
+                                "client %" PRIu64 " already answered in buffer %" PRIu64,
+                                client_id, r->cur->info.round_id);
+    } else if (r->cur && r->state == ROUND_TRAINING) {
         round_participant *p = find_part(r->cur, client_id);
         if (p && p->outcome == ROUND_PENDING)
             return fc_error_set(err, FC_ERR_EXISTS,
@@ -576,7 +862,7 @@ fc_status round_client_available(round_sched *r, uint64_t now_ms, uint64_t clien
                                 " (report it gone first)",
                                 client_id, r->cur->info.round_id);
     }
-    size_t need = r->n_idle + r->n_busy + 1;
+    size_t need = r->n_idle + r->n_busy + r->n_resting + 1;
     if (need > r->cap_idle) {
         size_t cap = r->cap_idle ? r->cap_idle * 2 : 16;
         if (cap < need)
@@ -591,8 +877,16 @@ fc_status round_client_available(round_sched *r, uint64_t now_ms, uint64_t clien
         r->idle = grown;
         r->cap_idle = cap;
     }
+    if (rest) { /* back after answering in this buffer: it rests until the buffer ends */
+        rest->gone = false;
+        r->n_resting++;
+        return FC_OK;
+    }
     idle_insert(r, client_id);
-    try_start(r);
+    if (is_async(r) && r->state != ROUND_WAITING)
+        async_dispatch(r);
+    else
+        try_start(r);
     return FC_OK;
 }
 
@@ -605,7 +899,22 @@ fc_status round_client_gone(round_sched *r, uint64_t now_ms, uint64_t client_id,
         idle_remove_at(r, i);
         return FC_OK;
     }
-    if (r->cur && r->state == ROUND_TRAINING) {
+    if (is_async(r)) {
+        round_task *t = find_task(r, client_id);
+        if (t) {
+            task_remove(r, t);
+            r->tasks_dropped++;
+            async_dispatch(r);
+            return FC_OK;
+        }
+        round_participant *p = r->cur && r->state != ROUND_WAITING ? find_part(r->cur, client_id)
+                                                                   : NULL;
+        if (p && !p->gone) {
+            p->gone = true;
+            r->n_resting--;
+            return FC_OK;
+        }
+    } else if (r->cur && r->state == ROUND_TRAINING) {
         round_participant *p = find_part(r->cur, client_id);
         if (p && p->outcome == ROUND_PENDING) {
             p->outcome = ROUND_DROPPED;
@@ -622,7 +931,9 @@ fc_status round_tick(round_sched *r, uint64_t now_ms, fc_error *err) {
     fc_status st = begin_event(r, now_ms, err);
     if (st != FC_OK)
         return st;
-    if (r->state == ROUND_TRAINING && r->now >= r->cur->deadline_ms)
+    if (is_async(r))
+        async_expire(r);
+    else if (r->state == ROUND_TRAINING && r->now >= r->cur->deadline_ms)
         close_round(r, true);
     return FC_OK;
 }
@@ -631,7 +942,7 @@ fc_status round_update_received(round_sched *r, uint64_t now_ms, uint64_t client
                                 uint64_t round_id, uint64_t num_examples, fc_error *err) {
     fc_status st = begin_event(r, now_ms, err);
     round_participant *p = NULL;
-    if (st == FC_OK)
+    if (st == FC_OK && !is_async(r))
         st = find_answerable(r, client_id, round_id, ROUND_KIND_TRAIN, &p, err);
     if (st != FC_OK)
         return st;
@@ -639,10 +950,17 @@ fc_status round_update_received(round_sched *r, uint64_t now_ms, uint64_t client
         char why[ROUND_REASON_MAX];
         snprintf(why, sizeof why, "num_examples %" PRIu64 " outside 1..%llu", num_examples,
                  ROUND_MAX_EXAMPLES);
-        answer(r, p, ROUND_REJECTED, 0, why);
+        if (is_async(r)) {
+            if ((st = async_answer(r, client_id, round_id, ROUND_REJECTED, 0, why, err)) != FC_OK)
+                return st;
+        } else {
+            answer(r, p, ROUND_REJECTED, 0, why);
+        }
         return fc_error_set(err, FC_ERR_RANGE, "client %" PRIu64 " round %" PRIu64 ": %s",
                             client_id, round_id, why);
     }
+    if (is_async(r))
+        return async_answer(r, client_id, round_id, ROUND_ACCEPTED, num_examples, NULL, err);
     answer(r, p, ROUND_ACCEPTED, num_examples, NULL);
     return FC_OK;
 }
@@ -651,6 +969,9 @@ fc_status round_update_rejected(round_sched *r, uint64_t now_ms, uint64_t client
                                 uint64_t round_id, const char *reason, fc_error *err) {
     fc_status st = begin_event(r, now_ms, err);
     round_participant *p = NULL;
+    if (st == FC_OK && is_async(r))
+        return async_answer(r, client_id, round_id, ROUND_REJECTED, 0,
+                            reason && *reason ? reason : "rejected", err);
     if (st == FC_OK && r->cur && round_id == r->cur->info.round_id)
         st = find_answerable(r, client_id, round_id, r->cur->info.kind, &p, err);
     else if (st == FC_OK)
@@ -697,6 +1018,8 @@ fc_status round_eval_received(round_sched *r, uint64_t now_ms, uint64_t client_i
                               const round_metric *metrics, size_t n_metrics, fc_error *err) {
     fc_status st = begin_event(r, now_ms, err);
     round_participant *p = NULL;
+    if (st == FC_OK && is_async(r))
+        return fc_error_set(err, FC_ERR_PROTOCOL, "async mode runs no evaluation rounds");
     if (st == FC_OK)
         st = find_answerable(r, client_id, round_id, ROUND_KIND_EVALUATE, &p, err);
     if (st != FC_OK)
@@ -832,6 +1155,8 @@ fc_status round_resume(round_sched *r, uint64_t now_ms, fc_error *err) {
     if (r->state == ROUND_PAUSED) {
         transition(r, ROUND_WAITING, "resumed by operator");
         try_start(r);
+    } else if (is_async(r)) {
+        async_dispatch(r);
     }
     return FC_OK;
 }

@@ -1,7 +1,10 @@
-/* round.h: the synchronous round scheduler, a pure state machine.
+/* round.h: the round scheduler, a pure state machine, synchronous or asynchronous (FedBuff).
  *
  * round.c owns the round state (WAITING -> TRAINING -> AGGREGATING -> COMMITTED | FAILED, plus
- * STOPPED and PAUSED), the view of idle clients and the per-round participant records. It never
+ * STOPPED and PAUSED), the view of idle clients and the per-round participant records. In
+ * asynchronous mode a "round" is one buffer of buffer_size updates: tasks are not tied to it;
+ * up to `concurrency` clients train at once, each from the version current when its task left,
+ * and each update counts toward the buffer that is open when it arrives. It never
  * does I/O, never reads a clock, never touches sockets, libuv, SQLite or the aggregate: the
  * daemon feeds it EVENTS (with the monotonic time in milliseconds) and carries out the ACTIONS
  * it queues. See docs/rounds.md for the state machine and every rule.
@@ -25,8 +28,11 @@
 #define ROUND_MAX_SELECT 100000u          /* clients_per_round + over_select */
 #define ROUND_MAX_EXAMPLES (1ull << 53)    /* exact in a double */
 
+typedef enum round_mode { ROUND_MODE_SYNC = 0, ROUND_MODE_ASYNC = 1 } round_mode;
+
 /* [round] keys. Defaults from round_config_defaults(); ranges checked by round_config_validate. */
 typedef struct round_config {
+    round_mode mode;
     uint32_t min_clients;       /* eligible idle clients needed to start a round; 1.. */
     uint32_t clients_per_round; /* updates wanted per round; 1.. */
     uint32_t over_select;       /* extra clients selected beyond clients_per_round (a count) */
@@ -37,6 +43,11 @@ typedef struct round_config {
     uint64_t eval_every;        /* evaluate model version v when v % eval_every == 0; 0 = never */
     uint64_t seed;              /* selection PRNG seed */
     double mu;                  /* FedProx mu forwarded in the task config; finite, >= 0 */
+    /* asynchronous mode only (min_clients, clients_per_round, over_select, min_updates and
+     * eval_every are then unused; round_timeout is the deadline of each task) */
+    uint32_t buffer_size;       /* K: accepted updates per committed version; 1.. */
+    uint32_t concurrency;       /* clients training at once; 1.. */
+    uint64_t max_staleness;     /* an update trained more versions back is refused */
 } round_config;
 
 void round_config_defaults(round_config *cfg);
@@ -66,10 +77,11 @@ typedef enum round_outcome {
 
 typedef enum round_action_type {
     ROUND_ACT_TRANSITION = 1, /* log it: round_id, kind, from, to, reason */
-    ROUND_ACT_SEND_TASK,      /* client_id, round_id, kind, model_version; mu from the config */
+    ROUND_ACT_SEND_TASK,      /* client_id, round_id, kind, model_version; mu from the config.
+                               * Async: round_id names the task (the buffer open when it left) */
     ROUND_ACT_CANCEL_TASK,    /* client_id, round_id, reason */
-    ROUND_ACT_ARM_TIMER,      /* call round_tick at or after deadline_ms */
-    ROUND_ACT_DISARM_TIMER,   /* the round closed before its deadline */
+    ROUND_ACT_ARM_TIMER,      /* call round_tick at or after deadline_ms (replaces any earlier) */
+    ROUND_ACT_DISARM_TIMER,   /* the round closed before its deadline (async: no task left) */
     ROUND_ACT_START_AGGREGATION, /* round_id: finish the rule once every accepted update is
                                   * folded, then call round_aggregation_done */
     ROUND_ACT_COMMIT,         /* round_id, kind: persist in one transaction the round record,
@@ -96,6 +108,10 @@ typedef struct round_participant {
     round_outcome outcome;
     uint64_t num_examples;
     char reason[ROUND_REASON_MAX]; /* rejected: why */
+    /* async: the version its task started from, and how many versions were committed since
+     * when the answer arrived */
+    uint64_t base_version, staleness;
+    bool gone; /* async: disconnected after answering in this buffer */
 } round_participant;
 
 typedef struct round_metric {
@@ -150,14 +166,17 @@ fc_status round_tick(round_sched *r, uint64_t now_ms, fc_error *err);
 /* A validated training update. FC_OK: counted, fold it. Otherwise refused, nothing changed
  * (FC_ERR_STATE late "round 12 already closed", FC_ERR_PROTOCOL unselected/duplicate/wrong
  * round or kind), except FC_ERR_RANGE for num_examples outside 1..2^53, which rejects the
- * client's answer. */
+ * client's answer. Async: round_id must name the client's outstanding task (FC_ERR_PROTOCOL
+ * otherwise) and the buffer must be open: while it is AGGREGATING this is FC_ERR_STATE and the
+ * caller holds the update until the next buffer opens (the state is TRAINING again). The answer
+ * records the staleness at this moment; max_staleness is the job of round_task_check. */
 fc_status round_update_received(round_sched *r, uint64_t now_ms, uint64_t client_id,
                                 uint64_t round_id, uint64_t num_examples, fc_error *err);
 /* The daemon rejected the client's update (validation); records the reason (truncated to
  * ROUND_REASON_MAX - 1 bytes) as its answer. Same refusals as round_update_received. */
 fc_status round_update_rejected(round_sched *r, uint64_t now_ms, uint64_t client_id,
                                 uint64_t round_id, const char *reason, fc_error *err);
-/* An evaluation report. Same refusals as round_update_received; bad metrics (non-finite,
+/* An evaluation report (synchronous mode). Same refusals as round_update_received; bad metrics (non-finite,
  * duplicate or over-long names, more than ROUND_MAX_METRICS distinct names in the round) reject
  * the client's answer with that reason and return FC_ERR_NON_FINITE/FC_ERR_LIMIT/FC_ERR_FORMAT. */
 fc_status round_eval_received(round_sched *r, uint64_t now_ms, uint64_t client_id,
@@ -176,8 +195,35 @@ fc_status round_stop(round_sched *r, uint64_t now_ms, const char *reason, fc_err
 fc_status round_pause(round_sched *r, uint64_t now_ms, fc_error *err);
 fc_status round_resume(round_sched *r, uint64_t now_ms, fc_error *err);
 
+/* ---- asynchronous mode ---- */
+
+typedef struct round_task {
+    uint64_t client_id;
+    uint64_t round_id;      /* the task's name on the wire: the buffer open when it left */
+    uint64_t model_version; /* the version it trains from */
+    uint64_t deadline_ms;
+} round_task;
+
+/* The outstanding task of client_id, and its staleness (versions committed since it left).
+ * FC_ERR_NOT_FOUND when the client has none; FC_ERR_REQUIREMENT "stale: ..." when the staleness
+ * exceeds max_staleness (the daemon then refuses the upload, which round_update_rejected records).
+ * FC_ERR_STATE in synchronous mode. */
+fc_status round_task_check(const round_sched *r, uint64_t client_id, round_task *out,
+                           uint64_t *staleness, fc_error *err);
+
+typedef struct round_async_stats {
+    uint32_t buffer_fill;   /* updates accepted into the open buffer */
+    uint32_t buffer_size;
+    size_t in_flight;       /* outstanding tasks */
+    uint32_t concurrency;
+    uint64_t tasks_sent, tasks_expired, tasks_dropped;
+} round_async_stats;
+/* FC_ERR_STATE in synchronous mode. */
+fc_status round_get_async_stats(const round_sched *r, round_async_stats *out);
+
 /* ---- queries ---- */
 round_state round_get_state(const round_sched *r);
+round_mode round_get_mode(const round_sched *r);
 uint64_t round_current_id(const round_sched *r);   /* the open or last round; 0 if none */
 uint64_t round_model_version(const round_sched *r);
 size_t round_idle_count(const round_sched *r);

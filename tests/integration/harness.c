@@ -2,6 +2,7 @@
  * process it did not start, and never writes outside the test's folder. */
 #include "tests/integration/harness.h"
 
+#include <arpa/inet.h>
 #include <errno.h>
 #include <fcntl.h>
 #include <inttypes.h>
@@ -10,7 +11,9 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <netinet/in.h>
 #include <sys/prctl.h>
+#include <sys/socket.h>
 #include <sys/stat.h>
 #include <sys/wait.h>
 #include <time.h>
@@ -629,4 +632,96 @@ void it_worker_join(it_worker *w) {
     if (w->started)
         pthread_join(w->thread, NULL);
     w->started = 0;
+}
+
+/* ---- the HTTP API ---- */
+
+void it_http_reply_free(it_http_reply *r) {
+    free(r->head);
+    free(r->body);
+    memset(r, 0, sizeof *r);
+}
+
+int it_http(int port, const char *method, const char *path, const char *token,
+            it_http_reply *out, char *why, size_t why_len) {
+    memset(out, 0, sizeof *out);
+    int fd = socket(AF_INET, SOCK_STREAM, 0);
+    struct sockaddr_in a = {.sin_family = AF_INET, .sin_port = htons((uint16_t)port)};
+    a.sin_addr.s_addr = htonl(INADDR_LOOPBACK);
+    if (fd < 0 || connect(fd, (struct sockaddr *)&a, sizeof a) != 0) {
+        snprintf(why, why_len, "connect to the HTTP port %d failed: %s", port, strerror(errno));
+        if (fd >= 0)
+            close(fd);
+        return -1;
+    }
+    char req[1024];
+    int n = snprintf(req, sizeof req,
+                     "%s %s HTTP/1.1\r\nHost: 127.0.0.1\r\nConnection: close\r\n%s%s%s"
+                     "Content-Length: 0\r\n\r\n",
+                     method, path, token ? "Authorization: Bearer " : "", token ? token : "",
+                     token ? "\r\n" : "");
+    if (n < 0 || (size_t)n >= sizeof req || write(fd, req, (size_t)n) != n) {
+        snprintf(why, why_len, "%s %s: request not sent", method, path);
+        close(fd);
+        return -1;
+    }
+    size_t cap = 1 << 16, len = 0;
+    char *buf = malloc(cap);
+    for (; buf;) {
+        if (len == cap) {
+            char *g = realloc(buf, cap * 2);
+            if (!g) {
+                free(buf);
+                buf = NULL;
+                break;
+            }
+            buf = g;
+            cap *= 2;
+        }
+        ssize_t got = read(fd, buf + len, cap - len);
+        if (got <= 0)
+            break;
+        len += (size_t)got;
+    }
+    close(fd);
+    const char *sep = NULL;
+    for (size_t i = 0; buf && i + 3 < len && !sep; i++)
+        if (memcmp(buf + i, "\r\n\r\n", 4) == 0)
+            sep = buf + i;
+    if (!sep) {
+        snprintf(why, why_len, "no complete HTTP answer to %s %s", method, path);
+        free(buf);
+        return -1;
+    }
+    size_t hl = (size_t)(sep - buf);
+    out->head = malloc(hl + 1);
+    out->body_len = len - hl - 4;
+    out->body = malloc(out->body_len + 1);
+    if (!out->head || !out->body) {
+        snprintf(why, why_len, "no memory for the answer to %s %s", method, path);
+        free(buf);
+        it_http_reply_free(out);
+        return -1;
+    }
+    memcpy(out->head, buf, hl);
+    out->head[hl] = '\0';
+    memcpy(out->body, sep + 4, out->body_len);
+    out->body[out->body_len] = '\0';
+    out->status = hl > 9 ? atoi(out->head + 9) : 0;
+    free(buf);
+    return 0;
+}
+
+int it_http_port(const it_env *e, int timeout_s) {
+    uint64_t end = it_now_ms() + (uint64_t)timeout_s * 1000;
+    do {
+        char *log = fc_test_slurp(e->log, NULL);
+        const char *p = log ? strstr(log, "http_port=") : NULL;
+        int port = p ? atoi(p + 10) : 0;
+        free(log);
+        if (port > 0)
+            return port;
+        it_sleep_ms(10);
+    } while (it_now_ms() < end);
+    return 0;
 }

@@ -167,6 +167,23 @@ struct it_worker {
 int it_worker_start(it_worker *w);
 void it_worker_join(it_worker *w);
 
+/* ---- the HTTP API ---- */
+
+typedef struct it_http_reply {
+    int status;
+    char *head; /* status line and headers (malloc) */
+    char *body; /* NUL-terminated copy (malloc) */
+    size_t body_len;
+} it_http_reply;
+/* One request to 127.0.0.1:port on a fresh connection (Connection: close, with a bearer token
+ * when token is not NULL), the whole answer read. 0, or -1 with the reason in why. */
+int it_http(int port, const char *method, const char *path, const char *token,
+            it_http_reply *out, char *why, size_t why_len);
+void it_http_reply_free(it_http_reply *r);
+/* The HTTP API starts after the client listener: polls the daemon's log for its
+ * "http_port=N" line, at most timeout_s. The port, or 0. */
+int it_http_port(const it_env *e, int timeout_s);
+
 /* Milliseconds on the monotonic clock; a sleep. */
 uint64_t it_now_ms(void);
 void it_sleep_ms(unsigned ms);

@@ -2,8 +2,6 @@
  * readiness, rounds, clients, models, the streamed safetensors export checked against the
  * committed SHA-256, Prometheus metrics validated by promtool (when installed), and the admin
  * token on control endpoints. */
-#include <arpa/inet.h>
-#include <netinet/in.h>
 #include <openssl/evp.h>
 #include <setjmp.h>
 #include <signal.h>
@@ -13,7 +11,6 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
-#include <sys/socket.h>
 #include <unistd.h>
 
 #include <cmocka.h>
@@ -23,84 +20,17 @@
 #include "tests/integration/harness.h"
 #include "tests/lib/testutil.h"
 
-typedef struct reply {
-    int status;
-    char *head; /* status line and headers */
-    char *body;
-    size_t body_len;
-} reply;
+typedef it_http_reply reply;
 
-static void reply_free(reply *r) {
-    free(r->head);
-    free(r->body);
-    memset(r, 0, sizeof *r);
-}
+static void reply_free(reply *r) { it_http_reply_free(r); }
 
-/* One request on a fresh connection (Connection: close), the whole answer read. */
 static void http(int port, const char *method, const char *path, const char *token, reply *out) {
-    memset(out, 0, sizeof *out);
-    int fd = socket(AF_INET, SOCK_STREAM, 0);
-    assert_true(fd >= 0);
-    struct sockaddr_in a = {.sin_family = AF_INET, .sin_port = htons((uint16_t)port)};
-    a.sin_addr.s_addr = htonl(INADDR_LOOPBACK);
-    if (connect(fd, (struct sockaddr *)&a, sizeof a) != 0)
-        fail_msg("connect to the HTTP port %d failed", port);
-    char req[1024];
-    int n = snprintf(req, sizeof req,
-                     "%s %s HTTP/1.1\r\nHost: 127.0.0.1\r\nConnection: close\r\n%s%s%s"
-                     "Content-Length: 0\r\n\r\n",
-                     method, path, token ? "Authorization: Bearer " : "", token ? token : "",
-                     token ? "\r\n" : "");
-    assert_int_equal(write(fd, req, (size_t)n), n);
-    size_t cap = 1 << 16, len = 0;
-    char *buf = malloc(cap);
-    assert_non_null(buf);
-    for (;;) {
-        if (len == cap) {
-            cap *= 2;
-            buf = realloc(buf, cap);
-            assert_non_null(buf);
-        }
-        ssize_t got = read(fd, buf + len, cap - len);
-        if (got <= 0)
-            break;
-        len += (size_t)got;
-    }
-    close(fd);
-    char *sep = NULL;
-    for (size_t i = 0; i + 3 < len; i++)
-        if (memcmp(buf + i, "\r\n\r\n", 4) == 0) {
-            sep = buf + i;
-            break;
-        }
-    if (!sep)
-        fail_msg("no complete HTTP answer to %s %s", method, path);
-    size_t hl = (size_t)(sep - buf);
-    out->head = malloc(hl + 1);
-    memcpy(out->head, buf, hl);
-    out->head[hl] = '\0';
-    out->body_len = len - hl - 4;
-    out->body = malloc(out->body_len + 1);
-    memcpy(out->body, sep + 4, out->body_len);
-    out->body[out->body_len] = '\0';
-    out->status = atoi(out->head + 9);
-    free(buf);
+    char why[256];
+    if (it_http(port, method, path, token, out, why, sizeof why) != 0)
+        fail_msg("%s", why);
 }
 
-/* The HTTP API starts after the client listener (whose line the harness waited for): poll the
- * log for its "http api ready ... http_port=N" line, at most 20 s (slow under sanitizers). */
-static int http_port(const it_env *e) {
-    for (int i = 0; i < 2000; i++) {
-        char *log = fc_test_slurp(e->log, NULL);
-        const char *p = log ? strstr(log, "http_port=") : NULL;
-        int port = p ? atoi(p + 10) : 0;
-        free(log);
-        if (port > 0)
-            return port;
-        it_sleep_ms(10);
-    }
-    return 0;
-}
+static int http_port(const it_env *e) { return it_http_port(e, 20); }
 
 /* Runs fedctl and checks its exit status and that stdout or stderr contains needle. */
 static void fedctl_expect(it_env *e, const char *out, const char *errf, int status,

@@ -368,13 +368,46 @@ static void test_rule_and_optimizer_params_are_checked_at_load(void **state) {
 /* Every registered rule and optimizer can be named, and loads with its own defaults unless it
  * has a required parameter (then the error says which). Keeps the schema in step with the
  * registry. */
+/* mode = async needs the rule fedbuff, fedbuff needs async, and async has no evaluation rounds;
+ * each refusal names the keys involved. */
+static void test_async_mode_and_its_rule_go_together(void **state) {
+    (void)state;
+    char path[512];
+    write_config(path, sizeof path, "async.ini", "[round]\nmode = async\nbuffer_size = 4\n"
+                                                 "concurrency = 7\nmax_staleness = 3\n"
+                                                 "[aggregator]\nrule = fedbuff\n");
+    dcfg *c = load_ok(path, NULL);
+    assert_int_equal(c->round.mode, DCFG_ROUND_ASYNC);
+    assert_int_equal(c->round.buffer_size, 4);
+    assert_int_equal(c->round.concurrency, 7);
+    assert_int_equal(c->round.max_staleness, 3);
+    dcfg_free(c);
+    c = NULL;
+    fc_error err = {0};
+    const char *fedavg[] = {"aggregator.rule=fedavg", NULL};
+    assert_int_equal(load(path, fedavg, &c, &err), FC_ERR_CONFIG);
+    assert_non_null(strstr(fc_error_text(&err), "[aggregator] rule"));
+    assert_non_null(strstr(fc_error_text(&err), "mode = async"));
+    const char *sync[] = {"round.mode=sync", NULL};
+    assert_int_equal(load(path, sync, &c, &err), FC_ERR_CONFIG);
+    assert_non_null(strstr(fc_error_text(&err), "fedbuff is the buffer"));
+    const char *eval[] = {"round.eval_every=2", NULL};
+    assert_int_equal(load(path, eval, &c, &err), FC_ERR_CONFIG);
+    assert_non_null(strstr(fc_error_text(&err), "eval_every"));
+    const char *bad[] = {"round.mode=fedbuff", NULL};
+    assert_int_equal(load(path, bad, &c, &err), FC_ERR_CONFIG);
+    assert_non_null(strstr(fc_error_text(&err), "mode"));
+}
+
 static void test_every_registered_rule_and_optimizer_is_accepted(void **state) {
     (void)state;
     char path[512], set[128];
     write_config(path, sizeof path, "reg.ini", "");
-    const char *sets[] = {set, NULL};
+    const char *sets[] = {set, NULL, NULL};
     for (const agg_rule *const *r = agg_rules(); *r; r++) {
         snprintf(set, sizeof set, "aggregator.rule=%s", (*r)->name);
+        /* the asynchronous buffer runs only in async mode */
+        sets[1] = strcmp((*r)->name, "fedbuff") == 0 ? "round.mode=async" : NULL;
         dcfg *c = NULL;
         fc_error err = {0};
         fc_status st = load(path, sets, &c, &err);
@@ -385,6 +418,7 @@ static void test_every_registered_rule_and_optimizer_is_accepted(void **state) {
             assert_non_null(strstr(fc_error_text(&err), "missing required parameter"));
         }
     }
+    sets[1] = NULL;
     size_t n = 0, found = 0;
     const fc_config_key *schema = dcfg_schema(&n);
     const fc_config_key *name_key = NULL;
@@ -643,6 +677,7 @@ int main(void) {
         cmocka_unit_test(test_errors_name_the_file_line_or_set),
         cmocka_unit_test(test_cross_key_constraints_name_both_keys),
         cmocka_unit_test(test_rule_and_optimizer_params_are_checked_at_load),
+        cmocka_unit_test(test_async_mode_and_its_rule_go_together),
         cmocka_unit_test(test_every_registered_rule_and_optimizer_is_accepted),
         cmocka_unit_test(test_check_config_prints_a_config_that_loads_back),
         cmocka_unit_test(test_main_exit_codes_and_messages),

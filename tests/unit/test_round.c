@@ -809,6 +809,297 @@ static void test_worst_case_event_fits_the_action_queue(void **state) {
     round_free(r);
 }
 
+/* ---------------------------------------------------------------- asynchronous mode */
+
+static round_config cfg_async(uint32_t buffer, uint32_t conc, uint64_t max_stale) {
+    round_config c;
+    round_config_defaults(&c);
+    c.mode = ROUND_MODE_ASYNC;
+    c.buffer_size = buffer;
+    c.concurrency = conc;
+    c.max_staleness = max_stale;
+    c.round_timeout_ms = 1000;
+    c.seed = 7;
+    return c;
+}
+
+/* The task round id sent to client id in the last drained batch (0 if none). */
+static uint64_t task_of(uint64_t id) {
+    for (size_t i = 0; i < cap.n; i++)
+        if (cap.a[i].type == ROUND_ACT_SEND_TASK && cap.a[i].client_id == id)
+            return cap.a[i].round_id;
+    return 0;
+}
+
+static void accept_ok(round_sched *r, uint64_t now, uint64_t id, uint64_t round) {
+    fc_error err = {0};
+    assert_int_equal(round_update_received(r, now, id, round, 10, &err), FC_OK);
+    drain(r);
+}
+
+/* Aggregation and commit of the buffer that just closed succeed. */
+static void commit_buffer(round_sched *r, uint64_t now) {
+    fc_error err = {0};
+    const round_action *a = find(ROUND_ACT_START_AGGREGATION, 0);
+    assert_non_null(a);
+    uint64_t id = a->round_id;
+    assert_int_equal(round_aggregation_done(r, now, id, FC_OK, NULL, &err), FC_OK);
+    drain(r);
+    assert_non_null(find(ROUND_ACT_COMMIT, 0));
+    assert_int_equal(round_commit_done(r, now, id, FC_OK, NULL, &err), FC_OK);
+    drain(r);
+}
+
+static void test_async_config_is_checked(void **state) {
+    (void)state;
+    fc_error err = {0};
+    round_sched *r = NULL;
+    round_config c = cfg_async(10, 10, 5);
+    c.eval_every = 3;
+    assert_int_equal(round_create(&c, &r, &err), FC_ERR_CONFIG);
+    assert_non_null(strstr(err.msg, "eval_every"));
+    c = cfg_async(0, 10, 5);
+    assert_int_equal(round_create(&c, &r, &err), FC_ERR_CONFIG);
+    assert_non_null(strstr(err.msg, "buffer_size"));
+    c = cfg_async(10, 0, 5);
+    assert_int_equal(round_create(&c, &r, &err), FC_ERR_CONFIG);
+    assert_non_null(strstr(err.msg, "concurrency"));
+    round_config d;
+    round_config_defaults(&d);
+    assert_int_equal(d.buffer_size, 10); /* FedBuff's K */
+}
+
+static void test_async_hands_out_tasks_up_to_concurrency(void **state) {
+    (void)state;
+    round_config c = cfg_async(2, 3, 5);
+    round_sched *r = make(&c);
+    avail(r, 0, 1);
+    assert_non_null(transition_to(ROUND_TRAINING)); /* the first buffer opens at once */
+    assert_int_equal(count(ROUND_ACT_SEND_TASK), 1);
+    assert_int_equal(find(ROUND_ACT_ARM_TIMER, 0)->deadline_ms, 1000);
+    avail(r, 5, 2);
+    avail(r, 6, 3);
+    assert_int_equal(count(ROUND_ACT_SEND_TASK), 1);
+    avail(r, 7, 4); /* concurrency 3: client 4 waits */
+    assert_int_equal(count(ROUND_ACT_SEND_TASK), 0);
+    round_async_stats st;
+    assert_int_equal(round_get_async_stats(r, &st), FC_OK);
+    assert_int_equal(st.in_flight, 3);
+    assert_int_equal(round_idle_count(r), 1);
+    round_free(r);
+}
+
+static void test_async_versions_advance_without_waiting_for_slow_clients(void **state) {
+    (void)state;
+    round_config c = cfg_async(2, 4, 1);
+    round_sched *r = make(&c);
+    uint64_t task[5] = {0};
+    for (uint64_t id = 1; id <= 4; id++) {
+        avail(r, 0, id);
+        task[id] = task_of(id);
+        assert_int_equal(task[id], 1);
+    }
+    /* fast clients 1 and 2 fill buffer 1; 3 and 4 are still training */
+    accept_ok(r, 10, 1, task[1]);
+    assert_int_equal(count(ROUND_ACT_SEND_TASK), 0); /* 1 rests until the buffer ends */
+    accept_ok(r, 11, 2, task[2]);
+    assert_non_null(transition_to(ROUND_AGGREGATING));
+    commit_buffer(r, 12);
+    assert_int_equal(round_model_version(r), 1);
+    assert_true(saw_transition(ROUND_WAITING, ROUND_TRAINING));
+    /* the next buffer (round 2) opens and the rested fast clients train version 1 */
+    assert_int_equal(count(ROUND_ACT_SEND_TASK), 2);
+    assert_int_equal(find(ROUND_ACT_SEND_TASK, 0)->model_version, 1);
+    task[1] = task_of(1);
+    task[2] = task_of(2);
+    assert_int_equal(task[1], 2);
+    accept_ok(r, 20, 1, task[1]);
+    accept_ok(r, 21, 2, task[2]);
+    commit_buffer(r, 22);
+    assert_int_equal(round_model_version(r), 2);
+    /* slow client 3 (version 0) is now 2 versions behind: refused at max_staleness 1 */
+    round_task t;
+    uint64_t tau = 0;
+    fc_error err = {0};
+    assert_int_equal(round_task_check(r, 3, &t, &tau, &err), FC_ERR_REQUIREMENT);
+    assert_int_equal(tau, 2);
+    assert_int_equal(t.model_version, 0);
+    assert_non_null(strstr(err.msg, "stale"));
+    assert_int_equal(round_update_rejected(r, 30, 3, task[3], err.msg, &err), FC_OK);
+    drain(r);
+    const round_participant *parts = NULL;
+    size_t n = 0;
+    assert_int_equal(round_get_participants(r, 3, &parts, &n), FC_OK);
+    assert_int_equal(n, 1);
+    assert_int_equal(parts[0].outcome, ROUND_REJECTED);
+    assert_int_equal(parts[0].staleness, 2);
+    assert_non_null(strstr(parts[0].reason, "stale"));
+    round_free(r);
+}
+
+static void test_async_accepted_update_records_its_staleness(void **state) {
+    (void)state;
+    round_config c = cfg_async(1, 2, 5);
+    round_sched *r = make(&c);
+    avail(r, 0, 1);
+    uint64_t slow = task_of(1);
+    avail(r, 0, 2);
+    accept_ok(r, 1, 2, task_of(2));
+    commit_buffer(r, 2); /* version 1; client 2 trains again */
+    accept_ok(r, 3, 2, task_of(2));
+    commit_buffer(r, 4); /* version 2 */
+    round_task t;
+    uint64_t tau = 0;
+    assert_int_equal(round_task_check(r, 1, &t, &tau, NULL), FC_OK);
+    assert_int_equal(tau, 2);
+    accept_ok(r, 5, 1, slow);
+    const round_participant *parts = NULL;
+    size_t n = 0;
+    assert_int_equal(round_get_participants(r, 3, &parts, &n), FC_OK);
+    assert_int_equal(n, 1);
+    assert_int_equal(parts[0].outcome, ROUND_ACCEPTED);
+    assert_int_equal(parts[0].base_version, 0);
+    assert_int_equal(parts[0].staleness, 2);
+    round_free(r);
+}
+
+static void test_async_refuses_updates_without_a_matching_task(void **state) {
+    (void)state;
+    round_config c = cfg_async(2, 1, 5);
+    round_sched *r = make(&c);
+    avail(r, 0, 1);
+    avail(r, 0, 2); /* concurrency 1: no task for 2 */
+    uint64_t t1 = task_of(1) ? task_of(1) : 1;
+    fc_error err = {0};
+    assert_int_equal(round_update_received(r, 1, 2, t1, 10, &err), FC_ERR_PROTOCOL);
+    assert_non_null(strstr(err.msg, "no task"));
+    assert_int_equal(round_update_received(r, 1, 1, t1 + 7, 10, &err), FC_ERR_PROTOCOL);
+    assert_non_null(strstr(err.msg, "not round"));
+    assert_int_equal(round_task_check(r, 2, NULL, NULL, &err), FC_ERR_NOT_FOUND);
+    round_free(r);
+}
+
+static void test_async_update_during_commit_waits_for_the_next_buffer(void **state) {
+    (void)state;
+    round_config c = cfg_async(1, 2, 5);
+    round_sched *r = make(&c);
+    avail(r, 0, 1);
+    avail(r, 0, 2);
+    uint64_t t1 = task_of(1) ? task_of(1) : 1, t2 = 1;
+    accept_ok(r, 1, 1, t1);
+    assert_int_equal(round_get_state(r), ROUND_AGGREGATING);
+    fc_error err = {0};
+    assert_int_equal(round_update_received(r, 2, 2, t2, 10, &err), FC_ERR_STATE);
+    commit_buffer(r, 3);
+    accept_ok(r, 4, 2, t2); /* now it lands in buffer 2 */
+    const round_participant *parts = NULL;
+    size_t n = 0;
+    assert_int_equal(round_get_participants(r, 2, &parts, &n), FC_OK);
+    assert_int_equal(n, 1);
+    assert_int_equal(parts[0].client_id, 2);
+    assert_int_equal(parts[0].staleness, 1);
+    round_free(r);
+}
+
+static void test_async_task_deadline_cancels_and_reassigns(void **state) {
+    (void)state;
+    round_config c = cfg_async(5, 1, 5);
+    round_sched *r = make(&c);
+    avail(r, 0, 1);
+    avail(r, 100, 2);
+    fc_error err = {0};
+    assert_int_equal(round_tick(r, 999, &err), FC_OK);
+    drain(r);
+    assert_int_equal(count(ROUND_ACT_CANCEL_TASK), 0);
+    assert_int_equal(round_tick(r, 1000, &err), FC_OK);
+    drain(r);
+    assert_int_equal(count(ROUND_ACT_CANCEL_TASK), 1);
+    assert_int_equal(find(ROUND_ACT_CANCEL_TASK, 0)->client_id, 1);
+    assert_non_null(strstr(find(ROUND_ACT_CANCEL_TASK, 0)->reason, "deadline"));
+    assert_int_equal(count(ROUND_ACT_SEND_TASK), 1); /* the freed slot goes out again */
+    assert_int_equal(find(ROUND_ACT_ARM_TIMER, 0)->deadline_ms, 2000);
+    round_async_stats st;
+    round_get_async_stats(r, &st);
+    assert_int_equal(st.tasks_expired, 1);
+    assert_int_equal(st.tasks_sent, 2);
+    round_free(r);
+}
+
+static void test_async_gone_client_frees_its_slot(void **state) {
+    (void)state;
+    round_config c = cfg_async(5, 1, 5);
+    round_sched *r = make(&c);
+    avail(r, 0, 1);
+    avail(r, 0, 2);
+    round_async_stats st;
+    round_get_async_stats(r, &st);
+    assert_int_equal(st.in_flight, 1);
+    fc_error err = {0};
+    round_task t;
+    uint64_t holder = round_task_check(r, 1, &t, NULL, NULL) == FC_OK ? 1 : 2;
+    assert_int_equal(round_client_gone(r, 1, holder, &err), FC_OK);
+    drain(r);
+    assert_int_equal(count(ROUND_ACT_SEND_TASK), 1);
+    assert_int_equal(find(ROUND_ACT_SEND_TASK, 0)->client_id, holder == 1 ? 2 : 1);
+    round_get_async_stats(r, &st);
+    assert_int_equal(st.tasks_dropped, 1);
+    round_free(r);
+}
+
+static void test_async_stop_cancels_tasks_and_fails_the_open_buffer(void **state) {
+    (void)state;
+    round_config c = cfg_async(5, 3, 5);
+    round_sched *r = make(&c);
+    for (uint64_t id = 1; id <= 3; id++)
+        avail(r, 0, id);
+    accept_ok(r, 1, 1, 1);
+    fc_error err = {0};
+    assert_int_equal(round_stop(r, 2, NULL, &err), FC_OK);
+    drain(r);
+    assert_int_equal(count(ROUND_ACT_CANCEL_TASK), 2);
+    assert_int_equal(count(ROUND_ACT_RECORD_FAILED), 1);
+    assert_int_equal(round_get_state(r), ROUND_STOPPED);
+    round_free(r);
+}
+
+static void test_async_max_rounds_counts_committed_buffers(void **state) {
+    (void)state;
+    round_config c = cfg_async(1, 2, 5);
+    c.max_rounds = 2;
+    round_sched *r = make(&c);
+    avail(r, 0, 1);
+    avail(r, 0, 2);
+    accept_ok(r, 1, 1, 1);
+    commit_buffer(r, 2);
+    assert_int_equal(round_get_state(r), ROUND_TRAINING);
+    accept_ok(r, 3, 2, 1);
+    commit_buffer(r, 4);
+    assert_int_equal(round_get_state(r), ROUND_STOPPED);
+    assert_int_equal(round_model_version(r), 2);
+    assert_int_equal(count(ROUND_ACT_CANCEL_TASK), 1); /* client 1's third task */
+    round_free(r);
+}
+
+static void test_async_pause_stops_new_tasks_until_resume(void **state) {
+    (void)state;
+    round_config c = cfg_async(1, 2, 5);
+    round_sched *r = make(&c);
+    avail(r, 0, 1);
+    fc_error err = {0};
+    assert_int_equal(round_pause(r, 1, &err), FC_OK);
+    drain(r);
+    avail(r, 2, 2);
+    assert_int_equal(count(ROUND_ACT_SEND_TASK), 0);
+    accept_ok(r, 3, 1, 1);
+    commit_buffer(r, 4);
+    assert_int_equal(round_get_state(r), ROUND_PAUSED);
+    assert_int_equal(round_resume(r, 5, &err), FC_OK);
+    drain(r);
+    assert_int_equal(round_get_state(r), ROUND_TRAINING);
+    assert_int_equal(count(ROUND_ACT_SEND_TASK), 2);
+    round_free(r);
+}
+
 int main(void) {
     const struct CMUnitTest tests[] = {
         cmocka_unit_test(test_config_validation_names_the_key),
@@ -836,6 +1127,17 @@ int main(void) {
         cmocka_unit_test(test_worst_case_event_fits_the_action_queue),
         cmocka_unit_test(test_stop_during_commit_lets_commit_finish),
         cmocka_unit_test(test_non_finite_metric_rejects_the_report),
+        cmocka_unit_test(test_async_config_is_checked),
+        cmocka_unit_test(test_async_hands_out_tasks_up_to_concurrency),
+        cmocka_unit_test(test_async_versions_advance_without_waiting_for_slow_clients),
+        cmocka_unit_test(test_async_accepted_update_records_its_staleness),
+        cmocka_unit_test(test_async_refuses_updates_without_a_matching_task),
+        cmocka_unit_test(test_async_update_during_commit_waits_for_the_next_buffer),
+        cmocka_unit_test(test_async_task_deadline_cancels_and_reassigns),
+        cmocka_unit_test(test_async_gone_client_frees_its_slot),
+        cmocka_unit_test(test_async_stop_cancels_tasks_and_fails_the_open_buffer),
+        cmocka_unit_test(test_async_max_rounds_counts_committed_buffers),
+        cmocka_unit_test(test_async_pause_stops_new_tasks_until_resume),
     };
     return cmocka_run_group_tests(tests, NULL, NULL);
 }
