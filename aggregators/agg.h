@@ -124,8 +124,7 @@ typedef struct agg_dropped {
 } agg_dropped;
 
 /* What a rule decided. Filled by the driver and the rule; freed by agg_report_free. All arrays
- * are owned. Indices are positions in ascending client_id order among the accepted updates
- * (arrival order after agg_round_arrival_order). */
+ * are owned. Indices are positions in ascending client_id order among the accepted updates. */
 typedef struct agg_report {
     char rule[32];
     size_t n_in;          /* clients accounted for: n_used + n_dropped (dropped include
@@ -241,12 +240,6 @@ fc_status agg_round_begin(const agg_rule *rule, const agg_params *p, const agg_c
  * drop of an id not in the list is FC_ERR_NOT_FOUND (nothing recorded). Expected ids that never
  * arrive are reported as dropped with reason "missing" at finish. */
 fc_status agg_round_expect(agg_round *r, const uint64_t *client_ids, size_t n, fc_error *err);
-/* Folds every update into the rule as it is offered, in arrival order, instead of in ascending
- * client_id order: nothing is held, and the result depends on the order of the calls (report
- * indices are arrival positions). For the asynchronous buffer, whose membership depends on
- * timing anyway. Optional; at most once, before the first add or drop, never with
- * agg_round_expect (FC_ERR_STATE). */
-fc_status agg_round_arrival_order(agg_round *r, fc_error *err);
 /* Offers one update, in any arrival order. Validates it: an unknown dtype or NULL data is
  * dropped as "bad_dtype", a NaN/Inf value anywhere as "non_finite", a negative or non-finite
  * weight as "bad_weight"; a dropped update is recorded in the report and FC_OK is returned (the

@@ -36,7 +36,6 @@ struct agg_round {
     agg_state *st;
     fc_buf loaded; /* the blob given at begin, returned unchanged on an empty round */
     int expecting;
-    int arrival; /* agg_round_arrival_order: fold each update as it comes */
     slot *slots; /* expect: one per expected id, sorted; else: held updates */
     size_t n_slots, cap_slots;
     size_t cursor;  /* expect: first slot not yet DONE */
@@ -155,7 +154,7 @@ fail:
 }
 
 fc_status agg_round_expect(agg_round *r, const uint64_t *client_ids, size_t n, fc_error *err) {
-    if (r->finished || r->expecting || r->arrival || r->n_seen > 0 || r->n_slots > 0 || r->rep.n_dropped > 0)
+    if (r->finished || r->expecting || r->n_seen > 0 || r->n_slots > 0 || r->rep.n_dropped > 0)
         return fc_error_set(err, FC_ERR_STATE,
                             "agg_round_expect must come once, before any update or drop");
     if (n > 0 && !client_ids)
@@ -187,7 +186,7 @@ static fc_status feed(agg_round *r, const agg_update *u) {
     fc_status st;
     if (r->failed)
         return r->failed;
-    if (!r->arrival && r->fed_any && u->client_id <= r->last_fed) /* this file's invariant */
+    if (r->fed_any && u->client_id <= r->last_fed) /* the ordering invariant of this file */
         return fail_round(r, FC_ERR_STATE, NULL);
     if (r->n_used == r->cap_used) {
         size_t cap = r->cap_used ? r->cap_used * 2 : 16;
@@ -209,16 +208,6 @@ static fc_status feed(agg_round *r, const agg_update *u) {
     r->total_weight += u->weight;
     r->fed_any = 1;
     r->last_fed = u->client_id;
-    return FC_OK;
-}
-
-fc_status agg_round_arrival_order(agg_round *r, fc_error *err) {
-    if (r->finished || r->expecting || r->arrival || r->n_seen > 0 || r->n_slots > 0 ||
-        r->rep.n_dropped > 0)
-        return fc_error_set(err, FC_ERR_STATE,
-                            "agg_round_arrival_order must come once, before any update or drop, "
-                            "and not with agg_round_expect");
-    r->arrival = 1;
     return FC_OK;
 }
 
@@ -347,7 +336,7 @@ fc_status agg_round_add(agg_round *r, const agg_update *u, fc_error *err) {
     if (reason)
         return record_drop(r, k, u->client_id, u->client_name, reason, err);
 
-    int now = r->arrival || (r->expecting && (size_t)k == r->cursor);
+    int now = r->expecting && (size_t)k == r->cursor;
     slot s;
     if ((st = make_slot(&s, u, r->ctx.dim, !now)) != FC_OK) {
         unregister_id(r, u->client_id);
@@ -357,11 +346,9 @@ fc_status agg_round_add(agg_round *r, const agg_update *u, fc_error *err) {
     if (now) {
         st = feed(r, &s.u);
         slot_release(&s);
-        if (r->expecting) {
-            r->slots[k].state = SLOT_DONE;
-            if (st == FC_OK)
-                st = advance(r);
-        }
+        r->slots[k].state = SLOT_DONE;
+        if (st == FC_OK)
+            st = advance(r);
         if (st != FC_OK && err)
             *err = r->fail_err;
         return st;

@@ -12,8 +12,9 @@
  * updates, and a round that fails is discarded with its driver.
  *
  * Async mode (docs/rounds.md): a round is one FedBuff buffer. Tasks belong to clients, not to
- * rounds (round_task_check answers the session's "what may this client upload"); updates fold
- * in arrival order with their staleness, and answers that arrive while the previous buffer is
+ * rounds (round_task_check answers the session's "what may this client upload"); the driver
+ * holds a buffer's updates with their staleness and folds them in client-id order at its close
+ * (its members are not known in advance), and answers that arrive while the previous buffer is
  * being committed (or while paused) are held in order and replayed into the next buffer.
  */
 #include <inttypes.h>
@@ -745,9 +746,7 @@ static dround *new_round(fcd *d, const round_action *a) {
         };
         fc_error err = {0};
         if (agg_round_begin(d->cfg->aggregator.rule, &d->cfg->aggregator.params, &ctx,
-                            d->rule_blob, d->rule_blob_len, &rd->agg, &err) != FC_OK ||
-            (d->cfg->round.mode == DCFG_ROUND_ASYNC &&
-             agg_round_arrival_order(rd->agg, &err) != FC_OK)) {
+                            d->rule_blob, d->rule_blob_len, &rd->agg, &err) != FC_OK) {
             FC_LOG(FC_LOG_ERROR, "aggregation could not start", FC_LU("round", rd->id),
                    FC_LS("error", err.msg));
             fc_free(rd);
