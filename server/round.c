@@ -525,6 +525,20 @@ static void async_close(round_sched *r) {
     push(r, ROUND_ACT_START_AGGREGATION);
 }
 
+/* Writes a client's answer into its record and the round's counts. */
+static void record_answer(round_slot *s, round_participant *p, round_outcome o, uint64_t n,
+                          const char *reason) {
+    p->outcome = o;
+    p->num_examples = o == ROUND_ACCEPTED ? n : 0;
+    if (o == ROUND_ACCEPTED) {
+        s->info.accepted++;
+        s->info.total_examples += n;
+    } else {
+        s->info.rejected++;
+        copy_reason(p->reason, reason);
+    }
+}
+
 /* The answer of client's task `round_id` goes into the open buffer. */
 static fc_status async_answer(round_sched *r, uint64_t client, uint64_t round_id,
                               round_outcome o, uint64_t n, const char *reason, fc_error *err) {
@@ -554,17 +568,9 @@ static fc_status async_answer(round_sched *r, uint64_t client, uint64_t round_id
     round_participant *p = &s->parts[s->n_parts++];
     memset(p, 0, sizeof *p);
     p->client_id = client;
-    p->outcome = o;
-    p->num_examples = o == ROUND_ACCEPTED ? n : 0;
     p->base_version = t->model_version;
     p->staleness = r->model_version - t->model_version;
-    if (o == ROUND_ACCEPTED) {
-        s->info.accepted++;
-        s->info.total_examples += n;
-    } else {
-        s->info.rejected++;
-        copy_reason(p->reason, reason);
-    }
+    record_answer(s, p, o, n, reason);
     task_remove(r, t);
     r->n_resting++;
     if (o == ROUND_ACCEPTED && s->info.accepted >= r->cfg.buffer_size)
@@ -771,16 +777,7 @@ static void check_close(round_sched *r) {
 
 static void answer(round_sched *r, round_participant *p, round_outcome o, uint64_t n,
                    const char *reason) {
-    round_slot *s = r->cur;
-    p->outcome = o;
-    p->num_examples = n;
-    if (o == ROUND_ACCEPTED) {
-        s->info.accepted++;
-        s->info.total_examples += n;
-    } else {
-        s->info.rejected++;
-        copy_reason(p->reason, reason);
-    }
+    record_answer(r->cur, p, o, n, reason);
     r->n_busy--;
     idle_insert(r, p->client_id);
     check_close(r);

@@ -96,6 +96,15 @@ void it_daemon_kill(it_env *e) {
     e->pid = 0;
 }
 
+int it_daemon_kill_restart(it_env *e, int timeout_s) {
+    int port = e->port;
+    it_daemon_kill(e);
+    char set_port[64];
+    snprintf(set_port, sizeof set_port, "server.port=%d", port);
+    const char *sets[] = {set_port, NULL};
+    return it_daemon_restart(e, sets, timeout_s);
+}
+
 void it_env_cleanup(it_env *e) { it_daemon_kill(e); }
 
 int it_daemon_signal_wait(it_env *e, int sig, int timeout_s) {

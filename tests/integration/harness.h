@@ -61,6 +61,9 @@ int it_daemon_restart(it_env *e, const char *const *sets, int timeout_s);
 int it_daemon_signal_wait(it_env *e, int sig, int timeout_s);
 /* SIGKILL and reap. */
 void it_daemon_kill(it_env *e);
+/* SIGKILL, reap, and it_daemon_restart on the same client port (so that SDK clients with retry
+ * find it again). 0 or -1 (why has the reason). */
+int it_daemon_kill_restart(it_env *e, int timeout_s);
 /* VmHWM (peak resident set) of the running daemon in bytes, 0 if unreadable. */
 uint64_t it_daemon_peak_rss(const it_env *e);
 /* 1 if the daemon's log contains needle. */

@@ -119,12 +119,7 @@ static void test_sigkill_mid_round_then_restart_continues(void **state) {
     fc_error err = {0};
     assert_int_equal(it_model_read_f32(s, 3, &v3, &n, &err), FC_OK);
     store_close(s);
-    int port = e.port;
-    it_daemon_kill(&e);
-    char set_port[64];
-    snprintf(set_port, sizeof set_port, "server.port=%d", port);
-    const char *sets[] = {set_port, NULL};
-    if (it_daemon_restart(&e, sets, 20) != 0)
+    if (it_daemon_kill_restart(&e, 20) != 0)
         fail_msg("restart: %s", e.why);
     it_worker_join(&wa);
     it_worker_join(&wb);

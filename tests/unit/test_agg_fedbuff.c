@@ -51,17 +51,26 @@ static void three_updates(agg_update u[3]) {
                             .weight = n[i], .staleness = tau[i]};
 }
 
-static void test_buffer_mean_divides_the_weighted_sum_by_k(void **state) {
-    (void)state;
+/* One fedbuff round over the three updates with params kv; the report is freed unless rep. */
+static fc_status run3(const char *const *kv, double D[2], agg_report *rep, fc_error *err) {
     agg_update u[3];
     three_updates(u);
     agg_context ctx = {.dim = 2};
+    agg_report local;
+    agg_report_init(&local);
+    fc_status st = agg_test_round("fedbuff", kv, &ctx, u, 3, NULL, 0, D, rep ? rep : &local,
+                                  NULL, err);
+    agg_report_free(&local);
+    return st;
+}
+
+static void test_buffer_mean_divides_the_weighted_sum_by_k(void **state) {
+    (void)state;
     double D[2];
     agg_report rep;
     agg_report_init(&rep);
     fc_error err = {0};
-    assert_int_equal(agg_test_round("fedbuff", NULL, &ctx, u, 3, NULL, 0, D, &rep, NULL, &err),
-                     FC_OK);
+    assert_int_equal(run3(NULL, D, &rep, &err), FC_OK);
     /* (1*6 + 0.5*4 + (1/3)*9) / 3 = 11/3; (1*-3 + 0.5*2 + (1/3)*12) / 3 = 2/3 */
     assert_true(agg_test_close(D[0], 11.0 / 3, 1e-12));
     assert_true(agg_test_close(D[1], 2.0 / 3, 1e-12));
@@ -72,53 +81,32 @@ static void test_buffer_mean_divides_the_weighted_sum_by_k(void **state) {
 
 static void test_examples_weighting_normalises_by_total_examples(void **state) {
     (void)state;
-    agg_update u[3];
-    three_updates(u);
-    agg_context ctx = {.dim = 2};
     double D[2];
-    agg_report rep;
-    agg_report_init(&rep);
     fc_error err = {0};
     const char *kv[] = {"weighting=examples", "staleness_fn=constant", NULL};
-    assert_int_equal(agg_test_round("fedbuff", kv, &ctx, u, 3, NULL, 0, D, &rep, NULL, &err),
-                     FC_OK);
+    assert_int_equal(run3(kv, D, NULL, &err), FC_OK);
     /* (1*6 + 2*4 + 3*9) / 6 = 41/6; (-3 + 4 + 36) / 6 = 37/6 */
     assert_true(agg_test_close(D[0], 41.0 / 6, 1e-12));
     assert_true(agg_test_close(D[1], 37.0 / 6, 1e-12));
-    agg_report_free(&rep);
 }
 
 static void test_hinge_parameters_reach_the_rule(void **state) {
     (void)state;
-    agg_update u[3];
-    three_updates(u);
-    agg_context ctx = {.dim = 2};
     double D[2];
-    agg_report rep;
-    agg_report_init(&rep);
     fc_error err = {0};
     /* a = 1, b = 2: s = 1, 1/(1*(3-2)+1) = 1/2, 1/(8-2+1) = 1/7 */
     const char *kv[] = {"staleness_fn=hinge", "a=1", "b=2", NULL};
-    assert_int_equal(agg_test_round("fedbuff", kv, &ctx, u, 3, NULL, 0, D, &rep, NULL, &err),
-                     FC_OK);
+    assert_int_equal(run3(kv, D, NULL, &err), FC_OK);
     assert_true(agg_test_close(D[0], (6 + 2 + 9.0 / 7) / 3, 1e-12));
-    agg_report_free(&rep);
 }
 
 static void test_unknown_staleness_function_is_refused_by_name(void **state) {
     (void)state;
-    agg_update u[3];
-    three_updates(u);
-    agg_context ctx = {.dim = 2};
     double D[2];
-    agg_report rep;
-    agg_report_init(&rep);
     fc_error err = {0};
     const char *kv[] = {"staleness_fn=exp", NULL};
-    assert_int_equal(agg_test_round("fedbuff", kv, &ctx, u, 3, NULL, 0, D, &rep, NULL, &err),
-                     FC_ERR_CONFIG);
+    assert_int_equal(run3(kv, D, NULL, &err), FC_ERR_CONFIG);
     assert_non_null(strstr(err.msg, "staleness_fn"));
-    agg_report_free(&rep);
 }
 
 int main(void) {
