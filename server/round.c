@@ -553,7 +553,7 @@ static fc_status async_answer(round_sched *r, uint64_t client, uint64_t round_id
     round_slot *s = r->cur;
     if (r->state != ROUND_TRAINING)
         return fc_error_set(err, FC_ERR_STATE,
-                            "the buffer of round %" PRIu64 " is being committed (state %s)",
+                            "no buffer is open (round %" PRIu64 " %s): hold the answer until one is",
                             s ? s->info.round_id : 0, round_state_name(r->state));
     if (s->n_parts == s->cap_parts) {
         size_t cap = s->cap_parts ? 2 * s->cap_parts : 16;

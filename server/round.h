@@ -167,8 +167,8 @@ fc_status round_tick(round_sched *r, uint64_t now_ms, fc_error *err);
  * (FC_ERR_STATE late "round 12 already closed", FC_ERR_PROTOCOL unselected/duplicate/wrong
  * round or kind), except FC_ERR_RANGE for num_examples outside 1..2^53, which rejects the
  * client's answer. Async: round_id must name the client's outstanding task (FC_ERR_PROTOCOL
- * otherwise) and the buffer must be open: while it is AGGREGATING this is FC_ERR_STATE and the
- * caller holds the update until the next buffer opens (the state is TRAINING again). The answer
+ * otherwise) and the buffer must be open: while it is AGGREGATING or PAUSED this is FC_ERR_STATE
+ * and the caller holds the update until the next buffer opens (TRAINING again). The answer
  * records the staleness at this moment; max_staleness is the job of round_task_check. */
 fc_status round_update_received(round_sched *r, uint64_t now_ms, uint64_t client_id,
                                 uint64_t round_id, uint64_t num_examples, fc_error *err);

@@ -1100,6 +1100,171 @@ static void test_async_pause_stops_new_tasks_until_resume(void **state) {
     round_free(r);
 }
 
+/* Random event sequences against a model of every client (offline, idle, training, resting):
+ * a task goes only to a connected idle client, never more than concurrency train at once, the
+ * scheduler is work-conserving (a free slot and an idle client never coexist while a buffer is
+ * open), a buffer closes at exactly buffer_size accepted updates and each commit adds one
+ * version. */
+enum { C_OFF = 0, C_IDLE, C_TRAIN, C_REST };
+#define SIM_N 12
+
+typedef struct sim_client {
+    int st;
+    int answered; /* in the open buffer: it rests, also across a reconnection */
+    int held;     /* answered while no buffer was open (paused): 1 accept, 2 reject */
+    uint64_t task_round, task_version;
+} sim_client;
+
+static void sim_apply(round_sched *r, sim_client *c, uint64_t *version, uint32_t k,
+                      uint32_t conc, uint64_t now, int paused) {
+    fc_error err = {0};
+    for (int again = 1; again;) {
+        again = 0;
+        drain(r);
+        for (size_t i = 0; i < cap.n; i++) {
+            const round_action *a = &cap.a[i];
+            sim_client *x = a->client_id >= 1 && a->client_id <= SIM_N ? &c[a->client_id] : NULL;
+            switch (a->type) {
+            case ROUND_ACT_SEND_TASK:
+                assert_non_null(x);
+                assert_int_equal(x->st, C_IDLE);
+                assert_int_equal(a->model_version, *version);
+                x->st = C_TRAIN;
+                x->task_round = a->round_id;
+                x->task_version = a->model_version;
+                break;
+            case ROUND_ACT_CANCEL_TASK:
+                assert_non_null(x);
+                assert_int_equal(x->st, C_TRAIN);
+                x->st = C_IDLE;
+                break;
+            case ROUND_ACT_TRANSITION:
+                if (a->to == ROUND_TRAINING)
+                    for (int j = 1; j <= SIM_N; j++) {
+                        c[j].answered = 0;
+                        if (c[j].st == C_REST)
+                            c[j].st = C_IDLE;
+                    }
+                break;
+            case ROUND_ACT_START_AGGREGATION: {
+                round_info info;
+                assert_int_equal(round_get_info(r, a->round_id, &info), FC_OK);
+                assert_int_equal(info.accepted, k);
+                assert_int_equal(round_aggregation_done(r, now, a->round_id, FC_OK, NULL, &err),
+                                 FC_OK);
+                again = 1;
+                break;
+            }
+            case ROUND_ACT_COMMIT:
+                assert_int_equal(a->model_version, *version + 1);
+                assert_int_equal(round_commit_done(r, now, a->round_id, FC_OK, NULL, &err), FC_OK);
+                (*version)++;
+                again = 1;
+                break;
+            default: break;
+            }
+            if (again) {
+                for (size_t j = i + 1; j < cap.n; j++) /* none follow a hand-off action */
+                    assert_true(cap.a[j].type == ROUND_ACT_TRANSITION);
+                break;
+            }
+        }
+    }
+    size_t training = 0, idle = 0;
+    for (int j = 1; j <= SIM_N; j++) {
+        training += c[j].st == C_TRAIN;
+        idle += c[j].st == C_IDLE;
+    }
+    assert_true(training <= conc);
+    if (round_get_state(r) == ROUND_TRAINING && !paused)
+        assert_true(training == conc || idle == 0);
+    round_async_stats st;
+    assert_int_equal(round_get_async_stats(r, &st), FC_OK);
+    assert_int_equal(st.in_flight, training);
+    assert_true(st.buffer_fill < k || round_get_state(r) != ROUND_TRAINING);
+}
+
+static void test_async_random_events_keep_the_invariants(void **state) {
+    (void)state;
+    for (uint64_t seed = 1; seed <= 30; seed++) {
+        uint64_t sm = seed;
+        uint32_t k = 1 + (uint32_t)(round_splitmix64(&sm) % 4);
+        uint32_t conc = 1 + (uint32_t)(round_splitmix64(&sm) % 6);
+        round_config c = cfg_async(k, conc, round_splitmix64(&sm) % 4);
+        c.seed = seed;
+        round_sched *r = make(&c);
+        sim_client cl[SIM_N + 1];
+        memset(cl, 0, sizeof cl);
+        uint64_t version = 0, now = 0;
+        int paused = 0;
+        fc_error err = {0};
+        for (int step = 0; step < 3000; step++) {
+            /* sim_apply finishes every aggregation and commit it sees */
+            assert_int_not_equal(round_get_state(r), ROUND_AGGREGATING);
+            uint64_t id = 1 + round_splitmix64(&sm) % SIM_N;
+            sim_client *x = &cl[id];
+            switch (round_splitmix64(&sm) % 7) {
+            case 0:
+                if (x->st == C_OFF) {
+                    assert_int_equal(round_client_available(r, now, id, &err), FC_OK);
+                    x->st = x->answered ? C_REST : C_IDLE;
+                } else {
+                    assert_int_equal(round_client_gone(r, now, id, &err), FC_OK);
+                    x->st = C_OFF;
+                }
+                break;
+            case 1:
+            case 2:
+            case 3: {
+                if (x->st != C_TRAIN)
+                    break;
+                if (x->held)
+                    break;
+                int reject = round_splitmix64(&sm) % 4 == 0;
+                fc_status st = reject ? round_update_rejected(r, now, id, x->task_round, "bad", &err)
+                                      : round_update_received(r, now, id, x->task_round, 5, &err);
+                if (round_get_state(r) == ROUND_PAUSED) {
+                    /* no buffer open: refused, nothing changed; the daemon holds it */
+                    assert_int_equal(st, FC_ERR_STATE);
+                    x->held = reject ? 2 : 1;
+                    break;
+                }
+                assert_int_equal(st, FC_OK);
+                x->st = C_REST;
+                x->answered = 1;
+                break;
+            }
+            case 4: now += round_splitmix64(&sm) % 700; break;
+            case 5: assert_int_equal(round_tick(r, now, &err), FC_OK); break;
+            case 6:
+                if (round_splitmix64(&sm) % 8) /* pauses are rarer than the rest */
+                    break;
+                paused = !paused;
+                assert_int_equal(paused ? round_pause(r, now, &err) : round_resume(r, now, &err),
+                                 FC_OK);
+                break;
+            }
+            sim_apply(r, cl, &version, k, conc, now, paused);
+            for (uint64_t j = 1; j <= SIM_N && round_get_state(r) == ROUND_TRAINING; j++) {
+                if (!cl[j].held || cl[j].st != C_TRAIN) { /* replay, as the daemon does */
+                    cl[j].held = 0;
+                    continue;
+                }
+                fc_status st = cl[j].held == 2
+                                   ? round_update_rejected(r, now, j, cl[j].task_round, "bad", &err)
+                                   : round_update_received(r, now, j, cl[j].task_round, 5, &err);
+                assert_int_equal(st, FC_OK);
+                cl[j].held = 0;
+                cl[j].st = C_REST;
+                cl[j].answered = 1;
+                sim_apply(r, cl, &version, k, conc, now, paused);
+            }
+        }
+        assert_true(version > 0);
+        round_free(r);
+    }
+}
+
 int main(void) {
     const struct CMUnitTest tests[] = {
         cmocka_unit_test(test_config_validation_names_the_key),
@@ -1138,6 +1303,7 @@ int main(void) {
         cmocka_unit_test(test_async_stop_cancels_tasks_and_fails_the_open_buffer),
         cmocka_unit_test(test_async_max_rounds_counts_committed_buffers),
         cmocka_unit_test(test_async_pause_stops_new_tasks_until_resume),
+        cmocka_unit_test(test_async_random_events_keep_the_invariants),
     };
     return cmocka_run_group_tests(tests, NULL, NULL);
 }
