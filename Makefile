@@ -13,6 +13,8 @@
 #   make bench           build and run the benchmarks (QUICK=1 or BENCH_QUICK=1: under 5 min)
 #   make deps            install the Debian packages the project needs, only if missing
 #   make experiment-robustness  fedsim attacks x rules table -> docs/robustness.md
+#   make experiment-fedau  fedavg vs fedau vs the 1/p oracle under data-tied participation
+#                        -> docs/experiments/fedau.md and fedau.png
 #   make demo            a real federation on this machine (tools/demo.sh; knobs RULE ROUNDS
 #                        CLIENTS ALPHA MU OPT, e.g. make demo RULE=fedau OPT=adam)
 #   make install         install into $(DESTDIR)$(PREFIX)
@@ -131,7 +133,7 @@ ALL_OBJ := $(CORE_OBJ) $(AGG_OBJ) $(STORE_OBJ) $(SERVER_OBJ) $(CLIENT_OBJ) $(EXL
            $(TESTLIB_OBJ) $(ITESTLIB_OBJ)
 
 .PHONY: all libs tests benches check test test-plain test-asan test-python test-dashboard test-clang \
-        fuzz fuzz-build bench deps demo experiment-robustness install clean test-deploy test-chaos FORCE
+        fuzz fuzz-build bench deps demo experiment-robustness experiment-fedau install clean test-deploy test-chaos FORCE
 all: libs $(BINS) $(if $(CLIENT_SRC),$(SO_CLIENT))
 libs: $(LIBS_ALL)
 tests: $(TESTS) $(ITESTS)
@@ -300,6 +302,11 @@ demo:
 # ---- experiment-robustness: regenerates the accuracy table of docs/robustness.md (~1 min) ----
 experiment-robustness: $(BUILD)/bin/fedsim
 	@tools/robustness.sh
+
+# ---- experiment-fedau: docs/experiments/fedau.md and its plot (gnuplot; ~1 min) ----
+experiment-fedau: $(BUILD)/bin/fedsim
+	@tools/deps.sh
+	@tools/fedau.sh
 
 # ---- install ----
 # The daemon, fedctl and the example trainer (the container's demo clients run it).

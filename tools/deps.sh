@@ -8,7 +8,7 @@ pkgs=(
     libsqlite3-dev sqlite3 libcmocka-dev libhttp-parser-dev libjansson-dev libinih-dev
     python3 python3-numpy
     clang libclang-rt-dev llvm
-    prometheus wrk
+    prometheus wrk gnuplot-nox
     chromium chromium-driver nodejs
 )
 missing=()

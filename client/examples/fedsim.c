@@ -9,7 +9,9 @@
 #include "client/examples/lib/attack.h"
 #include "client/examples/lib/cli.h"
 #include "client/examples/lib/common.h"
+#include "client/examples/lib/participation.h"
 #include "client/examples/lib/sim.h"
+#include "core/alloc.h"
 #include "core/safetensors.h"
 
 #define MAX_PARAMS 32
@@ -44,6 +46,14 @@ static void usage(FILE *f) {
             "                     0..f-1; default 0.2 when --attack is given)\n"
             "  --attack-param X   c for signflip (1), sigma for noise (sqrt(200)), z for alie\n"
             "                     (Phi^-1((n-f-s)/(n-f)), s = floor(n/2+1)-f), eps for ipm (0.1)\n"
+            "  --participation M  full (default: every client every round) or bernoulli: client\n"
+            "                     j takes part in each round with its own probability p_j, tied\n"
+            "                     to its data (p_j grows with its share of digits 5..9; see\n"
+            "                     docs/experiments/fedau.md), unknown to the rule\n"
+            "  --p-mean P         bernoulli: mean of the p_j (default 0.1)\n"
+            "  --p-min P          bernoulli: smallest p_j (default 0.02)\n"
+            "  --oracle-weights   bernoulli: aggregate with the true 1/p_j instead of the rule:\n"
+            "                     D = (1/C) sum over participants of delta_j / p_j\n"
             "  --help             this text\n",
             EX_DEFAULT_DATA, EX_DEFAULT_CLIENTS, EX_DEFAULT_ALPHA, EX_DEFAULT_SEED,
             EX_DEFAULT_ROUNDS, EX_DEFAULT_LOCAL_EPOCHS, EX_DEFAULT_LR, EX_DEFAULT_BATCH,
@@ -71,8 +81,8 @@ int main(int argc, char **argv) {
         .opt_params = {opt_kv, 0},
     };
     size_t baseline_epochs = EX_DEFAULT_CENTRAL_EPOCHS;
-    double attackers = 0.2, attack_param = 0;
-    int attack_param_set = 0;
+    double attackers = 0.2, attack_param = 0, p_mean = 0.1, p_min = 0.02;
+    int attack_param_set = 0, bernoulli = 0;
     fc_error err = {0};
     fc_status st = FC_OK;
     for (int i = 1; i < argc && st == FC_OK; i++) {
@@ -80,6 +90,10 @@ int main(int argc, char **argv) {
         if (strcmp(a, "--help") == 0 || strcmp(a, "-h") == 0) {
             usage(stdout);
             return 0;
+        }
+        if (strcmp(a, "--oracle-weights") == 0) {
+            cfg.oracle = 1;
+            continue;
         }
         if (i + 1 >= argc || strncmp(a, "--", 2) != 0) {
             fprintf(stderr, "fedsim: unknown or incomplete option '%s'\n", a);
@@ -111,6 +125,16 @@ int main(int argc, char **argv) {
             st = ex_cli_double(a, v, 0, 0, 1e6, &cfg.train.mu, &err);
         else if (strcmp(a, "--attack") == 0)
             st = ex_attack_parse(v, &cfg.attack, &err);
+        else if (strcmp(a, "--participation") == 0) {
+            if (strcmp(v, "bernoulli") == 0 || strcmp(v, "full") == 0)
+                bernoulli = v[0] == 'b';
+            else
+                st = fc_error_set(&err, FC_ERR_CONFIG,
+                                  "--participation '%s': expected full or bernoulli", v);
+        } else if (strcmp(a, "--p-mean") == 0)
+            st = ex_cli_double(a, v, 0, 1e-9, 1, &p_mean, &err);
+        else if (strcmp(a, "--p-min") == 0)
+            st = ex_cli_double(a, v, 0, 1e-9, 1, &p_min, &err);
         else if (strcmp(a, "--attackers") == 0)
             st = ex_cli_double(a, v, 0, 1, 0.99, &attackers, &err);
         else if (strcmp(a, "--attack-param") == 0) {
@@ -136,6 +160,10 @@ int main(int argc, char **argv) {
             return 2;
         }
     }
+    if (st == FC_OK && cfg.oracle && !bernoulli)
+        st = fc_error_set(&err, FC_ERR_CONFIG, "--oracle-weights needs --participation bernoulli");
+    if (st == FC_OK && bernoulli && cfg.attack != EX_ATTACK_NONE)
+        st = fc_error_set(&err, FC_ERR_CONFIG, "--attack needs --participation full");
     if (st != FC_OK) {
         fprintf(stderr, "fedsim: %s\n", fc_error_text(&err));
         return 2;
@@ -159,9 +187,33 @@ int main(int argc, char **argv) {
 
     ex_dataset data = EX_DATASET_INIT;
     ex_split split = EX_SPLIT_INIT;
+    double *p = NULL;
     if ((st = ex_load_and_split(data_path, &sc, &data, &split, &err)) != FC_OK) {
         fprintf(stderr, "fedsim: %s\n", fc_error_text(&err));
         return 1;
+    }
+    if (bernoulli) {
+        if (!(p = fc_mallocarray(split.clients, sizeof *p)))
+            st = fc_error_set(&err, FC_ERR_NOMEM, "participation: out of memory");
+        else
+            st = ex_participation_probs(&data, &split, p_mean, p_min, p, &err);
+        if (st != FC_OK) {
+            fprintf(stderr, "fedsim: %s\n", fc_error_text(&err));
+            fc_free(p);
+            ex_split_free(&split);
+            ex_dataset_free(&data);
+            return 2;
+        }
+        double lo = 1, hi = 0, sum = 0;
+        for (size_t j = 0; j < split.clients; j++) {
+            lo = p[j] < lo ? p[j] : lo;
+            hi = p[j] > hi ? p[j] : hi;
+            sum += p[j];
+        }
+        printf("participation: bernoulli, p mean %.4f (min %.4f, max %.4f), tied to the share of "
+               "digits 5..9; aggregation %s\n",
+               sum / (double)split.clients, lo, hi, cfg.oracle ? "oracle 1/p" : cfg.rule);
+        cfg.participation = p;
     }
     printf("fedsim: %zu examples, %zu clients, alpha %g, seed %llu, rule %s, optimizer %s, "
            "%zu rounds x %zu local epochs, lr %g, batch %zu, mu %g\n",
@@ -196,6 +248,7 @@ out:
     if (st != FC_OK)
         fprintf(stderr, "fedsim: %s\n", fc_error_text(&err));
     fc_model_free(&m);
+    fc_free(p);
     ex_split_free(&split);
     ex_dataset_free(&data);
     return st == FC_OK ? 0 : 1;

@@ -5,6 +5,7 @@
 #include <string.h>
 #include <time.h>
 
+#include "client/examples/lib/participation.h"
 #include "core/alloc.h"
 
 static double now_seconds(void) {
@@ -79,6 +80,10 @@ fc_status ex_sim_federated(const ex_dataset *d, const ex_split *s, const ex_sim_
                             cfg->opt ? cfg->opt : "(none)", agg_opt_names());
     const size_t C = s->clients, P = EX_SM_PARAMS;
     const size_t f = cfg->attack == EX_ATTACK_NONE ? 0 : cfg->attackers;
+    if (cfg->attack != EX_ATTACK_NONE && cfg->participation)
+        return fc_error_set(err, FC_ERR_CONFIG, "attacks need every client in every round");
+    if (cfg->oracle && !cfg->participation)
+        return fc_error_set(err, FC_ERR_CONFIG, "the oracle weights by 1/p: it needs participation");
     if (cfg->attack != EX_ATTACK_NONE &&
         (f == 0 || f >= C || (cfg->attack == EX_ATTACK_ALIE && C - f < 2)))
         return fc_error_set(err, FC_ERR_CONFIG,
@@ -92,11 +97,12 @@ fc_status ex_sim_federated(const ex_dataset *d, const ex_split *s, const ex_sim_
     float *deltas = fc_mallocarray(C, P * sizeof(float));
     double *agg = fc_mallocarray(P, sizeof *agg);
     float *crafted = fc_mallocarray(P, sizeof *crafted);
+    uint8_t *in = fc_calloc(C, 1);
     uint8_t *flipped = NULL;
     if (cfg->attack == EX_ATTACK_LABELFLIP && (flipped = fc_malloc(d->n ? d->n : 1)) != NULL)
         for (size_t i = 0; i < d->n; i++)
             flipped[i] = (uint8_t)ex_attack_flip_label(d->y[i]);
-    if (!deltas || !agg || !crafted || (cfg->attack == EX_ATTACK_LABELFLIP && !flipped)) {
+    if (!deltas || !agg || !crafted || !in || (cfg->attack == EX_ATTACK_LABELFLIP && !flipped)) {
         st = fc_error_set(err, FC_ERR_NOMEM, "simulation: out of memory for %zu clients", C);
         goto done;
     }
@@ -113,8 +119,14 @@ fc_status ex_sim_federated(const ex_dataset *d, const ex_split *s, const ex_sim_
             goto done;
         }
         double loss_sum = 0, weight_sum = 0;
+        size_t n_in = 0;
         for (size_t j = 0; j < C; j++) {
             const ex_client_split *c = &s->client[j];
+            in[j] = !cfg->participation ||
+                    ex_participates(cfg->seed, j, t, cfg->participation[j]);
+            if (!in[j])
+                continue;
+            n_in++;
             const ex_dataset *data = j < f && flipped ? &poisoned : d;
             double loss = 0;
             st = ex_client_round(data, c, &cfg->train, cfg->seed, j, t, w, deltas + j * P, &loss,
@@ -145,27 +157,33 @@ fc_status ex_sim_federated(const ex_dataset *d, const ex_split *s, const ex_sim_
             else if (cfg->attack == EX_ATTACK_ALIE || cfg->attack == EX_ATTACK_IPM)
                 memcpy(delta, crafted, P * sizeof *delta);
         }
-        for (size_t j = 0; j < C; j++) {
+        for (size_t j = 0; j < C && !cfg->oracle; j++) {
             agg_update u = {.client_id = j, .dtype = FC_DTYPE_F32, .data = deltas + j * P,
                             .data_stable = 1, .weight = (double)s->client[j].n_train};
-            if ((st = agg_round_add(round, &u, err)) != FC_OK) {
+            if (in[j] && (st = agg_round_add(round, &u, err)) != FC_OK) {
                 fc_error_prefix(err, "round %zu, client %zu", t + 1, j);
                 goto done;
             }
         }
-        agg_report rep;
-        agg_report_init(&rep);
-        st = agg_round_finish(round, agg, &rep, err);
-        size_t used = rep.n_used;
-        int empty = rep.empty;
-        agg_report_free(&rep);
+        size_t used = n_in;
+        int empty = n_in == 0;
+        if (cfg->oracle) {
+            ex_oracle_aggregate(deltas, in, cfg->participation, C, P, agg);
+        } else {
+            agg_report rep;
+            agg_report_init(&rep);
+            st = agg_round_finish(round, agg, &rep, err);
+            used = rep.n_used;
+            empty = rep.empty;
+            agg_report_free(&rep);
+        }
         if (st != FC_OK) {
             fc_error_prefix(err, "round %zu", t + 1);
             goto done;
         }
         if (!empty) {
             fc_buf_reset(&next_blob);
-            if ((st = agg_round_save_state(round, &next_blob, err)) != FC_OK ||
+            if ((!cfg->oracle && (st = agg_round_save_state(round, &next_blob, err)) != FC_OK) ||
                 (st = opt->step(opt_state, w, agg, err)) != FC_OK) {
                 fc_error_prefix(err, "round %zu", t + 1);
                 goto done;
@@ -193,6 +211,7 @@ done:
     fc_free(deltas);
     fc_free(agg);
     fc_free(crafted);
+    fc_free(in);
     fc_free(flipped);
     return st;
 }

@@ -17,6 +17,8 @@
  * 1 + j, t); ALIE or IPM computed from the deltas of the honest clients f..C-1 of the same round
  * (omniscient attacker). Attackers report their real n_train as weight. All C updates then
  * go to the rule in client order; evaluation is on every client's test split, as without attack.
+ * Participation (participation != NULL): only the clients that take part in round t train and
+ * reach the rule; fedau's N is still every client. Attacks need full participation.
  * Centralized: the same model, code and train config on the union of the train splits (epochs
  * passes, generator ex_seed_derive(seed, 0, 0)), evaluated on the union of the test splits.
  *
@@ -46,6 +48,13 @@ typedef struct ex_sim_config {
     ex_attack_kind attack; /* EX_ATTACK_NONE (zero-initialised) = no attack */
     size_t attackers;      /* f: clients 0..f-1 attack; must be < clients */
     double attack_param;   /* c, sigma, z or eps (see attack.h); unused by labelflip */
+    /* Partial participation (NULL: every client every round): client j trains and reports in
+     * round t only when ex_participates(seed, j, t, participation[j]) (participation.h). */
+    const double *participation;
+    /* With participation: the "known probability" oracle of the FedAU experiment replaces the
+     * rule: D = (1/C) * sum over participants of delta_j / p_j, computed here (a server never
+     * knows p_j), then the optimizer steps as usual. */
+    int oracle;
 } ex_sim_config;
 
 /* Mixed into the seed of the noise attack's generator so that it never shares a stream with
