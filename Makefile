@@ -30,6 +30,7 @@
 #   client/examples/X.c   -> build/bin/X          (example programs)
 #   tests/unit/test_X.c   -> build/tests/test_X       (cmocka, run by make check)
 #   tests/integration/test_X.c -> build/itests/test_X (cmocka + the real daemon, run after them)
+#   tests/integration/hostile/test_X.c -> build/itests/hostile/test_X (hostile clients, the same)
 #   tests/fuzz/fuzz_X.c   -> build/fuzz/bin/fuzz_X    (libFuzzer, seed corpus tests/fuzz/X/)
 #   tests/bench/bench_X.c -> build/bench/bench_X      (run by make bench)
 
@@ -95,8 +96,9 @@ FUZZ_SRC := $(wildcard tests/fuzz/fuzz_*.c)
 BENCH_SRC := $(wildcard tests/bench/bench_*.c)
 CHAOS_SRC := $(wildcard tests/chaos/*.c)
 TESTLIB_SRC := $(wildcard tests/lib/*.c)
-ITEST_SRC := $(wildcard tests/integration/test_*.c)
-ITESTLIB_SRC := $(filter-out $(ITEST_SRC),$(wildcard tests/integration/*.c))
+ITEST_SRC := $(wildcard tests/integration/test_*.c tests/integration/hostile/test_*.c)
+ITESTLIB_SRC := $(filter-out $(ITEST_SRC),$(wildcard tests/integration/*.c \
+                                                      tests/integration/hostile/*.c))
 
 obj = $(patsubst %.c,$(BUILD)/obj/%.o,$(1))
 

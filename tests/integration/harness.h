@@ -97,6 +97,31 @@ fc_status it_raw_upload_kind(fc_client *c, uint64_t round, uint64_t base_version
                              uint64_t total, uint64_t send_bytes, uint64_t num_examples,
                              int is_delta);
 
+/* How it_raw_upload_opts cuts and ends an upload (for the hostile-client tests; one tensor).
+ * ALL sends the data as one chunk. The three bad shapes send it as two chunks split at the
+ * middle (a multiple of 4 bytes):
+ * OVERLAP sends the second chunk 4 bytes early, OUT_OF_RANGE sends it 8 bytes past the end, and
+ * MISSING sends only the first chunk before UpdateEnd. */
+typedef enum it_chunks {
+    IT_CHUNKS_ALL = 0,
+    IT_CHUNKS_OVERLAP,
+    IT_CHUNKS_OUT_OF_RANGE,
+    IT_CHUNKS_MISSING,
+} it_chunks;
+
+typedef struct it_raw_opts {
+    uint64_t num_examples;
+    int is_delta;     /* 1: a delta; 0: full weights */
+    it_chunks chunks;
+    int bad_hash;     /* UpdateEnd announces a SHA-256 with one bit flipped */
+} it_raw_opts;
+
+/* A whole upload as it_raw_upload, with the options above. Returns FC_OK (accepted) or the
+ * status of the server's first Error (its message in fc_client_error(c)). */
+fc_status it_raw_upload_opts(fc_client *c, uint64_t round, uint64_t base_version,
+                             const fc_tensor_spec *specs, size_t n, const void *data,
+                             uint64_t total, const it_raw_opts *o);
+
 /* Writes a safetensors file of f32 tensors: names[i], shape ndim[i]/shapes[i], data[i]. */
 int it_write_model_f32(const char *path, size_t n, const char *const *names,
                        const uint32_t *ndim, const uint64_t (*shapes)[FC_MAX_DIMS],
