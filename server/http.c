@@ -711,7 +711,9 @@ static void dispatch(http_conn *c) {
     http_response res = {0};
     res.conn = c;
     run_handler(s->handler, s->handler_ud, &req, &res);
-    FC_LOG(FC_LOG_DEBUG, "http request", FC_LU("conn", net_conn_id(c->nc)),
+    /* refused requests (4xx, 5xx) are worth an operator's eye; the rest is debug detail */
+    FC_LOG(res.status >= 400 ? FC_LOG_INFO : FC_LOG_DEBUG, "http request",
+           FC_LU("conn", net_conn_id(c->nc)), FC_LS("peer", net_conn_peer(c->nc)),
            FC_LS("method", req.method_name), FC_LS("path", req.path), FC_LI("status", res.status));
     int head_only = req.method == HTTP_HEAD;
     if (res.deferred) {
