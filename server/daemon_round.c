@@ -1049,8 +1049,15 @@ void dround_presence(fcd *d, uint64_t client_id, int up) {
         if (d->proposer == client_id)
             d->proposer = 0;
         uint64_t parked_round = 0;
-        if (d->cur && sess_server_parked(d->sv, client_id, &parked_round, NULL) &&
-            parked_round == d->cur->id) {
+        int parked = sess_server_parked(d->sv, client_id, &parked_round, NULL), keep = 0;
+        if (parked && d->cfg->round.mode == DCFG_ROUND_ASYNC) { /* its task, whatever buffer */
+            round_task t;
+            keep = round_task_check(d->sched, client_id, &t, NULL, NULL) != FC_ERR_NOT_FOUND &&
+                   t.round_id == parked_round;
+        } else if (parked && d->cur) {
+            keep = parked_round == d->cur->id;
+        }
+        if (keep) {
             /* Its upload is kept for a resume: the client stays in the round until it comes
              * back, the deadline passes, or the kept bytes are freed (dround_parked_gone). */
             FC_LOG(FC_LOG_INFO, "client left mid-upload; its round waits for a resume",
