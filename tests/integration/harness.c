@@ -321,17 +321,9 @@ static fc_status raw_wait(fc_client *c, uint64_t ref_seq) {
     }
 }
 
-fc_status it_raw_upload(fc_client *c, uint64_t round, uint64_t base_version,
-                        const fc_tensor_spec *specs, size_t n, const void *data, uint64_t total,
-                        uint64_t send_bytes, uint64_t num_examples) {
-    return it_raw_upload_kind(c, round, base_version, specs, n, data, total, send_bytes,
-                              num_examples, 1);
-}
-
-fc_status it_raw_upload_kind(fc_client *c, uint64_t round, uint64_t base_version,
-                             const fc_tensor_spec *specs, size_t n, const void *data,
-                             uint64_t total, uint64_t send_bytes, uint64_t num_examples,
-                             int is_delta) {
+/* UpdateBegin, and the server's Ack of it. */
+static fc_status raw_begin(fc_client *c, uint64_t round, uint64_t base_version,
+                           const fc_tensor_spec *specs, size_t n, uint64_t total, int is_delta) {
     fc_wire_update_begin_args a;
     memset(&a, 0, sizeof a);
     a.round = round;
@@ -347,8 +339,26 @@ fc_status it_raw_upload_kind(fc_client *c, uint64_t round, uint64_t base_version
         return st;
     }
     uint64_t begin_seq = c->seq_out;
-    if ((st = conn_send(c, &m)) != FC_OK || (st = raw_wait(c, begin_seq)) != FC_OK)
+    if ((st = conn_send(c, &m)) != FC_OK)
         return st;
+    return raw_wait(c, begin_seq);
+}
+
+fc_status it_raw_upload(fc_client *c, uint64_t round, uint64_t base_version,
+                        const fc_tensor_spec *specs, size_t n, const void *data, uint64_t total,
+                        uint64_t send_bytes, uint64_t num_examples) {
+    return it_raw_upload_kind(c, round, base_version, specs, n, data, total, send_bytes,
+                              num_examples, 1);
+}
+
+fc_status it_raw_upload_kind(fc_client *c, uint64_t round, uint64_t base_version,
+                             const fc_tensor_spec *specs, size_t n, const void *data,
+                             uint64_t total, uint64_t send_bytes, uint64_t num_examples,
+                             int is_delta) {
+    fc_status st = raw_begin(c, round, base_version, specs, n, total, is_delta);
+    if (st != FC_OK)
+        return st;
+    fc_wire_msg m;
     fc_stream_splitter sp;
     size_t chunk = c->max_chunk ? c->max_chunk : FC_STREAM_MAX_CHUNK;
     if ((st = fc_stream_split_specs(&sp, specs, n, chunk, 0, &c->err)) != FC_OK)
@@ -389,23 +399,10 @@ fc_status it_raw_upload_kind(fc_client *c, uint64_t round, uint64_t base_version
 fc_status it_raw_upload_opts(fc_client *c, uint64_t round, uint64_t base_version,
                              const fc_tensor_spec *specs, size_t n, const void *data,
                              uint64_t total, const it_raw_opts *o) {
-    fc_wire_update_begin_args a;
-    memset(&a, 0, sizeof a);
-    a.round = round;
-    a.base_version = base_version;
-    a.tensors = specs;
-    a.n_tensors = n;
-    a.total_bytes = total;
-    a.is_delta = o->is_delta;
+    fc_status st = raw_begin(c, round, base_version, specs, n, total, o->is_delta);
+    if (st != FC_OK)
+        return st;
     fc_wire_msg m;
-    fc_status st = fc_wire_update_begin(&m, ++c->seq_out, &a, &c->err);
-    if (st != FC_OK) {
-        fc_wire_msg_free(&m);
-        return st;
-    }
-    uint64_t begin_seq = c->seq_out;
-    if ((st = conn_send(c, &m)) != FC_OK || (st = raw_wait(c, begin_seq)) != FC_OK)
-        return st;
     uint64_t half = total / 2 / 4 * 4;
     uint8_t *buf = fc_calloc(1, (size_t)total + 8); /* room to send past the end */
     if (!buf)

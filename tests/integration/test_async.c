@@ -48,18 +48,32 @@ static void start_async(it_env *e, const char *name, const char *round_keys, con
         fail_msg("%s", e->why);
 }
 
-/* What a client does: sleep `first_ms` before its first update and `ms` before the others, then
- * send `value` everywhere. */
+/* What a client does: sleep `first_ms` before its first update and `ms` before the others, and
+ * before its first update also wait until the store holds `versions_ahead` versions newer than
+ * its task's (so that "slow" does not depend on the machine's load); then send `value`. */
 typedef struct speed {
     unsigned first_ms, ms;
     float value;
+    uint64_t versions_ahead;
 } speed;
+
+static void wait_versions(it_worker *w, uint64_t target) {
+    uint64_t end = it_now_ms() + 30000;
+    for (int64_t latest = 0; (uint64_t)latest < target && it_now_ms() < end; it_sleep_ms(20)) {
+        store *s = NULL;
+        if (it_store_open(w->env, &s, NULL) == FC_OK)
+            store_latest_version(s, &latest, NULL);
+        store_close(s);
+    }
+}
 
 static it_action plan_speed(it_worker *w, const fc_task *t, const float *model, float *delta,
                             size_t numel, uint64_t *num_examples) {
-    (void)t, (void)model;
+    (void)model;
     const speed *sp = w->ud;
     it_sleep_ms(w->tasks == 0 ? sp->first_ms : sp->ms);
+    if (w->tasks == 0 && sp->versions_ahead)
+        wait_versions(w, fc_task_model_version(t) + sp->versions_ahead);
     for (size_t k = 0; k < numel; k++)
         delta[k] = sp->value;
     *num_examples = 1;
@@ -190,7 +204,8 @@ static void check_http(it_env *e) {
 
 static float fast_or_slow(const char *name) { return name[0] == 's' ? 10.0f : 1.0f; }
 
-/* Two fast clients (100 ms per update) and two slow ones (one update after 500 ms), K = 2,
+/* Two fast clients (100 ms per update) and two slow ones (one update, sent once two newer
+ * versions exist), K = 2,
  * concurrency 4: the fast clients commit versions while the slow ones train, the slow updates
  * land in a later buffer with their staleness, and every version is the exact buffer mean. */
 static void test_fast_clients_advance_versions_while_slow_ones_train(void **state) {
@@ -204,7 +219,7 @@ static void test_fast_clients_advance_versions_while_slow_ones_train(void **stat
     if (it_client_add(&e, "f1", tf1) || it_client_add(&e, "f2", tf2) ||
         it_client_add(&e, "s1", ts1) || it_client_add(&e, "s2", ts2))
         fail_msg("%s", e.why);
-    speed fast = {100, 100, 1.0f}, slow = {500, 0, 10.0f};
+    speed fast = {100, 100, 1.0f, 0}, slow = {300, 0, 10.0f, 2};
     it_worker w[4];
     worker_init(&w[0], &e, "f1", tf1, &fast, 0);
     worker_init(&w[1], &e, "f2", tf2, &fast, 0);
@@ -239,9 +254,9 @@ static void test_fast_clients_advance_versions_while_slow_ones_train(void **stat
     it_env_cleanup(&e);
 }
 
-/* K = 1 and max_staleness = 2: a fast client commits a version about every 100 ms, so a slow
- * update (900 ms) is refused as stale: the client gets the reason, the store records it, and no
- * version contains it. */
+/* K = 1 and max_staleness = 2: a fast client commits a version about every 100 ms; a slow
+ * update sent once three newer versions exist is refused as stale: the client gets the reason,
+ * the store records it, and no version contains it. */
 static void test_stale_update_is_refused_and_recorded(void **state) {
     (void)state;
     it_env e;
@@ -251,7 +266,7 @@ static void test_stale_update_is_refused_and_recorded(void **state) {
     char tf[64], ts[64];
     if (it_client_add(&e, "f1", tf) || it_client_add(&e, "s1", ts))
         fail_msg("%s", e.why);
-    speed fast = {100, 100, 1.0f}, slow = {900, 0, 10.0f};
+    speed fast = {100, 100, 1.0f, 0}, slow = {300, 0, 10.0f, 3};
     it_worker wf, ws;
     worker_init(&wf, &e, "f1", tf, &fast, 0);
     worker_init(&ws, &e, "s1", ts, &slow, 1);
@@ -315,7 +330,7 @@ static void test_restart_discards_the_open_buffer_and_continues(void **state) {
     char ta[64], tb[64];
     if (it_client_add(&e, "a", ta) || it_client_add(&e, "b", tb))
         fail_msg("%s", e.why);
-    speed fa = {0, 0, 1.0f}, fb = {3000, 0, 3.0f};
+    speed fa = {0, 0, 1.0f, 0}, fb = {3000, 0, 3.0f, 0};
     it_worker wa, wb;
     worker_init(&wa, &e, "a", ta, &fa, 0);
     worker_init(&wb, &e, "b", tb, &fb, 0);

@@ -42,6 +42,8 @@ static it_action plan_value(it_worker *w, const fc_task *t, const float *model, 
     (void)t, (void)model;
     const hx_plan *p = w->ud;
     it_sleep_ms(p->delay_ms);
+    for (uint64_t end = it_now_ms() + 20000; p->gate && atomic_load(p->gate) && it_now_ms() < end;)
+        it_sleep_ms(5);
     for (size_t k = 0; k < numel; k++)
         delta[k] = p->value;
     *num_examples = 1;
@@ -57,6 +59,20 @@ void hx_honest(it_worker *w, it_env *e, const char *name, const char *token, hx_
     w->ud = plan;
     w->retry = 1;
     w->wait_ms = 60000;
+}
+
+void hx_start_honest(it_env *e, it_worker w[2], hx_plan plans[2], unsigned delay_ms) {
+    static char tokens[2][64]; /* the workers read them while they run */
+    const char *names[2] = {"good1", "good2"};
+    plans[0] = (hx_plan){1, delay_ms, NULL};
+    plans[1] = (hx_plan){3, delay_ms, NULL};
+    for (int i = 0; i < 2; i++) {
+        hx_add(e, names[i], tokens[i]);
+        hx_honest(&w[i], e, names[i], tokens[i], &plans[i]);
+        assert_int_equal(it_worker_start(&w[i]), 0);
+    }
+    if (it_wait_round_exists(e, 1, 20) != 0)
+        fail_msg("no round started: %s", e->why);
 }
 
 void hx_join_honest(it_worker *w, size_t n) {

@@ -8,6 +8,8 @@
 #ifndef FC_TESTS_HOSTILE_H
 #define FC_TESTS_HOSTILE_H
 
+#include <stdatomic.h>
+
 #include "tests/integration/harness.h"
 
 #define HX_NUMEL 6
@@ -17,13 +19,18 @@
 void hx_start(it_env *e, const char *name, const char *sections, const char *const *sets);
 /* it_client_add, fail_msg on error. */
 void hx_add(it_env *e, const char *name, char token[64]);
-/* What an honest worker sends: `value` everywhere with num_examples 1, after delay_ms. */
+/* What an honest worker sends: `value` everywhere with num_examples 1, after delay_ms and, when
+ * gate is set, once *gate is 0 again (a test holds its honest clients back with it). */
 typedef struct hx_plan {
     float value;
     unsigned delay_ms;
+    atomic_int *gate;
 } hx_plan;
 /* An honest worker following plan (which must outlive it), reconnecting (retry). */
 void hx_honest(it_worker *w, it_env *e, const char *name, const char *token, hx_plan *plan);
+/* Registers good1 (+1) and good2 (+3), starts them with delay_ms per round in w[0], w[1] (the
+ * plans live in plans[2]) and waits for round 1. */
+void hx_start_honest(it_env *e, it_worker w[2], hx_plan plans[2], unsigned delay_ms);
 /* Joins the workers and fails unless each ended cleanly with every submit accepted. */
 void hx_join_honest(it_worker *w, size_t n);
 /* Rounds first..last are COMMITTED and each model version v+1 = v + step[round - first]

@@ -79,17 +79,9 @@ static void test_hostile_http_requests_while_rounds_run(void **state) {
              sets);
     int port = it_http_port(&e, 20);
     assert_true(port > 0);
-    char t1[64], t2[64];
-    hx_add(&e, "good1", t1);
-    hx_add(&e, "good2", t2);
-    hx_plan one = {1, 250}, three = {3, 250};
+    hx_plan plans[2];
     it_worker w[2];
-    hx_honest(&w[0], &e, "good1", t1, &one);
-    hx_honest(&w[1], &e, "good2", t2, &three);
-    assert_int_equal(it_worker_start(&w[0]), 0);
-    assert_int_equal(it_worker_start(&w[1]), 0);
-    if (it_wait_round_exists(&e, 1, 20) != 0)
-        fail_msg("no round started: %s", e.why);
+    hx_start_honest(&e, w, plans, 250);
 
     /* 1. huge headers: 64 KiB of one header */
     size_t big = 64 * 1024;
@@ -214,7 +206,7 @@ static void test_async_update_for_another_clients_task(void **state) {
     char ta[64], tb[64];
     hx_add(&e, "holder", ta);
     hx_add(&e, "thief", tb);
-    hx_plan p = {2, 400};
+    hx_plan p = {2, 400, NULL};
     it_worker w;
     hx_honest(&w, &e, "holder", ta, &p);
     assert_int_equal(it_worker_start(&w), 0);

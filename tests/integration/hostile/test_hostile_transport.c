@@ -154,19 +154,12 @@ static void test_hostile_connections_while_rounds_run(void **state) {
              "max_connections_per_peer = 0\n[storage]\nkeep_last = 100\n",
              ROUNDS);
     hx_start(&e, "transport", sections, NULL);
-    char t1[64], t2[64], tr[64], tv[64];
-    hx_add(&e, "good1", t1);
-    hx_add(&e, "good2", t2);
+    char tr[64], tv[64];
     hx_add(&e, "spare", tr);
     hx_add(&e, "revoked", tv);
-    hx_plan one = {1, 700}, three = {3, 700}; /* ~10 s of rounds */
+    hx_plan plans[2];
     it_worker w[2];
-    hx_honest(&w[0], &e, "good1", t1, &one);
-    hx_honest(&w[1], &e, "good2", t2, &three);
-    assert_int_equal(it_worker_start(&w[0]), 0);
-    assert_int_equal(it_worker_start(&w[1]), 0);
-    if (it_wait_round_exists(&e, 1, 20) != 0)
-        fail_msg("no round started: %s", e.why);
+    hx_start_honest(&e, w, plans, 700); /* ~10 s of rounds */
     char peer[64];
 
     /* 1. TLS garbage */

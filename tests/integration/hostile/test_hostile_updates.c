@@ -75,6 +75,7 @@ static const hcase cases[C_COUNT] = {
 
 typedef struct hostile {
     it_env *e;
+    atomic_int gate; /* the honest clients wait while it is 1 */
     const char *token, *lurker_token;
     fc_status got[C_COUNT];
     char msg[C_COUNT][512];
@@ -112,6 +113,8 @@ static void *hostile_main(void *arg) {
     }
     for (int k = 0; k < C_COUNT; k++) {
         fc_task *t = NULL;
+        if (k == C_DUPLICATE) /* before its round's tasks go out */
+            atomic_store(&h->gate, 1);
         fc_status st = fc_client_next_task(c, 30000, &t);
         if (st != FC_OK || !t) {
             snprintf(h->fail, sizeof h->fail, "hostile: no task for case %d: %s", k,
@@ -154,6 +157,7 @@ static void *hostile_main(void *arg) {
                 snprintf(h->fail, sizeof h->fail, "duplicate case: the first update failed: %s",
                          fc_client_error(c));
                 fc_task_free(t);
+                atomic_store(&h->gate, 0);
                 goto out;
             }
             break;
@@ -162,6 +166,7 @@ static void *hostile_main(void *arg) {
             lurk(h, r, v); /* the round is still open: the hostile client has not answered */
         h->got[k] = it_raw_upload_opts(c, round, base, &sp, 1, data, total, &o);
         snprintf(h->msg[k], sizeof h->msg[k], "%s", fc_client_error(c));
+        atomic_store(&h->gate, 0);
         if (k == C_REPLAY || k == C_FUTURE) {
             /* refused at UpdateBegin for another round: its own task is still open in this
              * round; answer it with an update that is rejected (NaN) so the round closes
@@ -192,14 +197,15 @@ static void test_bad_updates_from_a_selected_client(void **state) {
     hx_add(&e, "good2", t2);
     hx_add(&e, "hostile", th);
     hx_add(&e, "lurker", tl);
-    /* the honest clients take 150 ms per round, so that the hostile client's two updates of
-     * the duplicate case both land while the round is open */
-    hx_plan one = {1, 150}, three = {3, 150};
+    /* the hostile client holds the honest ones back in the duplicate case's round, so that its
+     * two updates both land while the round is open */
+    hostile h;
+    memset(&h, 0, sizeof h);
+    atomic_init(&h.gate, 0);
+    hx_plan one = {1, 0, &h.gate}, three = {3, 0, &h.gate};
     it_worker w[2];
     hx_honest(&w[0], &e, "good1", t1, &one);
     hx_honest(&w[1], &e, "good2", t2, &three);
-    hostile h;
-    memset(&h, 0, sizeof h);
     h.e = &e;
     h.token = th;
     h.lurker_token = tl;
