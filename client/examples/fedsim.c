@@ -132,9 +132,9 @@ int main(int argc, char **argv) {
                 st = fc_error_set(&err, FC_ERR_CONFIG,
                                   "--participation '%s': expected full or bernoulli", v);
         } else if (strcmp(a, "--p-mean") == 0)
-            st = ex_cli_double(a, v, 0, 1e-9, 1, &p_mean, &err);
+            st = ex_cli_double(a, v, 0, 1, 1, &p_mean, &err);
         else if (strcmp(a, "--p-min") == 0)
-            st = ex_cli_double(a, v, 0, 1e-9, 1, &p_min, &err);
+            st = ex_cli_double(a, v, 0, 1, 1, &p_min, &err);
         else if (strcmp(a, "--attackers") == 0)
             st = ex_cli_double(a, v, 0, 1, 0.99, &attackers, &err);
         else if (strcmp(a, "--attack-param") == 0) {
