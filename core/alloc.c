@@ -1,8 +1,29 @@
 /* alloc.c: allocation wrappers with fault injection for tests. */
 #include "core/alloc.h"
 
+#include <stdint.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sys/mman.h>
+
+/* Buffers of FC_HUGE_MIN bytes or more (model-sized accumulators, staging buffers, model copies)
+ * ask the kernel for transparent huge pages where it offers them only on request ("madvise"
+ * mode): one fault per 2 MiB instead of one per 4 KiB. A round allocates and frees such buffers
+ * each time, so without this it pays thousands of page faults per model-sized buffer. */
+#define FC_HUGE_PAGE ((uintptr_t)2 << 20)
+#define FC_HUGE_MIN ((size_t)4 << 20)
+
+static void *advise_huge(void *p, size_t size) {
+#ifdef MADV_HUGEPAGE
+    if (p && size >= FC_HUGE_MIN) {
+        uintptr_t a = ((uintptr_t)p + FC_HUGE_PAGE - 1) & ~(FC_HUGE_PAGE - 1);
+        uintptr_t e = ((uintptr_t)p + size) & ~(FC_HUGE_PAGE - 1);
+        if (e > a)
+            (void)madvise((void *)a, e - a, MADV_HUGEPAGE); /* advice only: errors are harmless */
+    }
+#endif
+    return p;
+}
 
 static long fail_countdown = -1;
 static unsigned long failures;
@@ -28,7 +49,7 @@ unsigned long fc_alloc_failures(void) { return failures; }
 void *fc_malloc(size_t size) {
     if (should_fail())
         return NULL;
-    return malloc(size ? size : 1);
+    return advise_huge(malloc(size ? size : 1), size);
 }
 
 void *fc_calloc(size_t count, size_t size) {
@@ -36,13 +57,13 @@ void *fc_calloc(size_t count, size_t size) {
         return NULL;
     if (count == 0 || size == 0)
         return calloc(1, 1);
-    return calloc(count, size);
+    return count > SIZE_MAX / size ? NULL : advise_huge(calloc(count, size), count * size);
 }
 
 void *fc_realloc(void *ptr, size_t size) {
     if (should_fail())
         return NULL;
-    return realloc(ptr, size ? size : 1);
+    return advise_huge(realloc(ptr, size ? size : 1), size);
 }
 
 void *fc_mallocarray(size_t count, size_t size) {
