@@ -46,7 +46,8 @@ typedef struct fold_job {
 
 typedef struct dpart {
     uint64_t client_id;
-    int offered; /* added or dropped in the driver */
+    int offered;     /* added or dropped in the driver */
+    fold_job *ready; /* its add or drop, waiting for every lower client id (see release_in_order) */
     uint64_t bytes;
     char *metrics_json;
 } dpart;
@@ -68,8 +69,9 @@ struct dround {
     uint64_t closed_us; /* when the round closed (the last answer arrived), uv_hrtime in us */
     agg_round *agg;
     int expected;
-    dpart *parts; /* one per selected client, in selection order */
+    dpart *parts; /* one per selected client: selection order, then ascending id once expected */
     size_t n_parts, cap_parts;
+    size_t cursor; /* expected: parts before it are handed to the driver, in ascending id */
     fold_job *q_head, *q_tail;
     int busy;      /* a job is on the pool */
     int abandoned; /* failed or shut down: free once idle */
@@ -104,8 +106,13 @@ static void dround_destroy(dround *rd) {
         sess_update_release(&j->up);
         fc_free(j);
     }
-    for (size_t i = 0; i < rd->n_parts; i++)
+    for (size_t i = 0; i < rd->n_parts; i++) {
         fc_free(rd->parts[i].metrics_json);
+        if (rd->parts[i].ready) {
+            sess_update_release(&rd->parts[i].ready->up);
+            fc_free(rd->parts[i].ready);
+        }
+    }
     fc_free(rd->parts);
     agg_round_free(rd->agg);
     fc_free(rd->report_json);
@@ -115,12 +122,20 @@ static void dround_destroy(dround *rd) {
     fc_free(rd);
 }
 
+/* Names the next client in fold order to the staging budget (0: none); see release_in_order. */
+static void reserve_for(fcd *d, uint64_t client_id) {
+    if (d->budget)
+        sess_budget_reserve_for(d->budget, client_id);
+}
+
 /* Leaves the round: freed now if no job uses it, else when its job returns. */
 static void abandon(fcd *d, dround *rd) {
     if (!rd)
         return;
-    if (d->cur == rd)
+    if (d->cur == rd) {
         d->cur = NULL;
+        reserve_for(d, 0);
+    }
     rd->abandoned = 1;
     if (!rd->busy) {
         dround_destroy(rd);
@@ -346,18 +361,52 @@ static void enqueue(dround *rd, fold_job *j) {
     run_next(rd);
 }
 
+/* Synchronous rounds hand the driver their adds and drops in ascending client id, so it never
+ * has to copy an update that arrived ahead of a lower id: such an update waits here in its
+ * staging buffer, which stays counted against the staging budget. The budget keeps room for
+ * the next client in that order (sess_budget_reserve_for), so waiting updates cannot fill it. */
+static void release_in_order(dround *rd) {
+    while (rd->cursor < rd->n_parts) {
+        dpart *p = &rd->parts[rd->cursor];
+        if (p->ready) {
+            fold_job *j = p->ready;
+            p->ready = NULL;
+            enqueue(rd, j);
+        } else if (!p->offered) {
+            break;
+        }
+        rd->cursor++;
+    }
+    if (rd->d->cur == rd && rd->agg)
+        reserve_for(rd->d, rd->cursor < rd->n_parts ? rd->parts[rd->cursor].client_id : 0);
+}
+
+/* Hands j (an add or drop of p's client) to the driver, in ascending client id once the
+ * selection is declared (expect_selected). */
+static void offer(dround *rd, dpart *p, fold_job *j) {
+    p->offered = 1;
+    if (!rd->expected) {
+        enqueue(rd, j);
+        return;
+    }
+    p->ready = j;
+    release_in_order(rd);
+}
+
 static void queue_drop(dround *rd, uint64_t client, const char *reason) {
     dpart *p = find_part(rd, client);
     if (!p || p->offered || !rd->agg)
         return;
     fold_job *j = fc_calloc(1, sizeof *j);
-    if (!j)
-        return; /* the driver reports it "missing" at finish */
-    p->offered = 1;
+    if (!j) { /* the driver reports it "missing" at finish */
+        p->offered = 1;
+        release_in_order(rd);
+        return;
+    }
     j->kind = FOLD_DROP;
     j->client = client;
     snprintf(j->reason, sizeof j->reason, "%s", reason);
-    enqueue(rd, j);
+    offer(rd, p, j);
 }
 
 /* ---- store jobs ---- */
@@ -644,8 +693,10 @@ static void commit_done(fcd *d, dwjob *j, fc_status st, const fc_error *err) {
     fc_free(cj->config_json);
     fc_free(cj);
     fc_free(j);
-    if (d->cur == rd)
+    if (d->cur == rd) {
         d->cur = NULL;
+        reserve_for(d, 0);
+    }
     dround_destroy(rd);
     dround_pump(d);
 }
@@ -935,20 +986,25 @@ static void queue_begin(fcd *d, dround *rd) {
     daemon_submit(d, j);
 }
 
+static int part_cmp(const void *a, const void *b) {
+    uint64_t x = ((const dpart *)a)->client_id, y = ((const dpart *)b)->client_id;
+    return (x > y) - (x < y);
+}
+
 static void expect_selected(dround *rd) {
     rd->expected = 1;
-    if (!rd->agg || rd->n_parts == 0)
-        return;
-    uint64_t *ids = fc_mallocarray(rd->n_parts, sizeof *ids);
+    qsort(rd->parts, rd->n_parts, sizeof *rd->parts, part_cmp);
+    uint64_t *ids = rd->agg && rd->n_parts ? fc_mallocarray(rd->n_parts, sizeof *ids) : NULL;
     fc_error err = {0};
-    if (!ids)
-        return; /* without expect the driver holds updates until finish: same result */
-    for (size_t i = 0; i < rd->n_parts; i++)
-        ids[i] = rd->parts[i].client_id;
-    if (agg_round_expect(rd->agg, ids, rd->n_parts, &err) != FC_OK)
-        FC_LOG(FC_LOG_WARN, "selection not declared to the driver", FC_LU("round", rd->id),
-               FC_LS("error", err.msg));
-    fc_free(ids);
+    if (ids) { /* without expect the driver holds updates until finish: same result */
+        for (size_t i = 0; i < rd->n_parts; i++)
+            ids[i] = rd->parts[i].client_id;
+        if (agg_round_expect(rd->agg, ids, rd->n_parts, &err) != FC_OK)
+            FC_LOG(FC_LOG_WARN, "selection not declared to the driver", FC_LU("round", rd->id),
+                   FC_LS("error", err.msg));
+        fc_free(ids);
+    }
+    release_in_order(rd); /* names the lowest selected id to the staging budget */
 }
 
 static void maybe_ask_proposal(fcd *d);
@@ -1175,7 +1231,6 @@ void dround_sink(void *ctx, sess_update *u) {
         dround_pump(d);
         return;
     }
-    p->offered = 1;
     p->bytes = fc_stage_total(u->stage);
     DMETRIC(d, metrics_counter_add, updates_accepted, 1);
     DMETRIC(d, metrics_counter_add, bytes_received, (double)p->bytes);
@@ -1186,7 +1241,7 @@ void dround_sink(void *ctx, sess_update *u) {
     j->kind = FOLD_ADD;
     j->up = *u;
     memset(u, 0, sizeof *u);
-    enqueue(rd, j);
+    offer(rd, p, j);
     dround_pump(d);
 }
 

@@ -27,14 +27,28 @@ struct sess_budget {
     uint64_t spill_limit, spill_used;
     sess_waiter *head, *tail; /* sessions waiting for budget, ascending order, FIFO in ties */
     size_t waiting;
+    uint64_t priority;        /* sess_budget_reserve_for: 0 = none */
+    size_t priority_tickets;  /* live tickets of the priority client */
+    struct sess_ticket *live; /* tickets holding bytes (for priority_tickets) */
 };
 
-/* A staging buffer's ticket: which pool it came from. Freed by release. */
+/* A staging buffer's ticket: which pool it came from and for which client. Freed by release. */
 typedef struct sess_ticket {
     sess_budget *b;
+    uint64_t client;
     int spilled;
+    int holding; /* on b->live */
     fc_stage_provider spill;
+    struct sess_ticket *prev, *next;
 } sess_ticket;
+
+static void budget_idle_cb(uv_idle_t *h);
+
+/* Wakes the waiters from an idle handle (never from inside the caller's own call chain). */
+static void wake_later(sess_budget *b) {
+    if (b->head && !b->idle_on && uv_idle_start(&b->idle, budget_idle_cb) == 0)
+        b->idle_on = 1;
+}
 
 static void budget_idle_cb(uv_idle_t *h) {
     sess_budget *b = h->data;
@@ -136,24 +150,56 @@ void sess_budget_unwait(sess_budget *b, sess_waiter *w) {
     w->next = NULL;
 }
 
+static int fits(uint64_t used, uint64_t limit, uint64_t n) {
+    return n <= limit && used <= limit - n;
+}
+
+static void ticket_hold(sess_ticket *t, int spilled, uint64_t nbytes) {
+    sess_budget *b = t->b;
+    if (spilled)
+        b->spill_used += nbytes;
+    else
+        b->memory_used += nbytes;
+    t->spilled = spilled;
+    t->holding = 1;
+    t->prev = NULL;
+    t->next = b->live;
+    if (b->live)
+        b->live->prev = t;
+    b->live = t;
+    if (b->priority && t->client == b->priority)
+        b->priority_tickets++;
+}
+
 static fc_status ticket_acquire(void *ctx, uint64_t nbytes, void **out, fc_error *err) {
     sess_ticket *t = ctx;
     sess_budget *b = t->b;
-    if (nbytes <= b->memory_limit && b->memory_used <= b->memory_limit - nbytes) {
+    uint64_t spill_limit = b->spill_dir ? b->spill_limit : 0;
+    /* While a reservation stands (the priority client holds nothing yet), another client gets a
+     * buffer only if one of nbytes is still left for the priority client afterwards, in either
+     * pool: in a synchronous round every update has the model's size. */
+    int reserve = b->priority && t->client != b->priority && b->priority_tickets == 0;
+    int mem = reserve ? fits(b->memory_used, b->memory_limit, 2 * nbytes) ||
+                            (fits(b->memory_used, b->memory_limit, nbytes) &&
+                             fits(b->spill_used, spill_limit, nbytes))
+                      : fits(b->memory_used, b->memory_limit, nbytes);
+    if (mem) {
         fc_status st = fc_stage_heap_provider()->acquire(NULL, nbytes, out, err);
         if (st != FC_OK)
             return st;
-        b->memory_used += nbytes;
-        t->spilled = 0;
+        ticket_hold(t, 0, nbytes);
         return FC_OK;
     }
-    if (b->spill_dir && nbytes <= b->spill_limit && b->spill_used <= b->spill_limit - nbytes) {
+    int spill = reserve ? fits(b->spill_used, spill_limit, 2 * nbytes) ||
+                              (fits(b->spill_used, spill_limit, nbytes) &&
+                               fits(b->memory_used, b->memory_limit, nbytes))
+                        : fits(b->spill_used, spill_limit, nbytes);
+    if (b->spill_dir && spill) {
         fc_stage_spill_provider(&t->spill, b->spill_dir);
         fc_status st = t->spill.acquire(t->spill.ctx, nbytes, out, err);
         if (st != FC_OK)
             return st;
-        b->spill_used += nbytes;
-        t->spilled = 1;
+        ticket_hold(t, 1, nbytes);
         return FC_OK;
     }
     int fits_memory = nbytes <= b->memory_limit;
@@ -162,13 +208,16 @@ static fc_status ticket_acquire(void *ctx, uint64_t nbytes, void **out, fc_error
         return fc_error_set(err, FC_ERR_LIMIT,
                             "%llu bytes exceed the staging capacity (memory %llu, spill %llu)",
                             (unsigned long long)nbytes, (unsigned long long)b->memory_limit,
-                            (unsigned long long)(b->spill_dir ? b->spill_limit : 0));
-    return fc_error_set(err, FC_ERR_BUSY,
-                        "staging budget exhausted: %llu bytes asked, memory %llu/%llu, spill "
-                        "%llu/%llu",
-                        (unsigned long long)nbytes, (unsigned long long)b->memory_used,
+                            (unsigned long long)spill_limit);
+    char why[64] = "staging budget exhausted";
+    if (fits(b->memory_used, b->memory_limit, nbytes) ||
+        (b->spill_dir && fits(b->spill_used, spill_limit, nbytes)))
+        snprintf(why, sizeof why, "room kept for client %llu, next in fold order",
+                 (unsigned long long)b->priority);
+    return fc_error_set(err, FC_ERR_BUSY, "%s: %llu bytes asked, memory %llu/%llu, spill %llu/%llu",
+                        why, (unsigned long long)nbytes, (unsigned long long)b->memory_used,
                         (unsigned long long)b->memory_limit, (unsigned long long)b->spill_used,
-                        (unsigned long long)(b->spill_dir ? b->spill_limit : 0));
+                        (unsigned long long)spill_limit);
 }
 
 static void ticket_release(void *ctx, void *mem, uint64_t nbytes) {
@@ -181,13 +230,36 @@ static void ticket_release(void *ctx, void *mem, uint64_t nbytes) {
         fc_stage_heap_provider()->release(NULL, mem, nbytes);
         b->memory_used -= nbytes;
     }
+    if (t->holding) {
+        if (t->prev)
+            t->prev->next = t->next;
+        else
+            b->live = t->next;
+        if (t->next)
+            t->next->prev = t->prev;
+        if (b->priority && t->client == b->priority)
+            b->priority_tickets--;
+    }
     fc_free(t);
-    if (b->head && !b->idle_on && uv_idle_start(&b->idle, budget_idle_cb) == 0)
-        b->idle_on = 1;
+    wake_later(b);
 }
 
-fc_status sess_budget_stage(sess_budget *b, const fc_tensor_spec *specs, size_t n, uint64_t total,
-                            uint64_t max_total, fc_stage **out, fc_error *err) {
+void sess_budget_reserve_for(sess_budget *b, uint64_t client_id) {
+    if (b->priority == client_id)
+        return;
+    b->priority = client_id;
+    b->priority_tickets = 0;
+    for (const sess_ticket *t = b->live; client_id && t; t = t->next)
+        if (t->client == client_id)
+            b->priority_tickets++;
+    wake_later(b); /* the new priority client may be waiting, and others may now fit */
+}
+
+uint64_t sess_budget_reserved_for(const sess_budget *b) { return b->priority; }
+
+fc_status sess_budget_stage(sess_budget *b, uint64_t client_id, const fc_tensor_spec *specs,
+                            size_t n, uint64_t total, uint64_t max_total, fc_stage **out,
+                            fc_error *err) {
     fc_stage_config cfg = {.max_total_bytes = max_total, .label = "update"};
     *out = NULL;
     if (total == 0) /* nothing to acquire: the stage never calls the provider */
@@ -196,6 +268,7 @@ fc_status sess_budget_stage(sess_budget *b, const fc_tensor_spec *specs, size_t 
     if (!t)
         return fc_error_set(err, FC_ERR_NOMEM, "staging ticket");
     t->b = b;
+    t->client = client_id;
     fc_stage_provider p = {"budget", ticket_acquire, ticket_release, t};
     cfg.provider = &p;
     fc_status st = fc_stage_create(specs, n, total, &cfg, out, err);

@@ -760,16 +760,17 @@ static int start_upload(sess *s, fc_envelope *env) {
     }
     uint64_t max_total = sv->cfg.max_update_bytes ? sv->cfg.max_update_bytes : (uint64_t)16 << 30;
     fc_stage *stage = NULL;
-    st = sess_budget_stage(sv->cfg.budget, specs, ub->n_tensors, total, max_total, &stage, &err);
+    st = sess_budget_stage(sv->cfg.budget, s->client_id, specs, ub->n_tensors, total, max_total,
+                           &stage, &err);
     /* A live upload comes before parked ones: make room by freeing them, oldest first. */
     while (st == FC_ERR_BUSY && evict_oldest(sv, "evicted: a live upload needs the staging budget"))
-        st =
-            sess_budget_stage(sv->cfg.budget, specs, ub->n_tensors, total, max_total, &stage, &err);
+        st = sess_budget_stage(sv->cfg.budget, s->client_id, specs, ub->n_tensors, total, max_total,
+                               &stage, &err);
     fc_wire_specs_free(specs, ub->n_tensors);
     if (st == FC_ERR_BUSY) {
         /* Both pools refused: stop reading this connection until a staging buffer is freed. */
         FC_LOG(FC_LOG_INFO, "upload waits for staging budget", FC_LS("session", s->id),
-               FC_LU("bytes", total));
+               FC_LU("client", s->client_id), FC_LU("bytes", total), FC_LS("reason", err.msg));
         s->wait_begin = env;
         s->waiter.wake = budget_wake;
         s->waiter.order = s->client_id;

@@ -49,6 +49,13 @@ uint64_t sess_budget_memory_used(const sess_budget *b);
 uint64_t sess_budget_spill_used(const sess_budget *b);
 /* Sessions waiting for budget. */
 size_t sess_budget_waiting(const sess_budget *b);
+/* Keeps room for client_id's next upload (0: no reservation). Until that client holds a staging
+ * buffer, another client's request of n bytes is granted only if n more bytes would still be
+ * free afterwards (in memory or spill). The round driver folds in ascending client id; naming
+ * the next client in that order means the budget never fills with updates that have to wait
+ * for it, so no update is held outside the budget. Wakes waiters if the name changed. */
+void sess_budget_reserve_for(sess_budget *b, uint64_t client_id);
+uint64_t sess_budget_reserved_for(const sess_budget *b);
 /* Closes the budget's handle; call after every session is gone, then run the loop once. */
 void sess_budget_free(sess_budget *b);
 

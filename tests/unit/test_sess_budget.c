@@ -1,7 +1,8 @@
-/* test_sess_budget.c: the order in which the shared staging budget wakes sessions waiting for
- * it (server/sess_services.c): ascending client id, first come first served among equal ids, so
- * that the round driver, which folds in ascending client id, rarely has to hold copies of early
- * updates. Uses the budget directly with a real uv loop; no sockets.
+/* test_sess_budget.c: the shared staging budget (server/sess_services.c): the order in which it
+ * wakes sessions waiting for it (ascending client id, first come first served among equal ids),
+ * and the room it keeps for the next client in fold order (sess_budget_reserve_for), so that
+ * updates that must wait for a lower client id never fill it. Uses the budget directly with a
+ * real uv loop; no sockets.
  */
 #include <setjmp.h>
 #include <stdarg.h>
@@ -10,7 +11,9 @@
 
 #include <cmocka.h>
 
+#include <stdlib.h>
 #include <string.h>
+#include <unistd.h>
 #include <uv.h>
 
 #include "core/alloc.h"
@@ -30,17 +33,24 @@ static void record_wake(sess_waiter *w) {
     woken[n_woken++] = r->tag;
 }
 
-/* Fills the whole memory budget with one staged update of `bytes` (f32 elements). */
-static fc_stage *fill(sess_budget *b, uint64_t bytes) {
+/* Asks for a stage of `bytes` (f32 elements) for client; the status of the request. */
+static fc_status ask(sess_budget *b, uint64_t client, uint64_t bytes, fc_stage **st,
+                     fc_error *err) {
     fc_tensor_spec spec;
     memset(&spec, 0, sizeof spec);
     spec.name = "w";
     spec.dtype = FC_DTYPE_F32;
     spec.ndim = 1;
     spec.shape[0] = bytes / 4;
+    *st = NULL;
+    return sess_budget_stage(b, client, &spec, 1, bytes, bytes, st, err);
+}
+
+/* Fills the whole memory budget with one staged update of `bytes` (client 100). */
+static fc_stage *fill(sess_budget *b, uint64_t bytes) {
     fc_stage *st = NULL;
     fc_error err = {0};
-    assert_int_equal(sess_budget_stage(b, &spec, 1, bytes, bytes, &st, &err), FC_OK);
+    assert_int_equal(ask(b, 100, bytes, &st, &err), FC_OK);
     return st;
 }
 
@@ -81,9 +91,131 @@ static void test_budget_wakes_waiters_in_ascending_client_id(void **state) {
     assert_int_equal(uv_loop_close(&loop), 0);
 }
 
+/* Room for two updates in memory, none on disk; client 3 is next in fold order. */
+static void test_budget_keeps_room_for_the_next_client_in_fold_order(void **state) {
+    (void)state;
+    uv_loop_t loop;
+    assert_int_equal(uv_loop_init(&loop), 0);
+    sess_budget *b = NULL;
+    fc_error err = {0};
+    assert_int_equal(sess_budget_new(&loop, 2 * 4096, NULL, 0, &b, &err), FC_OK);
+    sess_budget_reserve_for(b, 3);
+    assert_int_equal(sess_budget_reserved_for(b), 3);
+    fc_stage *s7 = NULL, *s9 = NULL, *s3 = NULL, *s5 = NULL;
+    /* client 7 fits next to the reservation; client 9 would take client 3's room */
+    assert_int_equal(ask(b, 7, 4096, &s7, &err), FC_OK);
+    assert_int_equal(ask(b, 9, 4096, &s9, &err), FC_ERR_BUSY);
+    assert_non_null(strstr(err.msg, "room kept for client 3, next in fold order"));
+    assert_null(s9);
+    /* client 3 gets the room kept for it */
+    assert_int_equal(ask(b, 3, 4096, &s3, &err), FC_OK);
+    assert_int_equal(sess_budget_memory_used(b), 2 * 4096);
+    /* client 3 folded: its buffer goes back and the next in order is 5 */
+    fc_stage_free(s3);
+    sess_budget_reserve_for(b, 5);
+    assert_int_equal(ask(b, 9, 4096, &s9, &err), FC_ERR_BUSY);
+    assert_int_equal(ask(b, 5, 4096, &s5, &err), FC_OK);
+    fc_stage_free(s5);
+    fc_stage_free(s7);
+    /* no reservation: first come, first served up to the limit */
+    sess_budget_reserve_for(b, 0);
+    assert_int_equal(ask(b, 9, 4096, &s9, &err), FC_OK);
+    assert_int_equal(ask(b, 11, 4096, &s7, &err), FC_OK);
+    assert_int_equal(ask(b, 12, 4096, &s5, &err), FC_ERR_BUSY);
+    assert_null(strstr(err.msg, "room kept"));
+    fc_stage_free(s9);
+    fc_stage_free(s7);
+    assert_int_equal(sess_budget_memory_used(b), 0);
+    sess_budget_free(b);
+    uv_run(&loop, UV_RUN_DEFAULT);
+    assert_int_equal(uv_loop_close(&loop), 0);
+}
+
+/* Once the priority client holds a buffer, the others may fill the rest; naming a client that
+ * already holds one counts its buffer; a client waiting for budget is woken when it is named. */
+static void test_budget_reservation_ends_once_the_client_holds_a_buffer(void **state) {
+    (void)state;
+    uv_loop_t loop;
+    assert_int_equal(uv_loop_init(&loop), 0);
+    sess_budget *b = NULL;
+    fc_error err = {0};
+    assert_int_equal(sess_budget_new(&loop, 3 * 4096, NULL, 0, &b, &err), FC_OK);
+    sess_budget_reserve_for(b, 2);
+    fc_stage *s2 = NULL, *s4 = NULL, *s6 = NULL, *s8 = NULL;
+    assert_int_equal(ask(b, 2, 4096, &s2, &err), FC_OK);
+    assert_int_equal(ask(b, 4, 4096, &s4, &err), FC_OK);
+    assert_int_equal(ask(b, 6, 4096, &s6, &err), FC_OK); /* the budget is full now */
+    assert_int_equal(ask(b, 8, 4096, &s8, &err), FC_ERR_BUSY);
+    /* client 8 waits; naming client 4 (which holds a buffer) reserves nothing more */
+    rec_waiter w8;
+    memset(&w8, 0, sizeof w8);
+    w8.w.wake = record_wake;
+    w8.w.order = 8;
+    w8.tag = 8;
+    sess_budget_wait(b, &w8.w);
+    sess_budget_reserve_for(b, 4);
+    fc_stage_free(s2);
+    n_woken = 0;
+    uv_run(&loop, UV_RUN_NOWAIT);
+    assert_int_equal(n_woken, 1);
+    assert_int_equal(woken[0], 8);
+    assert_int_equal(ask(b, 8, 4096, &s8, &err), FC_OK);
+    /* a waiting client is woken when it becomes the priority one */
+    fc_stage_free(s4);
+    sess_budget_reserve_for(b, 5);
+    fc_stage *s10 = NULL;
+    assert_int_equal(ask(b, 10, 4096, &s10, &err), FC_ERR_BUSY);
+    rec_waiter w10;
+    memset(&w10, 0, sizeof w10);
+    w10.w.wake = record_wake;
+    w10.w.order = 10;
+    w10.tag = 10;
+    sess_budget_wait(b, &w10.w);
+    n_woken = 0;
+    sess_budget_reserve_for(b, 10);
+    uv_run(&loop, UV_RUN_NOWAIT);
+    assert_int_equal(n_woken, 1);
+    assert_int_equal(woken[0], 10);
+    assert_int_equal(ask(b, 10, 4096, &s10, &err), FC_OK);
+    fc_stage_free(s6);
+    fc_stage_free(s8);
+    fc_stage_free(s10);
+    sess_budget_free(b);
+    uv_run(&loop, UV_RUN_DEFAULT);
+    assert_int_equal(uv_loop_close(&loop), 0);
+}
+
+/* With a spill pool, the room may be kept in either pool. */
+static void test_budget_reservation_counts_the_spill_pool(void **state) {
+    (void)state;
+    char dir[] = "/tmp/fc-budget-XXXXXX";
+    assert_non_null(mkdtemp(dir));
+    uv_loop_t loop;
+    assert_int_equal(uv_loop_init(&loop), 0);
+    sess_budget *b = NULL;
+    fc_error err = {0};
+    assert_int_equal(sess_budget_new(&loop, 4096, dir, 4096, &b, &err), FC_OK);
+    sess_budget_reserve_for(b, 1);
+    fc_stage *s5 = NULL, *s6 = NULL, *s1 = NULL;
+    assert_int_equal(ask(b, 5, 4096, &s5, &err), FC_OK); /* memory; the room for 1 is on disk */
+    assert_int_equal(sess_budget_memory_used(b), 4096);
+    assert_int_equal(ask(b, 6, 4096, &s6, &err), FC_ERR_BUSY);
+    assert_int_equal(ask(b, 1, 4096, &s1, &err), FC_OK);
+    assert_int_equal(sess_budget_spill_used(b), 4096);
+    fc_stage_free(s1);
+    fc_stage_free(s5);
+    sess_budget_free(b);
+    uv_run(&loop, UV_RUN_DEFAULT);
+    assert_int_equal(uv_loop_close(&loop), 0);
+    assert_int_equal(rmdir(dir), 0);
+}
+
 int main(void) {
     const struct CMUnitTest tests[] = {
         cmocka_unit_test(test_budget_wakes_waiters_in_ascending_client_id),
+        cmocka_unit_test(test_budget_keeps_room_for_the_next_client_in_fold_order),
+        cmocka_unit_test(test_budget_reservation_ends_once_the_client_holds_a_buffer),
+        cmocka_unit_test(test_budget_reservation_counts_the_spill_pool),
     };
     return cmocka_run_group_tests(tests, NULL, NULL);
 }
