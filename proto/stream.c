@@ -323,7 +323,8 @@ struct fc_stage {
     size_t max_chunk;
     uint8_t *buf;          /* total bytes from provider, NULL when total is 0 */
     fc_stage_provider provider;
-    fc_stream_hash hash;   /* over bytes [0, received) */
+    fc_stream_hash hash;   /* over bytes [0, received), or nothing until finish (hash_at_finish) */
+    int hash_at_finish;
     stage_state state;
     const char *label;
 };
@@ -489,6 +490,7 @@ fc_status fc_stage_create(const fc_tensor_spec *specs, size_t count, uint64_t an
         return fc_error_set(err, FC_ERR_NOMEM, "out of memory for a staging area");
     s->provider = *prov;
     s->label = label;
+    s->hash_at_finish = cfg->hash_at_finish != 0;
     s->max_chunk = max_chunk;
     s->total = total;
     s->specs = fc_calloc(count, sizeof *s->specs);
@@ -594,7 +596,7 @@ fc_status fc_stage_add_chunk(fc_stage *s, uint32_t tensor_index, uint64_t offset
 
     uint8_t *dst = s->buf + global;
     memcpy(dst, data, len);
-    fc_status st = fc_stream_hash_update(&s->hash, dst, len, err);
+    fc_status st = s->hash_at_finish ? FC_OK : fc_stream_hash_update(&s->hash, dst, len, err);
     if (st != FC_OK) {
         s->state = STAGE_FAILED;
         return st;
@@ -604,13 +606,13 @@ fc_status fc_stage_add_chunk(fc_stage *s, uint32_t tensor_index, uint64_t offset
     return FC_OK;
 }
 
-fc_status fc_stage_finish(fc_stage *s, const uint8_t *sha256, size_t sha256_len, fc_error *err) {
+fc_status fc_stage_check_end(const fc_stage *s, size_t sha256_len, fc_error *err) {
     if (s->state != STAGE_OPEN)
         return fc_error_set(err, FC_ERR_STATE, "end of the %s after it %s", s->label,
                             s->state == STAGE_COMPLETE ? "was complete" : "failed");
-    if (!sha256 || sha256_len != FC_SHA256_BYTES)
+    if (sha256_len != FC_SHA256_BYTES)
         return fc_error_set(err, FC_ERR_PROTOCOL, "end of the %s carries a %zu-byte SHA-256, "
-                            "expected %d", s->label, sha256 ? sha256_len : 0, FC_SHA256_BYTES);
+                            "expected %d", s->label, sha256_len, FC_SHA256_BYTES);
     if (s->received < s->total) {
         size_t i = s->cur;
         uint64_t size = s->starts[i + 1] - s->starts[i];
@@ -630,8 +632,20 @@ fc_status fc_stage_finish(fc_stage *s, const uint8_t *sha256, size_t sha256_len,
                             s->specs[i].name, (unsigned long long)later_bytes, later_tensors,
                             later_tensors == 1 ? "" : "s");
     }
+    return FC_OK;
+}
+
+fc_status fc_stage_finish(fc_stage *s, const uint8_t *sha256, size_t sha256_len, fc_error *err) {
+    fc_status st = fc_stage_check_end(s, sha256 ? sha256_len : 0, err);
+    if (st != FC_OK)
+        return st;
+    if (s->hash_at_finish && s->total > 0 &&
+        (st = fc_stream_hash_update(&s->hash, s->buf, (size_t)s->total, err)) != FC_OK) {
+        s->state = STAGE_FAILED;
+        return st;
+    }
     uint8_t computed[FC_SHA256_BYTES];
-    fc_status st = fc_stream_hash_final(&s->hash, computed, err);
+    st = fc_stream_hash_final(&s->hash, computed, err);
     if (st != FC_OK) {
         s->state = STAGE_FAILED;
         return st;

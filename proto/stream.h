@@ -145,6 +145,10 @@ typedef struct fc_stage_config {
     size_t max_chunk;                   /* 0 = FC_STREAM_MAX_CHUNK; larger is FC_ERR_INVALID */
     const fc_stage_provider *provider;  /* NULL = fc_stage_heap_provider() */
     const char *label;                  /* "update" (default) or "model", for messages; static */
+    /* 0: each chunk is hashed as it is copied in. 1: fc_stage_finish hashes the whole buffer in
+     * one pass, so a server can check the end on its event loop (fc_stage_check_end) and leave
+     * the hash to a worker thread. */
+    int hash_at_finish;
 } fc_stage_config;
 
 typedef struct fc_stage fc_stage; /* opaque */
@@ -185,6 +189,9 @@ fc_status fc_stage_add_chunk(fc_stage *s, uint32_t tensor_index, uint64_t offset
  * .."; the stage is then failed for good). sha256_len must be FC_SHA256_BYTES (else
  * FC_ERR_PROTOCOL, stage unchanged). On FC_OK the stage is complete and its data readable. */
 fc_status fc_stage_finish(fc_stage *s, const uint8_t *sha256, size_t sha256_len, fc_error *err);
+/* The checks of fc_stage_finish that need no hashing, with the same errors (FC_ERR_STATE,
+ * FC_ERR_PROTOCOL, FC_ERR_CHUNK); changes nothing. FC_OK means only the hash is left to check. */
+fc_status fc_stage_check_end(const fc_stage *s, size_t sha256_len, fc_error *err);
 
 /* Bytes received so far: the contiguous prefix of the concatenated data, which is what the
  * receiver acknowledges (Ack.offset) and where a resumed stream must restart. */

@@ -260,7 +260,8 @@ uint64_t sess_budget_reserved_for(const sess_budget *b) { return b->priority; }
 fc_status sess_budget_stage(sess_budget *b, uint64_t client_id, const fc_tensor_spec *specs,
                             size_t n, uint64_t total, uint64_t max_total, fc_stage **out,
                             fc_error *err) {
-    fc_stage_config cfg = {.max_total_bytes = max_total, .label = "update"};
+    /* The session checks the end on the loop and hashes on a worker (fc_stage_check_end). */
+    fc_stage_config cfg = {.max_total_bytes = max_total, .label = "update", .hash_at_finish = 1};
     *out = NULL;
     if (total == 0) /* nothing to acquire: the stage never calls the provider */
         return fc_stage_create(specs, n, total, &cfg, out, err);

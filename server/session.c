@@ -101,9 +101,10 @@ typedef struct sess_job {
     uint64_t gen;
     uint64_t end_seq;
     double max_norm;
+    uint8_t sha256[FC_SHA256_BYTES]; /* announced by UpdateEnd; checked by the job */
     sess_update up;
     fc_status st;
-    char msg[FC_ERROR_MSG_MAX];
+    char msg[FC_ERROR_MSG_MAX + 64];
 } sess_job;
 
 const char *sess_state_name(sess_state st) {
@@ -852,6 +853,13 @@ static void job_work(uv_work_t *req) {
     sess_job *j = req->data;
     fc_model m = FC_MODEL_INIT;
     fc_error err = {0};
+    /* The SHA-256 of the whole update, here rather than chunk by chunk on the loop thread. */
+    j->st = fc_stage_finish(j->up.stage, j->sha256, sizeof j->sha256, &err);
+    if (j->st != FC_OK) {
+        snprintf(j->msg, sizeof j->msg, "update for round %llu: %s",
+                 (unsigned long long)j->up.round, err.msg);
+        return;
+    }
     j->st = fc_stage_view_model(j->up.stage, &m, &err);
     if (j->st != FC_OK) {
         snprintf(j->msg, sizeof j->msg, "%s", err.msg);
@@ -947,7 +955,7 @@ static void h_update_end(sess *s, const fc_envelope *env) {
         fail(s, FC_ERR_PROTOCOL, env->seq, "UpdateEnd while the update is already being validated");
         return;
     }
-    fc_status st = fc_stage_finish(s->stage, ue->sha256.data, ue->sha256.len, &err);
+    fc_status st = fc_stage_check_end(s->stage, ue->sha256.len, &err);
     if (st != FC_OK) {
         snprintf(msg, sizeof msg, "update for round %llu: %s", (unsigned long long)s->up_round,
                  err.msg);
@@ -986,6 +994,7 @@ static void h_update_end(sess *s, const fc_envelope *env) {
     j->s = s;
     j->gen = s->gen;
     j->end_seq = env->seq;
+    memcpy(j->sha256, ue->sha256.data, sizeof j->sha256); /* the length was checked */
     /* The norm bound limits deltas; an initial model proposal is weights. */
     j->max_norm = s->up_proposal ? 0 : sv->cfg.max_update_norm;
     j->up.client_id = s->client_id;

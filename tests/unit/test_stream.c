@@ -643,6 +643,45 @@ static void test_finish_before_complete_names_missing_bytes(void **state) {
     fc_model_free(&m);
 }
 
+/* hash_at_finish: chunks are only copied; fc_stage_check_end gives the same end errors without
+ * hashing, and fc_stage_finish hashes the whole buffer: a correct hash completes the stage, a
+ * wrong one fails it with the same message as the chunk-by-chunk hash. */
+static void test_hash_at_finish_checks_the_same(void **state) {
+    (void)state;
+    fc_model m;
+    build_model(&m, layout_named, 5, 11);
+    fc_stage_config cfg = {.max_total_bytes = UINT64_MAX, .hash_at_finish = 1};
+    fc_error err = {0};
+    uint8_t hash[FC_SHA256_BYTES], wrong[FC_SHA256_BYTES];
+    assert_int_equal(fc_stream_model_sha256(&m, hash, &err), FC_OK);
+    memcpy(wrong, hash, sizeof wrong);
+    wrong[7] ^= 1;
+    for (int pass = 0; pass < 2; pass++) {
+        fc_stage *s = stage_for(&m, &cfg);
+        assert_int_equal(fc_stage_check_end(s, sizeof hash, &err), FC_ERR_CHUNK);
+        assert_string_equal(err.msg, "update ended with 16384 of 16384 bytes of 'fc1.weight' "
+                                     "missing, and all 8448 bytes of 3 later tensors");
+        for (uint32_t i = 0; i < 4; i++)
+            if (m.tensors[i].nbytes)
+                assert_int_equal(fc_stage_add_chunk(s, i, 0, m.tensors[i].data,
+                                                    (size_t)m.tensors[i].nbytes, &err),
+                                 FC_OK);
+        assert_int_equal(fc_stage_check_end(s, 31, &err), FC_ERR_PROTOCOL);
+        assert_int_equal(fc_stage_check_end(s, sizeof hash, &err), FC_OK);
+        if (pass == 0) {
+            assert_int_equal(fc_stage_finish(s, hash, sizeof hash, &err), FC_OK);
+            assert_staged_equals(s, &m);
+            assert_int_equal(fc_stage_check_end(s, sizeof hash, &err), FC_ERR_STATE);
+        } else {
+            assert_int_equal(fc_stage_finish(s, wrong, sizeof wrong, &err), FC_ERR_HASH);
+            assert_non_null(strstr(err.msg, "SHA-256 mismatch: announced "));
+            assert_false(fc_stage_complete(s));
+        }
+        fc_stage_free(s);
+    }
+    fc_model_free(&m);
+}
+
 static void test_hash_mismatch_is_rejected(void **state) {
     (void)state;
     fc_model m = FC_MODEL_INIT;
@@ -1016,6 +1055,7 @@ int main(void) {
         cmocka_unit_test(test_announced_layout_errors_are_named),
         cmocka_unit_test(test_staging_buffer_comes_from_the_provider_once),
         cmocka_unit_test(test_spill_provider_stages_into_an_unlinked_file),
+        cmocka_unit_test(test_hash_at_finish_checks_the_same),
         cmocka_unit_test(test_every_allocation_failure_is_clean),
     };
     return cmocka_run_group_tests(tests, NULL, NULL);
