@@ -105,6 +105,8 @@ typedef struct agg_update {
     double weight;             /* n_i, normally num_examples */
     uint64_t staleness;        /* versions behind the current model (async); 0 otherwise */
     uint64_t registered_round; /* round at which this client was registered (fedau) */
+    int finite_checked;        /* 1: the caller already checked that every value is finite (a
+                                  server validates each upload), so the driver skips that pass */
 } agg_update;
 
 /* Staleness weights of the asynchronous buffer (rule fedbuff; docs/aggregators.md). */

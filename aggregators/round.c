@@ -329,7 +329,7 @@ fc_status agg_round_add(agg_round *r, const agg_update *u, fc_error *err) {
         return st;
     if (!agg_k_dtype_ok(u->dtype) || !u->data)
         reason = "bad_dtype";
-    else if (!agg_k_all_finite(u->dtype, u->data, r->ctx.dim))
+    else if (!u->finite_checked && !agg_k_all_finite(u->dtype, u->data, r->ctx.dim))
         reason = "non_finite";
     else if (!isfinite(u->weight) || u->weight < 0)
         reason = "bad_weight";

@@ -222,6 +222,9 @@ static void job_add(fold_job *j) {
         .weight = (double)j->up.num_examples,
         .staleness = j->staleness,
         .registered_round = cl ? cl->registered_round : 0,
+        /* the session's validation checked every value of a delta; for full weights the driver
+         * checks w - w_t, which can overflow */
+        .finite_checked = j->up.is_delta,
     };
     j->st = agg_round_add(rd->agg, &u, &j->err);
 }

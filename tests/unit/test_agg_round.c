@@ -157,6 +157,32 @@ static void test_non_finite_and_bad_weight_updates_are_dropped_with_reasons(void
     agg_round_free(r);
 }
 
+/* finite_checked = 1 is the caller's word that every value is finite (the daemon's validation
+ * checked it): the driver skips its own pass, so even a NaN is folded as given (and only the
+ * check of the aggregate at finish catches it). */
+static void test_finite_checked_skips_the_drivers_pass(void **state) {
+    (void)state;
+    static const float ok[2] = {1, 2};
+    float nan_[2] = {NAN, 4};
+    agg_update a = f32_update(1, ok, 1), b = f32_update(2, nan_, 1);
+    b.finite_checked = 1;
+    agg_context ctx = {.dim = 2};
+    agg_round *r = NULL;
+    double D[2];
+    agg_report rep;
+    fc_error err = {0};
+    agg_report_init(&rep);
+    assert_int_equal(agg_round_begin(&agg_fedavg, NULL, &ctx, NULL, 0, &r, &err), FC_OK);
+    assert_int_equal(agg_round_add(r, &a, &err), FC_OK);
+    assert_int_equal(agg_round_add(r, &b, &err), FC_OK);
+    /* folded, not dropped: the aggregate itself is then refused as non-finite */
+    assert_int_equal(agg_round_finish(r, D, &rep, &err), FC_ERR_NON_FINITE);
+    assert_int_equal(rep.n_used, 2);
+    assert_int_equal(rep.n_dropped, 0);
+    agg_report_free(&rep);
+    agg_round_free(r);
+}
+
 static void test_duplicate_client_is_rejected(void **state) {
     (void)state;
     static const float a[1] = {1};
@@ -503,6 +529,7 @@ int main(void) {
         cmocka_unit_test(test_fedavg_reads_f16_and_bf16),
         cmocka_unit_test(test_single_update_is_the_aggregate),
         cmocka_unit_test(test_non_finite_and_bad_weight_updates_are_dropped_with_reasons),
+        cmocka_unit_test(test_finite_checked_skips_the_drivers_pass),
         cmocka_unit_test(test_duplicate_client_is_rejected),
         cmocka_unit_test(test_expect_rejects_unknown_ids_and_reports_missing),
         cmocka_unit_test(test_empty_round_gives_zero_and_flag),
