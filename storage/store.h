@@ -322,11 +322,14 @@ typedef void (*store_done_fn)(void *ud, fc_status st, const fc_error *err);
 #define STORE_WRITER_CHECKPOINT_PAGES 1000
 /* Opens the write connection (in the calling thread, so open errors come back here) and starts
  * the thread. opt->readonly must be 0. The writer's connection does not checkpoint inside
- * COMMIT: once the WAL holds STORE_WRITER_CHECKPOINT_PAGES pages, the thread runs a passive
- * checkpoint after the job's done callback, so the copy into the database file is off the
- * path between a commit and its announcement. */
+ * COMMIT: once the WAL holds STORE_WRITER_CHECKPOINT_PAGES pages, a passive checkpoint runs on
+ * a second thread with its own connection (or, if that cannot be opened, on the writer after
+ * the job's done callback), so the copy into the database file is off the path between a
+ * commit and its announcement, and a commit queued meanwhile does not wait for it. */
 fc_status store_writer_start(const char *path, const store_options *opt, store_writer **out,
                              fc_error *err);
+/* Checkpoints completed so far (for tests and diagnostics). */
+unsigned long store_writer_checkpoints(store_writer *w);
 /* Queues job; done(done_ud, ...) is called exactly once on the writer thread if this returns
  * FC_OK, and never if it returns an error: FC_ERR_CLOSED after stop, FC_ERR_BUSY if
  * STORE_WRITER_QUEUE_MAX jobs are pending, FC_ERR_NOMEM. Never blocks on I/O. Any thread. */

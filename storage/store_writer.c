@@ -1,6 +1,10 @@
 /* store_writer.c: the writer thread. It owns the write connection and runs queued jobs one at a
  * time, in submission order, calling each job's completion callback on the writer thread.
  *
+ * WAL checkpoints run on a second thread with its own connection: a passive checkpoint copies
+ * committed pages into the database file without the write lock, so a commit queued meanwhile
+ * never waits for that copy (64 MB and an fsync at the default threshold).
+ *
  * The queue is bounded (STORE_WRITER_QUEUE_MAX) so a stuck disk turns into FC_ERR_BUSY for the
  * submitter instead of unbounded memory. This file never touches the event loop: the daemon's
  * done callback does the uv_async_send.
@@ -29,6 +33,12 @@ struct store_writer {
     size_t pending;
     int stopping;
     int wal_pages; /* pages in the WAL after the last commit; writer thread only */
+    /* the checkpointer: its connection and thread (ckpt == NULL: the writer checkpoints) */
+    store *ckpt;
+    pthread_t ckpt_thread;
+    pthread_cond_t ckpt_cv;
+    int ckpt_due;
+    unsigned long checkpoints; /* completed, under mu */
 };
 
 /* Replaces SQLite's auto-checkpoint hook (which would checkpoint inside COMMIT): only records
@@ -39,17 +49,54 @@ static int wal_hook(void *ud, sqlite3 *db, const char *name, int pages) {
     return SQLITE_OK;
 }
 
-static void checkpoint_if_due(store_writer *w) {
-    if (w->wal_pages < STORE_WRITER_CHECKPOINT_PAGES) return;
+static void checkpoint(store_writer *w, store *s) {
     int log_pages = 0, done_pages = 0;
-    int rc = sqlite3_wal_checkpoint_v2(w->s->db, NULL, SQLITE_CHECKPOINT_PASSIVE, &log_pages,
+    int rc = sqlite3_wal_checkpoint_v2(s->db, NULL, SQLITE_CHECKPOINT_PASSIVE, &log_pages,
                                        &done_pages);
-    w->wal_pages = 0;
     /* A failed or partial checkpoint loses nothing: the pages stay in the WAL and are copied
      * by a later one (or by SQLite when the database is next opened). */
     if (rc != SQLITE_OK)
-        FC_LOG(FC_LOG_WARN, "store checkpoint failed", FC_LS("db", w->s->path),
-               FC_LS("error", sqlite3_errmsg(w->s->db)));
+        FC_LOG(FC_LOG_WARN, "store checkpoint failed", FC_LS("db", s->path),
+               FC_LS("error", sqlite3_errmsg(s->db)));
+    pthread_mutex_lock(&w->mu);
+    w->checkpoints++;
+    pthread_mutex_unlock(&w->mu);
+}
+
+/* Writer thread, after a job: hands a due checkpoint to the checkpointer (or runs it). */
+static void checkpoint_if_due(store_writer *w) {
+    if (w->wal_pages < STORE_WRITER_CHECKPOINT_PAGES) return;
+    w->wal_pages = 0;
+    if (!w->ckpt) {
+        checkpoint(w, w->s);
+        return;
+    }
+    pthread_mutex_lock(&w->mu);
+    w->ckpt_due = 1;
+    pthread_cond_signal(&w->ckpt_cv);
+    pthread_mutex_unlock(&w->mu);
+}
+
+static void *checkpointer_main(void *arg) {
+    store_writer *w = arg;
+    pthread_mutex_lock(&w->mu);
+    for (;;) {
+        while (!w->ckpt_due && !w->stopping) pthread_cond_wait(&w->ckpt_cv, &w->mu);
+        if (!w->ckpt_due) break; /* stopping */
+        w->ckpt_due = 0;
+        pthread_mutex_unlock(&w->mu);
+        checkpoint(w, w->ckpt);
+        pthread_mutex_lock(&w->mu);
+    }
+    pthread_mutex_unlock(&w->mu);
+    return NULL;
+}
+
+unsigned long store_writer_checkpoints(store_writer *w) {
+    pthread_mutex_lock(&w->mu);
+    unsigned long n = w->checkpoints;
+    pthread_mutex_unlock(&w->mu);
+    return n;
 }
 
 static void *writer_main(void *arg) {
@@ -94,10 +141,30 @@ fc_status store_writer_start(const char *path, const store_options *opt, store_w
     sqlite3_wal_hook(w->s->db, wal_hook, w);
     if (pthread_mutex_init(&w->mu, NULL) != 0) goto fail_mutex;
     if (pthread_cond_init(&w->cv, NULL) != 0) goto fail_cond;
+    if (pthread_cond_init(&w->ckpt_cv, NULL) != 0) goto fail_ckpt_cond;
+    /* Without a second connection (or thread) the writer checkpoints itself, as before. */
+    fc_error ce = {0};
+    store_options co = opt ? *opt : (store_options){.version = STORE_OPTIONS_V1};
+    co.must_exist = 1;
+    if (store_open(path, &co, &w->ckpt, &ce) == FC_OK &&
+        pthread_create(&w->ckpt_thread, NULL, checkpointer_main, w) != 0) {
+        store_close(w->ckpt);
+        w->ckpt = NULL;
+    }
     if (pthread_create(&w->thread, NULL, writer_main, w) != 0) goto fail_thread;
     *out = w;
     return FC_OK;
 fail_thread:
+    if (w->ckpt) {
+        pthread_mutex_lock(&w->mu);
+        w->stopping = 1;
+        pthread_cond_signal(&w->ckpt_cv);
+        pthread_mutex_unlock(&w->mu);
+        pthread_join(w->ckpt_thread, NULL);
+        store_close(w->ckpt);
+    }
+    pthread_cond_destroy(&w->ckpt_cv);
+fail_ckpt_cond:
     pthread_cond_destroy(&w->cv);
 fail_cond:
     pthread_mutex_destroy(&w->mu);
@@ -185,6 +252,14 @@ void store_writer_stop(store_writer *w) {
     pthread_cond_signal(&w->cv);
     pthread_mutex_unlock(&w->mu);
     pthread_join(w->thread, NULL);
+    if (w->ckpt) { /* after the writer: it may have handed over one last checkpoint */
+        pthread_mutex_lock(&w->mu);
+        pthread_cond_signal(&w->ckpt_cv);
+        pthread_mutex_unlock(&w->mu);
+        pthread_join(w->ckpt_thread, NULL);
+        store_close(w->ckpt);
+    }
+    pthread_cond_destroy(&w->ckpt_cv);
     pthread_cond_destroy(&w->cv);
     pthread_mutex_destroy(&w->mu);
     store_close(w->s);

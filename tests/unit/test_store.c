@@ -1552,7 +1552,7 @@ static fc_status noop_job(store *s, void *ud, fc_error *err) {
     return FC_OK;
 }
 
-static void test_writer_checkpoints_after_reporting_not_inside_commit(void **state) {
+static void test_writer_checkpoints_after_reporting_on_its_own_thread(void **state) {
     (void)state;
     char path[600];
     new_path(path, sizeof path, "ckpt");
@@ -1566,14 +1566,21 @@ static void test_writer_checkpoints_after_reporting_not_inside_commit(void **sta
     off_t empty = file_size(path);
     commit_job job = {1, 1500000};
     size_at_done d = {.path = path};
+    assert_int_equal(store_writer_checkpoints(w), 0);
     assert_int_equal(store_writer_submit(w, run_commit_job, &job, record_size, &d, &err), FC_OK);
-    assert_int_equal(store_writer_call(w, noop_job, NULL, &err), FC_OK); /* after the checkpoint */
+    assert_int_equal(store_writer_call(w, noop_job, NULL, &err), FC_OK); /* after the commit */
     assert_int_equal(d.st, FC_OK);
     /* When the commit was reported, its pages were only in the WAL... */
     assert_true(d.size < 1500000);
     assert_true(d.size <= empty + 65536);
-    /* ...and the thread copied them into the database file right after. */
+    /* ...and the checkpointer thread copied them into the database file after it. */
+    for (int i = 0; i < 1000 && store_writer_checkpoints(w) == 0; i++)
+        usleep(10000);
+    assert_int_equal(store_writer_checkpoints(w), 1);
     assert_true(file_size(path) >= 1500000);
+    /* a commit while the database is being checkpointed still goes through */
+    commit_job job2 = {2, 1500000};
+    assert_int_equal(store_writer_call(w, run_commit_job, &job2, &err), FC_OK);
     store_writer_stop(w);
     store *s = open_small(path, 0);
     assert_int_equal(count_rows(s, "PRAGMA page_size"), 1024);
@@ -1749,7 +1756,7 @@ int main(void) {
         cmocka_unit_test(test_writer_thread_runs_jobs_in_order_while_readers_read),
         cmocka_unit_test(test_pruning_cannot_tear_a_read_in_progress),
         cmocka_unit_test(test_readers_see_only_whole_versions_while_the_writer_commits),
-        cmocka_unit_test(test_writer_checkpoints_after_reporting_not_inside_commit),
+        cmocka_unit_test(test_writer_checkpoints_after_reporting_on_its_own_thread),
         cmocka_unit_test(test_disk_full_rolls_back_and_keeps_previous_state),
         cmocka_unit_test(test_allocation_failures_give_clean_errors),
     };
