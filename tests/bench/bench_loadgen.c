@@ -509,8 +509,10 @@ static void drive(worker *w, session *s, uint32_t events) {
         }
         break;
     }
+    /* Write interest while anything is left to send: the guard above can end the loop right
+     * after UpdateEnd was queued, and without EPOLLOUT it would wait for the next read. */
     if (s->state != S_DONE)
-        arm(w, s, s->state == S_CHUNKS);
+        arm(w, s, s->state == S_CHUNKS || s->out.len > s->out_off || s->bulk_len);
 }
 
 static void heartbeats(worker *w, uint64_t t) {
