@@ -561,7 +561,93 @@ typedef struct commit_job {
     char *metrics_json, *config_json;
     uint64_t pos;
     uint64_t t0;
+    /* The SHA-256 of w runs on the pool while the writer writes the chunks (c.sha256). */
+    int hashing;            /* a hash job was queued */
+    int ran;                /* commit_fn ran (writer thread; read after its done callback) */
+    int hash_after_pending; /* its after-work callback has not run yet (loop thread) */
+    int free_pending;       /* commit_done ran first: hash_after frees the job */
+    uv_work_t hash_req;
+    pthread_mutex_t hash_mu;
+    pthread_cond_t hash_cv;
+    int hash_done;
+    fc_status hash_st;
+    uint8_t sha[FC_SHA256_BYTES];
 } commit_job;
+
+static void hash_work(uv_work_t *w) {
+    commit_job *cj = w->data;
+    fc_stream_hash h = {0};
+    fc_error e = {0};
+    uint8_t sha[FC_SHA256_BYTES];
+    fc_status st = fc_stream_hash_init(&h, &e);
+    if (st == FC_OK && cj->rd->base->bytes)
+        st = fc_stream_hash_update(&h, cj->rd->w, (size_t)cj->rd->base->bytes, &e);
+    if (st == FC_OK)
+        st = fc_stream_hash_final(&h, sha, &e);
+    fc_stream_hash_free(&h);
+    pthread_mutex_lock(&cj->hash_mu);
+    cj->hash_st = st;
+    memcpy(cj->sha, sha, sizeof sha);
+    cj->hash_done = 1;
+    pthread_cond_broadcast(&cj->hash_cv);
+    pthread_mutex_unlock(&cj->hash_mu);
+}
+
+/* Writer thread: waits until the pool has hashed w (it no longer reads it after that). */
+static fc_status wait_hash(commit_job *cj) {
+    pthread_mutex_lock(&cj->hash_mu);
+    while (!cj->hash_done)
+        pthread_cond_wait(&cj->hash_cv, &cj->hash_mu);
+    fc_status st = cj->hash_st;
+    pthread_mutex_unlock(&cj->hash_mu);
+    return st;
+}
+
+static fc_status commit_sha256(void *ud, uint8_t out[STORE_SHA256_LEN], fc_error *err) {
+    commit_job *cj = ud;
+    fc_status st = wait_hash(cj);
+    if (st != FC_OK)
+        return fc_error_set(err, st, "hashing the new model on the pool failed");
+    memcpy(out, cj->sha, STORE_SHA256_LEN);
+    return FC_OK;
+}
+
+static void commit_job_free(commit_job *cj) {
+    if (cj->hashing) {
+        pthread_cond_destroy(&cj->hash_cv);
+        pthread_mutex_destroy(&cj->hash_mu);
+    }
+    fc_free(cj);
+}
+
+static void hash_after(uv_work_t *w, int status) {
+    (void)status; /* the work always ran: nothing cancels it */
+    commit_job *cj = w->data;
+    cj->hash_after_pending = 0;
+    if (cj->free_pending)
+        commit_job_free(cj);
+}
+
+/* Loop thread, before the commit goes to the writer: hashes w on the pool, or leaves the hash
+ * to the store if that cannot start. */
+static void start_hash(fcd *d, commit_job *cj) {
+    if (pthread_mutex_init(&cj->hash_mu, NULL) != 0)
+        return;
+    if (pthread_cond_init(&cj->hash_cv, NULL) != 0) {
+        pthread_mutex_destroy(&cj->hash_mu);
+        return;
+    }
+    cj->hash_req.data = cj;
+    if (uv_queue_work(d->loop, &cj->hash_req, hash_work, hash_after) != 0) {
+        pthread_cond_destroy(&cj->hash_cv);
+        pthread_mutex_destroy(&cj->hash_mu);
+        return;
+    }
+    cj->hashing = 1;
+    cj->hash_after_pending = 1;
+    cj->c.sha256 = commit_sha256;
+    cj->c.sha256_ud = cj;
+}
 
 static fc_status w_source(void *ud, void *buf, size_t cap, size_t *got, fc_error *err) {
     (void)err;
@@ -582,7 +668,11 @@ static fc_status commit_fn(store *s, void *ud, fc_error *err) {
                                        cj->config_json, cj->metrics_json, cj->parts.p,
                                        cj->parts.n, cj->rd->started_unix, daemon_unix_ms(), err);
     cj->c.ended_at = daemon_unix_ms();
-    return store_commit_round(s, &cj->c, NULL, err);
+    cj->ran = 1;
+    fc_status st = store_commit_round(s, &cj->c, NULL, err);
+    if (cj->hashing)
+        (void)wait_hash(cj); /* even on error: the pool must be done with w before it is freed */
+    return st;
 }
 
 typedef struct prune_job {
@@ -629,6 +719,8 @@ static void queue_prune(fcd *d, uint64_t current) {
 
 static void commit_done(fcd *d, dwjob *j, fc_status st, const fc_error *err) {
     commit_job *cj = j->ud;
+    if (cj->hashing && !cj->ran) /* the writer refused the job: w is freed below */
+        (void)wait_hash(cj);
     dround *rd = cj->rd;
     uint64_t took_us = (uv_hrtime() - cj->t0) / 1000;
     fc_error e = {0};
@@ -694,7 +786,10 @@ static void commit_done(fcd *d, dwjob *j, fc_status st, const fc_error *err) {
     parts_free(&cj->parts);
     fc_free(cj->metrics_json);
     fc_free(cj->config_json);
-    fc_free(cj);
+    if (cj->hash_after_pending)
+        cj->free_pending = 1;
+    else
+        commit_job_free(cj);
     fc_free(j);
     if (d->cur == rd) {
         d->cur = NULL;
@@ -754,6 +849,7 @@ static void start_commit(fcd *d, dround *rd) {
             .optimizer_state = rd->opt_state.data,
             .optimizer_state_len = rd->opt_state.len,
         };
+        start_hash(d, cj);
     }
     j->fn = commit_fn;
     j->ud = cj;

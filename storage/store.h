@@ -176,6 +176,12 @@ typedef struct store_commit {
     const uint8_t *expected_sha256; /* NULL or 32 bytes the data must hash to */
     store_source_fn source;
     void *source_ud;
+    /* NULL: the store hashes the bytes as it writes them. Else the caller hashes the same bytes
+     * elsewhere (on another thread, while the store writes): once every chunk is written, the
+     * store calls sha256(sha256_ud, out, err), which must give the SHA-256 of exactly what the
+     * source yielded (or an error, which aborts the commit). */
+    fc_status (*sha256)(void *ud, uint8_t out[STORE_SHA256_LEN], fc_error *err);
+    void *sha256_ud;
     /* round record (ignored when round_id == 0) */
     int64_t started_at, ended_at;
     const char *config_json, *report_json, *metrics_json;

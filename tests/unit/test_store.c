@@ -813,6 +813,64 @@ static void test_failed_commits_leave_nothing_behind(void **state) {
     store_close(s);
 }
 
+/* store_commit.sha256: the caller's hash of the same bytes replaces the store's own. The version
+ * records exactly that hash (and reads verify against it); a failing callback aborts the commit
+ * with its error and leaves the store as it was. */
+typedef struct given_hash {
+    const uint8_t *data;
+    size_t len;
+    int fail;
+    int calls;
+} given_hash;
+
+static fc_status give_hash(void *ud, uint8_t out[STORE_SHA256_LEN], fc_error *err) {
+    given_hash *g = ud;
+    g->calls++;
+    if (g->fail) return fc_error_set(err, FC_ERR_SYSTEM, "test hash failed");
+    unsigned int n = 0;
+    assert_int_equal(EVP_Digest(g->data, g->len, out, &n, EVP_sha256(), NULL), 1);
+    return FC_OK;
+}
+
+static void test_commit_takes_the_callers_hash(void **state) {
+    (void)state;
+    char path[600];
+    new_path(path, sizeof path, "givenhash");
+    store *s = open_small(path, 300);
+    fc_error err = {0};
+    uint8_t data[1000], want[32];
+    fill_pattern(data, sizeof data, 7);
+    unsigned int n = 0;
+    assert_int_equal(EVP_Digest(data, sizeof data, want, &n, EVP_sha256(), NULL), 1);
+    for (int pass = 0; pass < 2; pass++) {
+        mem_source src = {.data = data, .len = sizeof data, .step = 100};
+        given_hash g = {.data = data, .len = sizeof data, .fail = pass == 0};
+        store_commit c = {.version = 1, .tensor_specs_json = SPECS, .model_size = sizeof data,
+                          .source = mem_read, .source_ud = &src, .sha256 = give_hash,
+                          .sha256_ud = &g, .ended_at = 5};
+        store_commit_result res;
+        fc_status st = store_commit_round(s, &c, &res, &err);
+        assert_int_equal(g.calls, 1);
+        int64_t latest = -1;
+        assert_int_equal(store_latest_version(s, &latest, &err), FC_OK);
+        if (pass == 0) {
+            assert_int_equal(st, FC_ERR_SYSTEM);
+            assert_non_null(strstr(err.msg, "SHA-256 of version 1: test hash failed"));
+            assert_int_equal(latest, 0);
+            continue;
+        }
+        assert_int_equal(st, FC_OK);
+        assert_memory_equal(res.sha256, want, 32);
+        assert_int_equal(latest, 1);
+    }
+    uint8_t back[1000];
+    mem_sink sink = {.data = back, .cap = sizeof back};
+    assert_int_equal(store_model_read(s, 1, 0, mem_write, &sink, &err), FC_OK);
+    assert_memory_equal(back, data, sizeof data);
+    assert_int_equal(store_verify(s, NULL, &err), FC_OK);
+    store_close(s);
+}
+
 static void test_commit_result_and_empty_model(void **state) {
     (void)state;
     char path[600];
@@ -1743,6 +1801,7 @@ int main(void) {
         cmocka_unit_test(test_commit_round_writes_model_round_participants_and_state),
         cmocka_unit_test(test_failed_commits_leave_nothing_behind),
         cmocka_unit_test(test_commit_result_and_empty_model),
+        cmocka_unit_test(test_commit_takes_the_callers_hash),
         cmocka_unit_test(test_reads_resume_from_any_offset),
         cmocka_unit_test(test_range_reads_return_exactly_the_bytes_asked),
         cmocka_unit_test(test_corrupted_chunk_is_detected_on_full_read),
