@@ -528,11 +528,11 @@ def fmt_table(b):
             add("4 GB model, 4 clients", "skipped: " + g["skipped"], "-", "completes, <= 3x", None)
         else:
             rp = g.get("round_peak", {})
-            add("4 GB model, 4 clients", "%.1f GB peak (start-up %.1f; in rounds: anon %.1f, "
+            add("4 GB model, 4 clients", "%.2f GB peak (start-up %.1f; in rounds: anon %.1f, "
                 "file %.1f), %.0f s" % (g["vmhwm"] / 1e9, g.get("startup_hwm", 0) / 1e9,
                                         rp.get("RssAnon", 0) / 1e9, rp.get("RssFile", 0) / 1e9,
                                         g["wall_s"]),
-                "%.2fx model" % g["ratio_to_model"], g["goal"], g["met"])
+                "%.3fx model" % g["ratio_to_model"], g["goal"], g["met"])
     if "robust" in b and "error" not in b["robust"]:
         r = b["robust"]
         for rule, v in r["rules"].items():
@@ -559,10 +559,15 @@ def print_table(rows):
 
 def render_only():
     global results
-    with open(os.path.join(ROOT, "bench", "results.json")) as f:
+    path = os.path.join(ROOT, "bench", "results.json")
+    with open(path) as f:
         results = json.load(f)
-    rows = [tuple(r[k] for k in ("measure", "figure", "ratio", "goal", "met"))
-            for r in results["table"]]
+    # The rows are formatted again from the raw figures, so a change of format needs no rerun.
+    rows = fmt_table(results["benchmarks"])
+    results["table"] = [dict(zip(("measure", "figure", "ratio", "goal", "met"), r)) for r in rows]
+    with open(path, "w") as f:
+        json.dump(results, f, indent=2, default=str)
+        f.write("\n")
     global QUICK
     QUICK = results["quick"]
     write_doc(rows)
