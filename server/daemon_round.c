@@ -578,7 +578,7 @@ static void hash_work(uv_work_t *w) {
     commit_job *cj = w->data;
     fc_stream_hash h = {0};
     fc_error e = {0};
-    uint8_t sha[FC_SHA256_BYTES];
+    uint8_t sha[FC_SHA256_BYTES] = {0};
     fc_status st = fc_stream_hash_init(&h, &e);
     if (st == FC_OK && cj->rd->base->bytes)
         st = fc_stream_hash_update(&h, cj->rd->w, (size_t)cj->rd->base->bytes, &e);
