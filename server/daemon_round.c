@@ -385,11 +385,13 @@ static void release_in_order(dround *rd) {
 }
 
 /* Hands j (an add or drop of p's client) to the driver, in ascending client id once the
- * selection is declared (expect_selected). */
+ * selection is declared (expect_selected). j NULL (out of memory): p is passed over, and the
+ * driver reports it "missing" at finish. */
 static void offer(dround *rd, dpart *p, fold_job *j) {
     p->offered = 1;
     if (!rd->expected) {
-        enqueue(rd, j);
+        if (j)
+            enqueue(rd, j);
         return;
     }
     p->ready = j;
@@ -401,14 +403,11 @@ static void queue_drop(dround *rd, uint64_t client, const char *reason) {
     if (!p || p->offered || !rd->agg)
         return;
     fold_job *j = fc_calloc(1, sizeof *j);
-    if (!j) { /* the driver reports it "missing" at finish */
-        p->offered = 1;
-        release_in_order(rd);
-        return;
+    if (j) {
+        j->kind = FOLD_DROP;
+        j->client = client;
+        snprintf(j->reason, sizeof j->reason, "%s", reason);
     }
-    j->kind = FOLD_DROP;
-    j->client = client;
-    snprintf(j->reason, sizeof j->reason, "%s", reason);
     offer(rd, p, j);
 }
 

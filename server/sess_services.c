@@ -154,6 +154,15 @@ static int fits(uint64_t used, uint64_t limit, uint64_t n) {
     return n <= limit && used <= limit - n;
 }
 
+/* Whether n bytes may come from a pool (used/limit), the other pool being other_used/other_limit:
+ * with reserve, n more bytes must still fit afterwards, in this pool or the other. */
+static int may_take(uint64_t used, uint64_t limit, uint64_t other_used, uint64_t other_limit,
+                    uint64_t n, int reserve) {
+    if (!fits(used, limit, n))
+        return 0;
+    return !reserve || fits(used + n, limit, n) || fits(other_used, other_limit, n);
+}
+
 static void ticket_hold(sess_ticket *t, int spilled, uint64_t nbytes) {
     sess_budget *b = t->b;
     if (spilled)
@@ -179,10 +188,8 @@ static fc_status ticket_acquire(void *ctx, uint64_t nbytes, void **out, fc_error
      * buffer only if one of nbytes is still left for the priority client afterwards, in either
      * pool: in a synchronous round every update has the model's size. */
     int reserve = b->priority && t->client != b->priority && b->priority_tickets == 0;
-    int mem = reserve ? fits(b->memory_used, b->memory_limit, 2 * nbytes) ||
-                            (fits(b->memory_used, b->memory_limit, nbytes) &&
-                             fits(b->spill_used, spill_limit, nbytes))
-                      : fits(b->memory_used, b->memory_limit, nbytes);
+    int mem =
+        may_take(b->memory_used, b->memory_limit, b->spill_used, spill_limit, nbytes, reserve);
     if (mem) {
         fc_status st = fc_stage_heap_provider()->acquire(NULL, nbytes, out, err);
         if (st != FC_OK)
@@ -190,10 +197,8 @@ static fc_status ticket_acquire(void *ctx, uint64_t nbytes, void **out, fc_error
         ticket_hold(t, 0, nbytes);
         return FC_OK;
     }
-    int spill = reserve ? fits(b->spill_used, spill_limit, 2 * nbytes) ||
-                              (fits(b->spill_used, spill_limit, nbytes) &&
-                               fits(b->memory_used, b->memory_limit, nbytes))
-                        : fits(b->spill_used, spill_limit, nbytes);
+    int spill =
+        may_take(b->spill_used, spill_limit, b->memory_used, b->memory_limit, nbytes, reserve);
     if (b->spill_dir && spill) {
         fc_stage_spill_provider(&t->spill, b->spill_dir);
         fc_status st = t->spill.acquire(t->spill.ctx, nbytes, out, err);
