@@ -107,6 +107,12 @@ typedef struct agg_update {
     uint64_t registered_round; /* round at which this client was registered (fedau) */
     int finite_checked;        /* 1: the caller already checked that every value is finite (a
                                   server validates each upload), so the driver skips that pass */
+    /* Optional. A streaming rule that reads data once, front to back, calls this after each
+     * window of a few MiB it has finished reading ([p, p + len) within data), so a caller whose
+     * data is a mapped spill file can drop those pages as the fold moves on. NULL: not called.
+     * The driver clears it when it hands the rule a copy instead of data. */
+    void (*consumed)(void *ctx, const void *p, size_t len);
+    void *consumed_ctx;
 } agg_update;
 
 /* Staleness weights of the asynchronous buffer (rule fedbuff; docs/aggregators.md). */
@@ -208,6 +214,13 @@ typedef struct agg_opt {
     /* w (dim f32 values) is updated in place from D (dim doubles). Never called for an empty
      * round, so state does not advance then. */
     fc_status (*step)(agg_opt_state *s, float *w, const double *delta, fc_error *err);
+    /* The same step over elements [first, first + count) only: w and delta point at element
+     * first. Every optimizer here is elementwise, so a step may be taken as consecutive ranges
+     * that cover [0, dim) once, in ascending order (a caller streaming w_t in blocks); the
+     * state's per-round flags advance when the range that ends at dim is done. step(w, D) is
+     * step_range(w, D, 0, dim). FC_ERR_RANGE if the range runs past dim. */
+    fc_status (*step_range)(agg_opt_state *s, float *w, const double *delta, size_t first,
+                            size_t count, fc_error *err);
     fc_status (*save_state)(const agg_opt_state *s, fc_buf *out, fc_error *err);
     fc_status (*load_state)(agg_opt_state *s, const void *blob, size_t len, fc_error *err);
     void (*destroy)(agg_opt_state *s);

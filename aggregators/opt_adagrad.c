@@ -24,6 +24,7 @@ const agg_opt agg_opt_adagrad = {
     .params = adagrad_params,
     .create = adagrad_create,
     .step = fedopt_step,
+    .step_range = fedopt_step_range,
     .save_state = fedopt_save,
     .load_state = fedopt_load,
     .destroy = fedopt_destroy,

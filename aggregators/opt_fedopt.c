@@ -81,21 +81,24 @@ fc_status fedopt_create(fedopt_kind kind, const agg_param_spec *specs, const agg
     return FC_OK;
 }
 
-fc_status fedopt_step(agg_opt_state *st, float *w, const double *delta, fc_error *err) {
+fc_status fedopt_step_range(agg_opt_state *st, float *w, const double *delta, size_t first,
+                            size_t count, fc_error *err) {
     fedopt_state *s = (fedopt_state *)st;
-    double *restrict m = s->m, *restrict v = s->v;
+    if (first > s->dim || count > s->dim - first)
+        return fc_error_set(err, FC_ERR_RANGE, "optimizer %s: elements [%zu, %zu + %zu) of %zu",
+                            kind_name(s->kind), first, first, count, s->dim);
+    double *restrict m = s->m + first, *restrict v = s->v + first;
     const double b1 = s->beta1, b2 = s->beta2, lr = s->lr, tau = s->tau;
-    (void)err;
     switch (s->kind) {
     case FEDOPT_ADAM:
-        for (size_t i = 0; i < s->dim; i++) {
+        for (size_t i = 0; i < count; i++) {
             double d = delta[i];
             m[i] = b1 * m[i] + (1 - b1) * d;
             v[i] = b2 * v[i] + (1 - b2) * (d * d);
         }
         break;
     case FEDOPT_YOGI:
-        for (size_t i = 0; i < s->dim; i++) {
+        for (size_t i = 0; i < count; i++) {
             double d = delta[i], d2 = d * d;
             double diff = v[i] - d2;
             double sign = (diff > 0) - (diff < 0);
@@ -104,16 +107,20 @@ fc_status fedopt_step(agg_opt_state *st, float *w, const double *delta, fc_error
         }
         break;
     case FEDOPT_ADAGRAD:
-        for (size_t i = 0; i < s->dim; i++) {
+        for (size_t i = 0; i < count; i++) {
             double d = delta[i];
             m[i] = d;
             v[i] = v[i] + d * d;
         }
         break;
     }
-    for (size_t i = 0; i < s->dim; i++)
+    for (size_t i = 0; i < count; i++)
         w[i] = (float)((double)w[i] + lr * m[i] / (sqrt(v[i]) + tau));
     return FC_OK;
+}
+
+fc_status fedopt_step(agg_opt_state *st, float *w, const double *delta, fc_error *err) {
+    return fedopt_step_range(st, w, delta, 0, ((fedopt_state *)st)->dim, err);
 }
 
 fc_status fedopt_save(const agg_opt_state *st, fc_buf *out, fc_error *err) {

@@ -56,29 +56,37 @@ static fc_status sgd_create(const agg_params *p, size_t dim, agg_opt_state **out
     return FC_OK;
 }
 
-static fc_status sgd_step(agg_opt_state *st, float *w, const double *delta, fc_error *err) {
+static fc_status sgd_step_range(agg_opt_state *st, float *w, const double *delta, size_t first,
+                                size_t count, fc_error *err) {
     sgd_state *s = (sgd_state *)st;
     const double lr = s->lr, mu = s->momentum;
-    double *restrict b = s->b;
-    (void)err;
-    if (!b) { /* momentum 0: w += lr*D (Nesterov adds mu*b = 0) */
-        for (size_t i = 0; i < s->dim; i++)
+    if (first > s->dim || count > s->dim - first)
+        return fc_error_set(err, FC_ERR_RANGE, "optimizer sgd: elements [%zu, %zu + %zu) of %zu",
+                            first, first, count, s->dim);
+    if (!s->b) { /* momentum 0: w += lr*D (Nesterov adds mu*b = 0) */
+        for (size_t i = 0; i < count; i++)
             w[i] = (float)((double)w[i] + lr * delta[i]);
         return FC_OK;
     }
+    double *restrict b = s->b + first;
     if (!s->started)
-        memcpy(b, delta, s->dim * sizeof *b);
+        memcpy(b, delta, count * sizeof *b);
     else
-        for (size_t i = 0; i < s->dim; i++)
+        for (size_t i = 0; i < count; i++)
             b[i] = mu * b[i] + delta[i];
-    s->started = 1;
     if (s->nesterov)
-        for (size_t i = 0; i < s->dim; i++)
+        for (size_t i = 0; i < count; i++)
             w[i] = (float)((double)w[i] + lr * (delta[i] + mu * b[i]));
     else
-        for (size_t i = 0; i < s->dim; i++)
+        for (size_t i = 0; i < count; i++)
             w[i] = (float)((double)w[i] + lr * b[i]);
+    if (first + count == s->dim)
+        s->started = 1;
     return FC_OK;
+}
+
+static fc_status sgd_step(agg_opt_state *st, float *w, const double *delta, fc_error *err) {
+    return sgd_step_range(st, w, delta, 0, ((sgd_state *)st)->dim, err);
 }
 
 static fc_status sgd_save(const agg_opt_state *st, fc_buf *out, fc_error *err) {
@@ -156,6 +164,7 @@ const agg_opt agg_opt_sgd = {
     .params = sgd_params,
     .create = sgd_create,
     .step = sgd_step,
+    .step_range = sgd_step_range,
     .save_state = sgd_save,
     .load_state = sgd_load,
     .destroy = sgd_destroy,

@@ -25,6 +25,7 @@ const agg_opt agg_opt_yogi = {
     .params = yogi_params,
     .create = yogi_create,
     .step = fedopt_step,
+    .step_range = fedopt_step_range,
     .save_state = fedopt_save,
     .load_state = fedopt_load,
     .destroy = fedopt_destroy,

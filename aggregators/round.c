@@ -18,6 +18,7 @@
 #include <string.h>
 
 #include "aggregators/kernels.h"
+#include "aggregators/rules.h"
 #include "core/alloc.h"
 
 enum slot_state { SLOT_PENDING = 0, SLOT_HELD, SLOT_DONE };
@@ -299,6 +300,7 @@ static fc_status make_slot(slot *s, const agg_update *u, size_t dim, int must_ho
         memcpy(s->owned, u->data, dim * es);
         s->u.data = s->owned;
         s->u.data_stable = 0; /* the copy is freed right after the rule's add() */
+        s->u.consumed = NULL; /* the caller's pages are no longer what the rule reads */
     }
     if (must_hold && u->client_name) {
         if (!(s->name = fc_strdup(u->client_name))) {
@@ -535,4 +537,23 @@ void agg_round_free(agg_round *r) {
     if (r->st)
         r->rule->destroy(r->st);
     fc_free(r);
+}
+
+/* 16 MiB of update data per window: large enough that the calls cost nothing, small enough that
+ * a caller dropping pages behind the fold keeps little of a multi-GB spilled update resident. */
+#define FOLD_WINDOW_BYTES ((size_t)16 << 20)
+
+void agg_fold_update(double *acc, const agg_update *u, double w, size_t dim) {
+    size_t es = fc_dtype_size(u->dtype);
+    if (!u->consumed || es == 0) {
+        agg_k_fold(u->dtype, acc, u->data, w, dim);
+        return;
+    }
+    size_t step = FOLD_WINDOW_BYTES / es;
+    const uint8_t *x = u->data;
+    for (size_t i = 0; i < dim; i += step) {
+        size_t n = dim - i < step ? dim - i : step;
+        agg_k_fold(u->dtype, acc + i, x + i * es, w, n);
+        u->consumed(u->consumed_ctx, x + i * es, n * es);
+    }
 }

@@ -152,7 +152,7 @@ static fc_status fedau_add(agg_state *st, const agg_update *u, fc_error *err) {
     c->omega_mean = (S * c->omega_mean + (double)r + 1.0) / (S + 1.0);
     c->closes += 1;
     c->last_close = t;
-    agg_k_fold(u->dtype, s->acc, u->data, omega, s->dim);
+    agg_fold_update(s->acc, u, omega, s->dim);
     s->omegas[s->n++] = omega;
     return FC_OK;
 }

@@ -45,7 +45,7 @@ static fc_status fedavg_add(agg_state *st, const agg_update *u, fc_error *err) {
     fedavg_state *s = (fedavg_state *)st;
     (void)err;
     double w = s->uniform ? 1.0 : u->weight;
-    agg_k_fold(u->dtype, s->acc, u->data, w, s->dim);
+    agg_fold_update(s->acc, u, w, s->dim);
     s->wsum += w;
     s->n++;
     return FC_OK;

@@ -83,7 +83,7 @@ static fc_status fedbuff_add(agg_state *st, const agg_update *u, fc_error *err) 
     }
     double base = s->examples ? u->weight : 1.0;
     double w = agg_staleness_weight(s->fn, s->a, s->b, u->staleness) * base;
-    agg_k_fold(u->dtype, s->acc, u->data, w, s->dim);
+    agg_fold_update(s->acc, u, w, s->dim);
     s->used[s->n++] = w;
     s->wsum += base;
     return FC_OK;

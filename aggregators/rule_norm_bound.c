@@ -57,7 +57,7 @@ static fc_status nb_add(agg_state *st, const agg_update *u, fc_error *err) {
         scale = s->max_norm / norm;
         s->clipped++;
     }
-    agg_k_fold(u->dtype, s->acc, u->data, w * scale, s->dim);
+    agg_fold_update(s->acc, u, w * scale, s->dim);
     s->wsum += w;
     return FC_OK;
 }

@@ -23,6 +23,10 @@ extern const agg_rule agg_norm_bound;
 extern const agg_rule agg_ida;
 extern const agg_rule agg_fedbuff;
 
+/* acc[i] += w * u->data[i] for i < dim, in windows of a few MiB of data, telling u->consumed
+ * (when set) after each: the fold of every streaming rule that reads an update once. */
+void agg_fold_update(double *acc, const agg_update *u, double w, size_t dim);
+
 /* server optimizers */
 extern const agg_opt agg_opt_sgd;
 extern const agg_opt agg_opt_adam;

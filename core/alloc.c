@@ -5,6 +5,7 @@
 #include <stdlib.h>
 #include <string.h>
 #include <sys/mman.h>
+#include <unistd.h>
 
 /* Buffers of FC_HUGE_MIN bytes or more (model-sized accumulators, staging buffers, model copies)
  * ask the kernel for transparent huge pages where it offers them only on request ("madvise"
@@ -23,6 +24,14 @@ static void *advise_huge(void *p, size_t size) {
     }
 #endif
     return p;
+}
+
+void fc_drop_pages(void *p, size_t len) {
+    uintptr_t page = (uintptr_t)sysconf(_SC_PAGESIZE);
+    uintptr_t a = ((uintptr_t)p + page - 1) & ~(page - 1);
+    uintptr_t e = ((uintptr_t)p + len) & ~(page - 1);
+    if (p && e > a)
+        (void)madvise((void *)a, e - a, MADV_DONTNEED); /* advice only: the pages may stay */
 }
 
 static long fail_countdown = -1;

@@ -260,7 +260,7 @@ static void heap_release(void *ctx, void *mem, uint64_t nbytes) {
     fc_free(mem);
 }
 
-static const fc_stage_provider heap_provider = {"heap", heap_acquire, heap_release, NULL};
+static const fc_stage_provider heap_provider = {"heap", heap_acquire, heap_release, NULL, NULL};
 
 const fc_stage_provider *fc_stage_heap_provider(void) {
     return &heap_provider;
@@ -302,10 +302,22 @@ static void spill_release(void *ctx, void *mem, uint64_t nbytes) {
     (void)munmap(mem, (size_t)nbytes);
 }
 
+static void spill_evict(void *ctx, void *mem, uint64_t off, uint64_t len) {
+    (void)ctx;
+    uintptr_t page = (uintptr_t)sysconf(_SC_PAGESIZE);
+    uintptr_t a = ((uintptr_t)mem + (uintptr_t)off + page - 1) & ~(page - 1);
+    uintptr_t e = ((uintptr_t)mem + (uintptr_t)(off + len)) & ~(page - 1);
+    /* Shared file pages: the page cache keeps the bytes (dirty ones are written back), so this
+     * only unmaps them from the process. Advice only: an error leaves them resident. */
+    if (e > a)
+        (void)madvise((void *)a, e - a, MADV_DONTNEED);
+}
+
 void fc_stage_spill_provider(fc_stage_provider *p, const char *dir) {
     p->name = "spill";
     p->acquire = spill_acquire;
     p->release = spill_release;
+    p->evict = spill_evict;
     p->ctx = (void *)(uintptr_t)dir; /* only ever read back as const char * */
 }
 
@@ -323,6 +335,7 @@ struct fc_stage {
     size_t max_chunk;
     uint8_t *buf;          /* total bytes from provider, NULL when total is 0 */
     fc_stage_provider provider;
+    uint64_t evicted;      /* provider.evict: bytes [0, evicted) dropped while being written */
     fc_stream_hash hash;   /* over bytes [0, received), or nothing until finish (hash_at_finish) */
     int hash_at_finish;
     stage_state state;
@@ -602,8 +615,35 @@ fc_status fc_stage_add_chunk(fc_stage *s, uint32_t tensor_index, uint64_t offset
         return st;
     }
     s->received += len;
+    if (s->provider.evict && s->received - s->evicted >= FC_STAGE_EVICT_WINDOW) {
+        uint64_t upto = s->received - s->received % FC_STAGE_EVICT_WINDOW;
+        s->provider.evict(s->provider.ctx, s->buf, s->evicted, upto - s->evicted);
+        s->evicted = upto;
+    }
     stage_advance(s);
     return FC_OK;
+}
+
+/* Hashes the whole buffer, a window at a time so that an evicting provider can drop each one. */
+static fc_status hash_all(fc_stage *s, fc_error *err) {
+    for (uint64_t off = 0; off < s->total; off += FC_STAGE_EVICT_WINDOW) {
+        uint64_t n = s->total - off < FC_STAGE_EVICT_WINDOW ? s->total - off
+                                                             : FC_STAGE_EVICT_WINDOW;
+        fc_status st = fc_stream_hash_update(&s->hash, s->buf + off, (size_t)n, err);
+        if (st != FC_OK)
+            return st;
+        if (s->provider.evict)
+            s->provider.evict(s->provider.ctx, s->buf, off, n);
+    }
+    return FC_OK;
+}
+
+void fc_stage_done_with(const fc_stage *s, const void *p, size_t len) {
+    const uint8_t *b = p;
+    if (!s->provider.evict || !s->buf || b < s->buf || b > s->buf + s->total ||
+        len > (size_t)(s->buf + s->total - b))
+        return;
+    s->provider.evict(s->provider.ctx, s->buf, (uint64_t)(b - s->buf), len);
 }
 
 fc_status fc_stage_check_end(const fc_stage *s, size_t sha256_len, fc_error *err) {
@@ -639,8 +679,7 @@ fc_status fc_stage_finish(fc_stage *s, const uint8_t *sha256, size_t sha256_len,
     fc_status st = fc_stage_check_end(s, sha256 ? sha256_len : 0, err);
     if (st != FC_OK)
         return st;
-    if (s->hash_at_finish && s->total > 0 &&
-        (st = fc_stream_hash_update(&s->hash, s->buf, (size_t)s->total, err)) != FC_OK) {
+    if (s->hash_at_finish && s->total > 0 && (st = hash_all(s, err)) != FC_OK) {
         s->state = STAGE_FAILED;
         return st;
     }

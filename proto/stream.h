@@ -36,6 +36,9 @@
 #define FC_STAGE_DEFAULT_MAX_TENSORS 65536u
 
 #define FC_SHA256_BYTES 32
+/* How far a stage whose provider evicts lets written or hashed bytes stay resident: every
+ * window is dropped once the stage moves past it. */
+#define FC_STAGE_EVICT_WINDOW ((uint64_t)16 << 20)
 
 /* ---- SHA-256 (OpenSSL EVP), incremental ---- */
 
@@ -124,6 +127,11 @@ typedef struct fc_stage_provider {
     fc_status (*acquire)(void *ctx, uint64_t nbytes, void **out, fc_error *err);
     void (*release)(void *ctx, void *mem, uint64_t nbytes);
     void *ctx;
+    /* Optional: bytes [off, off + len) of a buffer from acquire (nbytes long) are written and
+     * will not be read again soon. A file-backed provider drops their pages from the process
+     * (the file keeps the bytes; reading them faults them back in). NULL for memory that would
+     * lose its contents. */
+    void (*evict)(void *ctx, void *mem, uint64_t off, uint64_t len);
 } fc_stage_provider;
 
 /* The default provider: fc_malloc / fc_free. */
@@ -134,7 +142,9 @@ const fc_stage_provider *fc_stage_heap_provider(void);
  * unlinked at once (so nothing is left behind after a crash), its blocks reserved with
  * posix_fallocate (a full disk fails acquire with FC_ERR_IO rather than SIGBUS later), and mapped
  * MAP_SHARED. The page cache can then write staged bytes back to disk instead of holding them in
- * anonymous memory. */
+ * anonymous memory. Its evict drops the whole pages of a range from the mapping
+ * (MADV_DONTNEED): a stage on it keeps about FC_STAGE_EVICT_WINDOW bytes resident while it is
+ * written, hashed at finish, and read through fc_stage_done_with. */
 void fc_stage_spill_provider(fc_stage_provider *p, const char *dir);
 
 typedef struct fc_stage_config {
@@ -192,6 +202,11 @@ fc_status fc_stage_finish(fc_stage *s, const uint8_t *sha256, size_t sha256_len,
 /* The checks of fc_stage_finish that need no hashing, with the same errors (FC_ERR_STATE,
  * FC_ERR_PROTOCOL, FC_ERR_CHUNK); changes nothing. FC_OK means only the hash is left to check. */
 fc_status fc_stage_check_end(const fc_stage *s, size_t sha256_len, fc_error *err);
+
+/* The reader has finished with bytes [p, p + len) of the complete staging buffer (pointers from
+ * fc_stage_view_model) and will not read them again soon: a stage whose provider evicts (a
+ * spill file) drops those pages from memory; any other stage ignores the call. */
+void fc_stage_done_with(const fc_stage *s, const void *p, size_t len);
 
 /* Bytes received so far: the contiguous prefix of the concatenated data, which is what the
  * receiver acknowledges (Ack.offset) and where a resumed stream must restart. */

@@ -41,6 +41,7 @@ typedef struct fold_job {
     fc_status st;
     fc_error err;
     uint64_t took_us;
+    int opt_stepped;  /* FINISH: the optimizer's state moved (undone if the round fails) */
     struct fold_job *next;
 } fold_job;
 
@@ -81,6 +82,7 @@ struct dround {
     char *report_json;
     fc_buf rule_state, opt_state;
     float *w;
+    agg_round *w_owner; /* w lives in this finished round's buffer of D (see step_over_delta) */
     dmetric metrics[ROUND_MAX_METRICS];
     size_t n_metrics;
     dround *next;
@@ -118,7 +120,10 @@ static void dround_destroy(dround *rd) {
     fc_free(rd->report_json);
     fc_buf_free(&rd->rule_state);
     fc_buf_free(&rd->opt_state);
-    fc_free(rd->w);
+    if (rd->w_owner)
+        agg_round_free(rd->w_owner);
+    else
+        fc_free(rd->w);
     fc_free(rd);
 }
 
@@ -168,6 +173,7 @@ static const char *store_worker_path(const fcd *d) { return d->db_path; }
 typedef struct sub_sink {
     float *dst;
     uint64_t size;
+    const fc_stage *stage; /* dst's stage: its pages may go once subtracted (spilled) */
 } sub_sink;
 
 /* Turns full weights into a delta in place: dst[i] -= w_t[i]. */
@@ -180,6 +186,47 @@ static fc_status subtract_base(void *ud, const void *data, size_t len, uint64_t 
     float *dst = s->dst + offset / 4;
     for (size_t i = 0; i < len / 4; i++)
         dst[i] -= src[i];
+    fc_stage_done_with(s->stage, dst, len);
+    return FC_OK;
+}
+
+/* agg_update.consumed: a spilled update's pages go as the rule's fold moves past them. */
+static void fold_consumed(void *ctx, const void *p, size_t len) {
+    fc_stage_done_with(ctx, p, len);
+}
+
+/* w_{t+1} = step(w_t, D), one piece of w_t at a time as the store reads it, written as f32 over
+ * D's own buffer: element i lands at bytes [4i, 4i + 4), inside D's elements below i, which
+ * the step has already read. The model then needs no buffer of its own next to D. */
+typedef struct step_sink {
+    fcd *d;
+    const double *D;
+    float *out; /* (float *)D */
+    float *tmp; /* one piece: w_t, stepped in place, then copied to out */
+    size_t cap; /* floats in tmp */
+    uint64_t size;
+    uint64_t next; /* the next byte expected: the ranges must cover the model once, in order */
+} step_sink;
+
+static fc_status step_piece(void *ud, const void *data, size_t len, uint64_t offset,
+                            fc_error *err) {
+    step_sink *s = ud;
+    if (offset != s->next || len % 4 || len > s->size - offset)
+        return fc_error_set(err, FC_ERR_CORRUPT, "base model bytes out of range or out of order");
+    size_t first = (size_t)(offset / 4), n = len / 4;
+    if (n > s->cap) {
+        float *t = fc_realloc(s->tmp, len);
+        if (!t)
+            return fc_error_set(err, FC_ERR_NOMEM, "out of memory for %zu bytes of the model", len);
+        s->tmp = t;
+        s->cap = n;
+    }
+    memcpy(s->tmp, data, len);
+    fc_status st = s->d->opt->step_range(s->d->opt_state, s->tmp, s->D + first, first, n, err);
+    if (st != FC_OK)
+        return st;
+    memcpy(s->out + first, s->tmp, len);
+    s->next += len;
     return FC_OK;
 }
 
@@ -208,7 +255,7 @@ static void job_add(fold_job *j) {
     void *flat = m.count ? m.tensors[0].data : NULL;
     fc_model_free(&m);
     if (!j->up.is_delta) { /* the session checked base_version: the round's, or the task's */
-        sub_sink s = {flat, rd->base->bytes};
+        sub_sink s = {flat, rd->base->bytes, j->up.stage};
         if ((j->st = worker_read(rd, (int64_t)j->up.base_version, subtract_base, &s, &j->err)) !=
             FC_OK)
             return;
@@ -225,6 +272,8 @@ static void job_add(fold_job *j) {
         /* the session's validation checked every value of a delta; for full weights the driver
          * checks w - w_t, which can overflow */
         .finite_checked = j->up.is_delta,
+        .consumed = fold_consumed,
+        .consumed_ctx = j->up.stage,
     };
     j->st = agg_round_add(rd->agg, &u, &j->err);
 }
@@ -248,7 +297,24 @@ static void job_finish(fold_job *j) {
     agg_report_free(&rep);
     if (j->st == FC_OK)
         j->st = agg_round_save_state(rd->agg, &rd->rule_state, &j->err);
-    if (j->st == FC_OK) {
+    if (j->st == FC_OK && rd->base->bytes > DAEMON_CACHE_BYTES && d->opt->step_range) {
+        /* A model too large to cache: w_{t+1} takes the consumed half of D's buffer instead of
+         * a buffer of its own, so the finish needs 2x the model (D) rather than 3x (D and w). */
+        step_sink ss = {.d = d, .D = D, .out = (float *)D, .size = rd->base->bytes};
+        j->opt_stepped = 1;
+        j->st = worker_read(rd, (int64_t)rd->base_version, step_piece, &ss, &j->err);
+        fc_free(ss.tmp);
+        if (j->st == FC_OK && ss.next != ss.size)
+            j->st = fc_error_set(&j->err, FC_ERR_CORRUPT, "base model has %" PRIu64
+                                 " of %" PRIu64 " bytes", ss.next, ss.size);
+        if (j->st == FC_OK) {
+            fc_drop_pages((uint8_t *)D + rd->base->bytes, rd->base->bytes); /* D's upper half */
+            rd->w = (float *)D;
+            rd->w_owner = rd->agg;
+            rd->agg = NULL;
+        }
+    }
+    if (j->st == FC_OK && !rd->w) {
         /* the buffer of the version before last, kept for this (no fresh pages to fault in) */
         pthread_mutex_lock(&d->wro_mu);
         if (d->w_spare && d->w_spare_bytes == rd->base->bytes) {
@@ -261,21 +327,39 @@ static void job_finish(fold_job *j) {
         !(rd->w = fc_mallocarray(rd->base->numel ? rd->base->numel : 1, 4)))
         j->st = fc_error_set(&j->err, FC_ERR_NOMEM, "out of memory for the model (%" PRIu64
                              " floats)", rd->base->numel);
-    if (j->st == FC_OK) {
+    if (j->st == FC_OK && !rd->w_owner) {
         if (d->w_cache && d->w_cache_version == rd->base_version)
             memcpy(rd->w, d->w_cache, rd->base->bytes);
         else
             j->st = worker_read(rd, (int64_t)rd->base_version, dmodel_f32_sink(),
                                 &(dmodel_f32){(uint8_t *)rd->w, rd->base->bytes}, &j->err);
+        if (j->st == FC_OK) {
+            j->opt_stepped = 1;
+            j->st = d->opt->step(d->opt_state, rd->w, D, &j->err);
+        }
     }
-    if (j->st == FC_OK)
-        j->st = d->opt->step(d->opt_state, rd->w, D, &j->err);
     /* The accumulator (which holds D) goes now: w_t+1 and the state are all the commit needs. */
     agg_round_free(rd->agg);
     rd->agg = NULL;
     if (j->st == FC_OK)
         j->st = d->opt->save_state(d->opt_state, &rd->opt_state, &j->err);
     rd->finished = j->st == FC_OK;
+}
+
+/* The optimizer stepped (or began to) for a version that will not be stored: back to the state
+ * of the last committed version, or, when none was committed, to none at all (the next round
+ * creates a fresh one). */
+static void opt_rewind(fcd *d) {
+    if (!d->opt_state)
+        return;
+    fc_error le = {0};
+    if (d->opt_blob_len) {
+        if (d->opt->load_state(d->opt_state, d->opt_blob, d->opt_blob_len, &le) == FC_OK)
+            return;
+        FC_LOG(FC_LOG_ERROR, "optimizer state not restored", FC_LS("error", le.msg));
+    }
+    d->opt->destroy(d->opt_state);
+    d->opt_state = NULL;
 }
 
 static void job_work(uv_work_t *w) {
@@ -304,6 +388,7 @@ static void job_after(uv_work_t *w, int status) {
     fc_status st = j->st;
     fc_error err = j->err;
     uint64_t took = j->took_us, client = kind == FOLD_ADD ? j->up.client_id : j->client;
+    int stepped = j->opt_stepped;
     sess_update_release(&j->up);
     fc_free(j);
     if (rd->abandoned) {
@@ -317,6 +402,8 @@ static void job_after(uv_work_t *w, int status) {
         return;
     }
     if (kind == FOLD_FINISH) {
+        if (st != FC_OK && stepped)
+            opt_rewind(d);
         if (st == FC_OK) {
             FC_LOG(FC_LOG_INFO, "aggregated", FC_LU("round", rd->id), FC_LU("us", took));
             DMETRIC(d, metrics_histogram_observe, aggregation_time, (double)took / 1e6);
@@ -774,12 +861,8 @@ static void commit_done(fcd *d, dwjob *j, fc_status st, const fc_error *err) {
                FC_LU("close_to_commit_us",
                      uv_hrtime() / 1000 - rd->closed_us),
                FC_LS("metrics", cj->metrics_json ? cj->metrics_json : "{}"));
-    } else if (rd->kind == ROUND_KIND_TRAIN && d->opt_state) {
-        /* The optimizer stepped for a version that was not stored: go back. */
-        fc_error le = {0};
-        if (d->opt_blob_len &&
-            d->opt->load_state(d->opt_state, d->opt_blob, d->opt_blob_len, &le) != FC_OK)
-            FC_LOG(FC_LOG_ERROR, "optimizer state not restored", FC_LS("error", le.msg));
+    } else if (rd->kind == ROUND_KIND_TRAIN) {
+        opt_rewind(d);
     }
     round_commit_done(d->sched, daemon_now_ms(), rd->id, st, st == FC_OK ? NULL : err->msg, &e);
     parts_free(&cj->parts);

@@ -249,6 +249,12 @@ static void ticket_release(void *ctx, void *mem, uint64_t nbytes) {
     wake_later(b);
 }
 
+static void ticket_evict(void *ctx, void *mem, uint64_t off, uint64_t len) {
+    sess_ticket *t = ctx;
+    if (t->spilled && t->spill.evict)
+        t->spill.evict(t->spill.ctx, mem, off, len);
+}
+
 void sess_budget_reserve_for(sess_budget *b, uint64_t client_id) {
     if (b->priority == client_id)
         return;
@@ -275,7 +281,7 @@ fc_status sess_budget_stage(sess_budget *b, uint64_t client_id, const fc_tensor_
         return fc_error_set(err, FC_ERR_NOMEM, "staging ticket");
     t->b = b;
     t->client = client_id;
-    fc_stage_provider p = {"budget", ticket_acquire, ticket_release, t};
+    fc_stage_provider p = {"budget", ticket_acquire, ticket_release, t, ticket_evict};
     cfg.provider = &p;
     fc_status st = fc_stage_create(specs, n, total, &cfg, out, err);
     if (st != FC_OK) /* acquire failed or was never reached: release will not run */

@@ -868,16 +868,23 @@ static void job_work(uv_work_t *req) {
     double sq = 0;
     for (size_t i = 0; i < m.count; i++) {
         const fc_tensor *t = &m.tensors[i];
-        size_t n = (size_t)(t->nbytes / fc_dtype_size(t->spec.dtype));
-        if (!agg_k_all_finite(t->spec.dtype, t->data, n)) {
-            j->st = FC_ERR_NON_FINITE;
-            snprintf(j->msg, sizeof j->msg,
-                     "update for round %llu has a NaN or infinite value in tensor '%s'",
-                     (unsigned long long)j->up.round, t->spec.name);
-            goto out;
+        size_t es = fc_dtype_size(t->spec.dtype);
+        size_t n = (size_t)(t->nbytes / es), window = (size_t)FC_STAGE_EVICT_WINDOW / es;
+        /* a window at a time, so that a spilled update's pages can go once checked */
+        for (size_t k = 0; k < n; k += window) {
+            const uint8_t *p = (const uint8_t *)t->data + k * es;
+            size_t c = n - k < window ? n - k : window;
+            if (!agg_k_all_finite(t->spec.dtype, p, c)) {
+                j->st = FC_ERR_NON_FINITE;
+                snprintf(j->msg, sizeof j->msg,
+                         "update for round %llu has a NaN or infinite value in tensor '%s'",
+                         (unsigned long long)j->up.round, t->spec.name);
+                goto out;
+            }
+            if (j->max_norm > 0)
+                sq += agg_k_sqnorm(t->spec.dtype, p, c);
+            fc_stage_done_with(j->up.stage, p, c * es);
         }
-        if (j->max_norm > 0)
-            sq += agg_k_sqnorm(t->spec.dtype, t->data, n);
     }
     if (j->max_norm > 0 && !(sqrt(sq) <= j->max_norm)) {
         j->st = FC_ERR_REQUIREMENT;

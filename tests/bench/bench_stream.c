@@ -201,7 +201,7 @@ int main(void) {
         return 1;
     }
     memset(pre.mem, 0x5a, (size_t)total); /* fault the pages in once */
-    fc_stage_provider prov = {"prealloc", prealloc_acquire, prealloc_release, &pre};
+    fc_stage_provider prov = {"prealloc", prealloc_acquire, prealloc_release, &pre, NULL};
 
     /* Each measurement is the best of a few passes: the machine is shared, and memcpy in
      * particular is bandwidth-bound and noisy. Best-of favours the baseline, so the ratios are

@@ -148,6 +148,56 @@ static void test_resumed_optimizer_continues_bitwise(void **state) {
     }
 }
 
+/* A step taken as uneven consecutive ranges (as the daemon does while it streams w_t from the
+ * store) gives bitwise the same model and state as one whole step, over two rounds so that the
+ * state a first step leaves behind is used. A range past dim is refused and changes nothing. */
+static void test_step_in_ranges_equals_one_step(void **state) {
+    (void)state;
+    enum { DIM = 37 };
+    static const char *const sgd_m[] = {"lr=0.5", "momentum=0.9", NULL};
+    static const char *const sgd_n[] = {"lr=0.5", "momentum=0.9", "nesterov=true", NULL};
+    static const char *const none[] = {NULL};
+    const struct {
+        const agg_opt *o;
+        const char *const *kv;
+    } cases[] = {{&agg_opt_sgd, none}, {&agg_opt_sgd, sgd_m}, {&agg_opt_sgd, sgd_n},
+                 {&agg_opt_adam, none}, {&agg_opt_yogi, none}, {&agg_opt_adagrad, none}};
+    const size_t cuts[] = {0, 1, 2, 10, 11, 30, DIM}; /* ranges [cuts[k], cuts[k+1]) */
+    for (size_t c = 0; c < sizeof cases / sizeof cases[0]; c++) {
+        agg_opt_state *whole = make(cases[c].o, cases[c].kv, DIM);
+        agg_opt_state *parts = make(cases[c].o, cases[c].kv, DIM);
+        float w1[DIM], w2[DIM];
+        double D[DIM];
+        for (size_t i = 0; i < DIM; i++)
+            w1[i] = w2[i] = (float)i * 0.25f - 3.0f;
+        for (int round = 0; round < 2; round++) {
+            for (size_t i = 0; i < DIM; i++)
+                D[i] = sin((double)(i + 1) * (round + 1.5)) * 0.1;
+            assert_int_equal(cases[c].o->step(whole, w1, D, NULL), FC_OK);
+            for (size_t k = 0; k + 1 < sizeof cuts / sizeof cuts[0]; k++)
+                assert_int_equal(cases[c].o->step_range(parts, w2 + cuts[k], D + cuts[k], cuts[k],
+                                                        cuts[k + 1] - cuts[k], NULL),
+                                 FC_OK);
+            assert_memory_equal(w1, w2, sizeof w1);
+        }
+        fc_buf b1 = FC_BUF_INIT, b2 = FC_BUF_INIT;
+        assert_int_equal(cases[c].o->save_state(whole, &b1, NULL), FC_OK);
+        assert_int_equal(cases[c].o->save_state(parts, &b2, NULL), FC_OK);
+        assert_int_equal(b1.len, b2.len);
+        assert_memory_equal(b1.data, b2.data, b1.len);
+        fc_error err = {0};
+        assert_int_equal(cases[c].o->step_range(parts, w2, D, 30, 8, &err), FC_ERR_RANGE);
+        assert_non_null(strstr(err.msg, "[30, 30 + 8) of 37"));
+        b2.len = 0;
+        assert_int_equal(cases[c].o->save_state(parts, &b2, NULL), FC_OK);
+        assert_memory_equal(b1.data, b2.data, b1.len);
+        fc_buf_free(&b1);
+        fc_buf_free(&b2);
+        cases[c].o->destroy(whole);
+        cases[c].o->destroy(parts);
+    }
+}
+
 static void test_bad_optimizer_state_is_a_clear_error(void **state) {
     (void)state;
     const agg_opt *opts[] = {&agg_opt_sgd, &agg_opt_adam, &agg_opt_yogi, &agg_opt_adagrad};
@@ -210,6 +260,7 @@ int main(void) {
         cmocka_unit_test(test_yogi_matches_definition),
         cmocka_unit_test(test_adagrad_matches_definition),
         cmocka_unit_test(test_resumed_optimizer_continues_bitwise),
+        cmocka_unit_test(test_step_in_ranges_equals_one_step),
         cmocka_unit_test(test_bad_optimizer_state_is_a_clear_error),
         cmocka_unit_test(test_optimizer_params_are_validated),
     };

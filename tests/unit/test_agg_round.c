@@ -183,6 +183,72 @@ static void test_finite_checked_skips_the_drivers_pass(void **state) {
     agg_round_free(r);
 }
 
+typedef struct seen_windows {
+    const uint8_t *next; /* where the next window must start */
+    size_t calls, largest;
+} seen_windows;
+
+static void record_window(void *ctx, const void *p, size_t len) {
+    seen_windows *w = ctx;
+    assert_ptr_equal(p, w->next);
+    w->next += len;
+    w->calls++;
+    w->largest = len > w->largest ? len : w->largest;
+}
+
+/* The streaming rules tell agg_update.consumed what they have read, window by window, in order,
+ * covering the whole update; the fold is the same. A copy made by the driver (misaligned data,
+ * or data that is not stable while the driver holds it) is not the caller's memory, so nothing
+ * is reported for it. */
+static void test_streaming_fold_reports_consumed_windows(void **state) {
+    (void)state;
+    const size_t dim = ((size_t)16 << 20) / 4 * 2 + 123; /* two full 16 MiB windows and a tail */
+    float *x = fc_mallocarray(dim, sizeof *x);
+    uint8_t *raw = fc_malloc(dim * sizeof *x + 1);
+    assert_non_null(x);
+    assert_non_null(raw);
+    for (size_t i = 0; i < dim; i++)
+        x[i] = (float)(i % 977) - 488.0f;
+    memcpy(raw + 1, x, dim * sizeof *x);
+    const char *rules[] = {"fedavg", "fedau", "norm_bound"};
+    const agg_kv huge = {"max_norm", "1e300"}; /* norm_bound: no clipping, D is the update */
+    const agg_params norm_params = {&huge, 1};
+    for (size_t k = 0; k < sizeof rules / sizeof rules[0]; k++) {
+        for (int misaligned = 0; misaligned < 2; misaligned++) {
+            seen_windows seen = {(const uint8_t *)(misaligned ? raw + 1 : (uint8_t *)x), 0, 0};
+            agg_update u = f32_update(1, misaligned ? (const void *)(raw + 1) : x, 2);
+            u.data_stable = 1; /* held until finish without a copy (no agg_round_expect) */
+            u.consumed = record_window;
+            u.consumed_ctx = &seen;
+            agg_context ctx = {.dim = dim, .num_registered = 1};
+            agg_round *r = NULL;
+            fc_error err = {0};
+            agg_report rep;
+            agg_report_init(&rep);
+            double *D = NULL;
+            assert_int_equal(agg_round_begin(agg_rule_find(rules[k]), k == 2 ? &norm_params : NULL,
+                                             &ctx, NULL, 0, &r, &err),
+                             FC_OK);
+            assert_int_equal(agg_round_add(r, &u, &err), FC_OK);
+            assert_int_equal(agg_round_finish_shared(r, &D, &rep, &err), FC_OK);
+            if (misaligned) {
+                assert_int_equal(seen.calls, 0);
+            } else {
+                assert_int_equal(seen.calls, 3);
+                assert_int_equal(seen.largest, (size_t)16 << 20);
+                assert_ptr_equal(seen.next, (const uint8_t *)(x + dim));
+            }
+            for (size_t i = 0; i < dim; i += 4099)
+                if (D[i] != (double)x[i])
+                    fail_msg("%s: D[%zu] = %g, expected %g", rules[k], i, D[i], (double)x[i]);
+            agg_report_free(&rep);
+            agg_round_free(r);
+        }
+    }
+    fc_free(raw);
+    fc_free(x);
+}
+
 static void test_duplicate_client_is_rejected(void **state) {
     (void)state;
     static const float a[1] = {1};
@@ -530,6 +596,7 @@ int main(void) {
         cmocka_unit_test(test_single_update_is_the_aggregate),
         cmocka_unit_test(test_non_finite_and_bad_weight_updates_are_dropped_with_reasons),
         cmocka_unit_test(test_finite_checked_skips_the_drivers_pass),
+        cmocka_unit_test(test_streaming_fold_reports_consumed_windows),
         cmocka_unit_test(test_duplicate_client_is_rejected),
         cmocka_unit_test(test_expect_rejects_unknown_ids_and_reports_missing),
         cmocka_unit_test(test_empty_round_gives_zero_and_flag),

@@ -904,7 +904,7 @@ static void test_staging_buffer_comes_from_the_provider_once(void **state) {
     fc_model m;
     build_model(&m, layout_named, 5, 15);
     counting_ctx ctx = {0};
-    fc_stage_provider prov = {"budget", counting_acquire, counting_release, &ctx};
+    fc_stage_provider prov = {"budget", counting_acquire, counting_release, &ctx, NULL};
     fc_stage_config cfg = {.max_total_bytes = UINT64_MAX, .provider = &prov};
     fc_stage *s = stage_for(&m, &cfg);
     assert_int_equal(ctx.acquired, 1);
@@ -977,6 +977,85 @@ static void test_spill_provider_stages_into_an_unlinked_file(void **state) {
     assert_non_null(strstr(err.msg, "does-not-exist"));
     assert_non_null(strstr(err.msg, "spill staging: "));
     free(specs);
+    fc_model_free(&m);
+}
+
+/* Resident file-backed pages of this process (RssFile in /proc/self/status), in bytes. */
+static uint64_t rss_file(void) {
+    FILE *f = fopen("/proc/self/status", "r");
+    assert_non_null(f);
+    char line[256];
+    unsigned long long kb = 0;
+    while (fgets(line, sizeof line, f))
+        if (sscanf(line, "RssFile: %llu kB", &kb) == 1)
+            break;
+    fclose(f);
+    return (uint64_t)kb * 1024;
+}
+
+/* A 64 MiB update staged in a spill file keeps about one FC_STAGE_EVICT_WINDOW resident while it
+ * is written and hashed, and a reader that calls fc_stage_done_with behind it drops what it has
+ * read; the bytes stay intact (they come back from the file). A heap stage ignores the call. */
+static void test_spill_stage_keeps_a_window_resident(void **state) {
+    (void)state;
+    char dir[512], sub[600];
+    test_tmpdir(dir, sizeof dir);
+    snprintf(sub, sizeof sub, "%s/spill-window", dir);
+    (void)mkdir(sub, 0700);
+    static const layout_entry big[] = {{"w", FC_DTYPE_F32, 2, {4096, 4096, 0}}};
+    fc_model m;
+    build_model(&m, big, 1, 7);
+    const uint64_t total = model_bytes(&m), window = FC_STAGE_EVICT_WINDOW;
+    const uint64_t slack = 2 * window + (4u << 20); /* the window being filled, one chunk, libs */
+    fc_stage_provider prov;
+    fc_stage_spill_provider(&prov, sub);
+    fc_stage_config cfg = {.max_total_bytes = UINT64_MAX, .provider = &prov, .hash_at_finish = 1};
+    uint64_t base = rss_file(), peak = 0;
+    fc_stage *s = stage_for(&m, &cfg);
+    fc_stream_splitter sp;
+    fc_error err = {0};
+    assert_int_equal(fc_stream_split_model(&sp, &m, 0, 0, &err), FC_OK);
+    fc_chunk_desc c;
+    while (fc_stream_split_next(&sp, &c)) {
+        assert_int_equal(fc_stage_add_chunk(s, c.tensor_index, c.offset, c.data, c.len, &err),
+                         FC_OK);
+        uint64_t r = rss_file();
+        peak = r > peak ? r : peak;
+    }
+    print_message("spill stage of %llu MiB: resident file pages +%llu MiB while written\n",
+                  (unsigned long long)(total >> 20), (unsigned long long)((peak - base) >> 20));
+    assert_true(peak - base < slack);
+    finish_ok(s, &m); /* hashes every window, reading back the dropped ones */
+    assert_true(rss_file() - base < slack);
+    fc_model view = FC_MODEL_INIT;
+    assert_int_equal(fc_stage_view_model(s, &view, &err), FC_OK);
+    const uint8_t *got = view.tensors[0].data, *want = m.tensors[0].data;
+    for (uint64_t off = 0; off < total; off += window) {
+        assert_memory_equal(got + off, want + off, (size_t)window);
+        fc_stage_done_with(s, got + off, (size_t)window);
+        uint64_t r = rss_file();
+        peak = r > peak ? r : peak;
+    }
+    print_message("read back with fc_stage_done_with: +%llu MiB\n",
+                  (unsigned long long)((rss_file() - base) >> 20));
+    assert_true(rss_file() - base < slack);
+    assert_true(peak - base < slack);
+    fc_stage_done_with(s, got, 0);                     /* nothing */
+    fc_stage_done_with(s, got + total - 8, 64);        /* runs past the end: ignored */
+    fc_stage_done_with(s, want, 64);                   /* not the stage's buffer: ignored */
+    assert_memory_equal(got + total - 8, want + total - 8, 8);
+    fc_model_free(&view);
+    fc_stage_free(s);
+
+    /* On the heap, done_with must not drop anything: those pages have no file behind them. */
+    s = stage_for(&m, NULL);
+    feed_all(s, &m, 0, 0);
+    finish_ok(s, &m);
+    assert_int_equal(fc_stage_view_model(s, &view, &err), FC_OK);
+    fc_stage_done_with(s, view.tensors[0].data, (size_t)total);
+    assert_memory_equal(view.tensors[0].data, want, (size_t)total);
+    fc_model_free(&view);
+    fc_stage_free(s);
     fc_model_free(&m);
 }
 
@@ -1055,6 +1134,7 @@ int main(void) {
         cmocka_unit_test(test_announced_layout_errors_are_named),
         cmocka_unit_test(test_staging_buffer_comes_from_the_provider_once),
         cmocka_unit_test(test_spill_provider_stages_into_an_unlinked_file),
+        cmocka_unit_test(test_spill_stage_keeps_a_window_resident),
         cmocka_unit_test(test_hash_at_finish_checks_the_same),
         cmocka_unit_test(test_every_allocation_failure_is_clean),
     };
