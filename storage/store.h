@@ -324,11 +324,14 @@ typedef fc_status (*store_job_fn)(store *s, void *ud, fc_error *err);
 typedef void (*store_done_fn)(void *ud, fc_status st, const fc_error *err);
 
 #define STORE_WRITER_QUEUE_MAX 1024
-/* WAL pages after which the writer checkpoints (SQLite's own auto-checkpoint default). */
-#define STORE_WRITER_CHECKPOINT_PAGES 1000
+/* WAL bytes after which the writer has the WAL checkpointed. Small, so that each checkpoint
+ * (a copy into the database file and its fsync) is short and done before the next commit's WAL
+ * fsync, rather than one 64 MB copy every dozen commits that the commits meanwhile queue behind
+ * at the disk. */
+#define STORE_WRITER_CHECKPOINT_BYTES (1 << 20)
 /* Opens the write connection (in the calling thread, so open errors come back here) and starts
  * the thread. opt->readonly must be 0. The writer's connection does not checkpoint inside
- * COMMIT: once the WAL holds STORE_WRITER_CHECKPOINT_PAGES pages, a passive checkpoint runs on
+ * COMMIT: once the WAL holds STORE_WRITER_CHECKPOINT_BYTES, a passive checkpoint runs on
  * a second thread with its own connection (or, if that cannot be opened, on the writer after
  * the job's done callback), so the copy into the database file is off the path between a
  * commit and its announcement, and a commit queued meanwhile does not wait for it. */

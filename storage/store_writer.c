@@ -3,7 +3,7 @@
  *
  * WAL checkpoints run on a second thread with its own connection: a passive checkpoint copies
  * committed pages into the database file without the write lock, so a commit queued meanwhile
- * never waits for that copy (64 MB and an fsync at the default threshold).
+ * never waits for that copy (about STORE_WRITER_CHECKPOINT_BYTES and an fsync).
  *
  * The queue is bounded (STORE_WRITER_QUEUE_MAX) so a stuck disk turns into FC_ERR_BUSY for the
  * submitter instead of unbounded memory. This file never touches the event loop: the daemon's
@@ -32,7 +32,8 @@ struct store_writer {
     writer_job *head, *tail;
     size_t pending;
     int stopping;
-    int wal_pages; /* pages in the WAL after the last commit; writer thread only */
+    int wal_pages;  /* pages in the WAL after the last commit; writer thread only */
+    int ckpt_pages; /* STORE_WRITER_CHECKPOINT_BYTES in this database's pages */
     /* the checkpointer: its connection and thread (ckpt == NULL: the writer checkpoints) */
     store *ckpt;
     pthread_t ckpt_thread;
@@ -65,7 +66,7 @@ static void checkpoint(store_writer *w, store *s) {
 
 /* Writer thread, after a job: hands a due checkpoint to the checkpointer (or runs it). */
 static void checkpoint_if_due(store_writer *w) {
-    if (w->wal_pages < STORE_WRITER_CHECKPOINT_PAGES) return;
+    if (w->wal_pages < w->ckpt_pages) return;
     w->wal_pages = 0;
     if (!w->ckpt) {
         checkpoint(w, w->s);
@@ -139,6 +140,13 @@ fc_status store_writer_start(const char *path, const store_options *opt, store_w
         return st;
     }
     sqlite3_wal_hook(w->s->db, wal_hook, w);
+    w->ckpt_pages = 1;
+    sqlite3_stmt *q = NULL;
+    if (sqlite3_prepare_v2(w->s->db, "PRAGMA page_size", -1, &q, NULL) == SQLITE_OK &&
+        sqlite3_step(q) == SQLITE_ROW && sqlite3_column_int(q, 0) > 0 &&
+        STORE_WRITER_CHECKPOINT_BYTES / sqlite3_column_int(q, 0) > 1)
+        w->ckpt_pages = (int)(STORE_WRITER_CHECKPOINT_BYTES / sqlite3_column_int(q, 0));
+    sqlite3_finalize(q);
     if (pthread_mutex_init(&w->mu, NULL) != 0) goto fail_mutex;
     if (pthread_cond_init(&w->cv, NULL) != 0) goto fail_cond;
     if (pthread_cond_init(&w->ckpt_cv, NULL) != 0) goto fail_ckpt_cond;

@@ -1614,8 +1614,8 @@ static void test_writer_checkpoints_after_reporting_on_its_own_thread(void **sta
     (void)state;
     char path[600];
     new_path(path, sizeof path, "ckpt");
-    /* 1 KiB pages, fixed before the store sees the file (still an empty database to it), so
-     * STORE_WRITER_CHECKPOINT_PAGES is about 1 MB of WAL. */
+    /* 1 KiB pages, fixed before the store sees the file (still an empty database to it): the
+     * checkpoint threshold is then STORE_WRITER_CHECKPOINT_BYTES / 1 KiB pages. */
     exec_raw(path, "PRAGMA page_size = 1024; CREATE TABLE x(y); DROP TABLE x; VACUUM;");
     store_options opt = {.version = STORE_OPTIONS_V1, .chunk_size = 65536};
     store_writer *w = NULL;
