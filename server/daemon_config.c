@@ -110,7 +110,8 @@ static const fc_config_key schema[] = {
      "also keep every version that is a multiple of this; 0 = off"},
     {"storage", "staging_memory", FC_CONFIG_SIZE, "256MiB", "1MiB", NULL, NULL, 0,
      "memory for uploads in progress and for updates waiting to be folded in client-id "
-     "order, over all clients; past it, chunks spill to DATA_DIR/staging"},
+     "order, over all clients; past it, chunks spill to DATA_DIR/staging. Released buffers "
+     "are kept within it for the next uploads of their size, for 30 s"},
     {"storage", "staging_disk", FC_CONFIG_SIZE, "4GiB", "0", NULL, NULL, 0,
      "disk for spilled uploads; past it the daemon stops reading uploads until space frees; "
      "0 = no spilling"},

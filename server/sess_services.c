@@ -30,7 +30,20 @@ struct sess_budget {
     uint64_t priority;        /* sess_budget_reserve_for: 0 = none */
     size_t priority_tickets;  /* live tickets of the priority client */
     struct sess_ticket *live; /* tickets holding bytes (for priority_tickets) */
+    /* Released memory buffers kept for the next uploads of the same size (see cache_put), linked
+     * through their own first bytes. memory_used + cached <= memory_limit at all times. */
+    struct cached_buf *cache;
+    uint64_t cached;
+    uv_timer_t cache_timer;
+    uint64_t cache_ms;
+    int open_handles; /* while closing */
 };
+
+/* A released staging buffer, kept: the header lives in the buffer itself. */
+typedef struct cached_buf {
+    struct cached_buf *next;
+    uint64_t nbytes;
+} cached_buf;
 
 /* A staging buffer's ticket: which pool it came from and for which client. Freed by release. */
 typedef struct sess_ticket {
@@ -86,6 +99,16 @@ fc_status sess_budget_new(uv_loop_t *loop, uint64_t memory_limit, const char *sp
         return fc_error_set(err, FC_ERR_SYSTEM, "uv_idle_init failed");
     }
     b->idle.data = b;
+    if (uv_timer_init(loop, &b->cache_timer) != 0) {
+        uv_close((uv_handle_t *)&b->idle, NULL);
+        uv_run(loop, UV_RUN_NOWAIT); /* finish the close before b goes */
+        fc_free(b->spill_dir);
+        fc_free(b);
+        return fc_error_set(err, FC_ERR_SYSTEM, "uv_timer_init failed");
+    }
+    b->cache_timer.data = b;
+    uv_unref((uv_handle_t *)&b->cache_timer); /* kept buffers never keep the loop running */
+    b->cache_ms = SESS_BUDGET_CACHE_MS;
     *out = b;
     return FC_OK;
 }
@@ -98,8 +121,31 @@ uint64_t sess_budget_capacity(const sess_budget *b) {
     return b->memory_limit > UINT64_MAX - spill ? UINT64_MAX : b->memory_limit + spill;
 }
 
+uint64_t sess_budget_memory_cached(const sess_budget *b) { return b->cached; }
+void sess_budget_set_cache_ms(sess_budget *b, uint64_t ms) { b->cache_ms = ms; }
+
+/* Frees cached buffers, oldest last in the list (the list is LIFO), until at most keep bytes
+ * stay cached. */
+static void cache_trim(sess_budget *b, uint64_t keep) {
+    while (b->cache && b->cached > keep) {
+        cached_buf **pp = &b->cache;
+        while ((*pp)->next)
+            pp = &(*pp)->next;
+        cached_buf *c = *pp;
+        *pp = NULL;
+        b->cached -= c->nbytes;
+        fc_stage_heap_provider()->release(NULL, c, c->nbytes);
+    }
+}
+
+static void cache_timer_cb(uv_timer_t *t) {
+    cache_trim(t->data, 0);
+}
+
 static void budget_closed_cb(uv_handle_t *h) {
     sess_budget *b = h->data;
+    if (--b->open_handles)
+        return;
     fc_free(b->spill_dir);
     fc_free(b);
 }
@@ -108,7 +154,10 @@ void sess_budget_free(sess_budget *b) {
     if (!b)
         return;
     assert(b->memory_used == 0 && b->spill_used == 0 && b->waiting == 0);
+    cache_trim(b, 0);
+    b->open_handles = 2;
     uv_close((uv_handle_t *)&b->idle, budget_closed_cb);
+    uv_close((uv_handle_t *)&b->cache_timer, budget_closed_cb);
 }
 
 void sess_budget_wait(sess_budget *b, sess_waiter *w) {
@@ -180,6 +229,36 @@ static void ticket_hold(sess_ticket *t, int spilled, uint64_t nbytes) {
         b->priority_tickets++;
 }
 
+/* Takes a cached buffer of exactly nbytes, if there is one. */
+static int cache_take(sess_budget *b, uint64_t nbytes, void **out) {
+    for (cached_buf **pp = &b->cache; *pp; pp = &(*pp)->next)
+        if ((*pp)->nbytes == nbytes) {
+            cached_buf *c = *pp;
+            *pp = c->next;
+            b->cached -= nbytes;
+            *out = c;
+            return 1;
+        }
+    return 0;
+}
+
+/* Keeps a released buffer for the next upload of its size, if it fits next to the buffers in
+ * use within the memory limit: in a synchronous round every update has the model's size, so
+ * the next round's uploads reuse these instead of faulting in (and the kernel zeroing) fresh
+ * pages. Small buffers are not worth it. Kept buffers go cache_ms after the last release, so an
+ * idle daemon does not hold them. */
+static int cache_put(sess_budget *b, void *mem, uint64_t nbytes) {
+    if (nbytes < SESS_BUDGET_CACHE_MIN || !fits(b->memory_used + b->cached, b->memory_limit, nbytes))
+        return 0;
+    cached_buf *c = mem;
+    c->next = b->cache;
+    c->nbytes = nbytes;
+    b->cache = c;
+    b->cached += nbytes;
+    (void)uv_timer_start(&b->cache_timer, cache_timer_cb, b->cache_ms, 0);
+    return 1;
+}
+
 static fc_status ticket_acquire(void *ctx, uint64_t nbytes, void **out, fc_error *err) {
     sess_ticket *t = ctx;
     sess_budget *b = t->b;
@@ -191,9 +270,12 @@ static fc_status ticket_acquire(void *ctx, uint64_t nbytes, void **out, fc_error
     int mem =
         may_take(b->memory_used, b->memory_limit, b->spill_used, spill_limit, nbytes, reserve);
     if (mem) {
-        fc_status st = fc_stage_heap_provider()->acquire(NULL, nbytes, out, err);
-        if (st != FC_OK)
-            return st;
+        if (!cache_take(b, nbytes, out)) {
+            cache_trim(b, b->memory_limit - b->memory_used - nbytes); /* room for the new one */
+            fc_status st = fc_stage_heap_provider()->acquire(NULL, nbytes, out, err);
+            if (st != FC_OK)
+                return st;
+        }
         ticket_hold(t, 0, nbytes);
         return FC_OK;
     }
@@ -232,8 +314,9 @@ static void ticket_release(void *ctx, void *mem, uint64_t nbytes) {
         t->spill.release(t->spill.ctx, mem, nbytes);
         b->spill_used -= nbytes;
     } else {
-        fc_stage_heap_provider()->release(NULL, mem, nbytes);
         b->memory_used -= nbytes;
+        if (!cache_put(b, mem, nbytes))
+            fc_stage_heap_provider()->release(NULL, mem, nbytes);
     }
     if (t->holding) {
         if (t->prev)

@@ -47,6 +47,16 @@ fc_status sess_budget_new(uv_loop_t *loop, uint64_t memory_limit, const char *sp
 /* Bytes currently held in memory and in spill files. */
 uint64_t sess_budget_memory_used(const sess_budget *b);
 uint64_t sess_budget_spill_used(const sess_budget *b);
+/* Released memory buffers of at least SESS_BUDGET_CACHE_MIN bytes are kept for the next upload
+ * of the same size while they fit next to the buffers in use within memory_limit (a round's
+ * uploads all have the model's size, so the next round reuses them instead of faulting in fresh
+ * pages); they are freed SESS_BUDGET_CACHE_MS after the last release, or when a buffer of
+ * another size needs the room. Bytes kept: */
+uint64_t sess_budget_memory_cached(const sess_budget *b);
+/* How long kept buffers outlive the last release, in ms (default SESS_BUDGET_CACHE_MS). */
+void sess_budget_set_cache_ms(sess_budget *b, uint64_t ms);
+#define SESS_BUDGET_CACHE_MIN ((uint64_t)64 << 10)
+#define SESS_BUDGET_CACHE_MS 30000
 /* Sessions waiting for budget. */
 size_t sess_budget_waiting(const sess_budget *b);
 /* Keeps room for client_id's next upload (0: no reservation). Until that client holds a staging

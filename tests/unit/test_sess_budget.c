@@ -1,8 +1,8 @@
 /* test_sess_budget.c: the shared staging budget (server/sess_services.c): the order in which it
  * wakes sessions waiting for it (ascending client id, first come first served among equal ids),
  * and the room it keeps for the next client in fold order (sess_budget_reserve_for), so that
- * updates that must wait for a lower client id never fill it. Uses the budget directly with a
- * real uv loop; no sockets.
+ * updates that must wait for a lower client id never fill it, and the released buffers it keeps
+ * for the next uploads. Uses the budget directly with a real uv loop; no sockets.
  */
 #include <errno.h>
 #include <setjmp.h>
@@ -214,12 +214,85 @@ static void test_budget_reservation_counts_the_spill_pool(void **state) {
     assert_int_equal(rmdir(dir), 0);
 }
 
+static void never_fires(uv_timer_t *t) { (void)t; }
+
+/* Completes stage st of `bytes` zero bytes and returns where its buffer is. */
+static const void *staged_buffer(fc_stage *st, uint64_t bytes) {
+    static const uint8_t zeros[1 << 20];
+    uint8_t sha[FC_SHA256_BYTES];
+    fc_stream_hash h = {0};
+    fc_error err = {0};
+    assert_true(bytes <= sizeof zeros);
+    assert_int_equal(fc_stage_add_chunk(st, 0, 0, zeros, (size_t)bytes, &err), FC_OK);
+    assert_int_equal(fc_stream_hash_init(&h, &err), FC_OK);
+    assert_int_equal(fc_stream_hash_update(&h, zeros, (size_t)bytes, &err), FC_OK);
+    assert_int_equal(fc_stream_hash_final(&h, sha, &err), FC_OK);
+    assert_int_equal(fc_stage_finish(st, sha, sizeof sha, &err), FC_OK);
+    fc_model m = FC_MODEL_INIT;
+    assert_int_equal(fc_stage_view_model(st, &m, &err), FC_OK);
+    const void *p = m.tensors[0].data;
+    fc_model_free(&m);
+    return p;
+}
+
+/* A released memory buffer is kept for the next upload of its size (the same buffer comes back),
+ * within the memory limit: a request of another size frees kept buffers to make room, small
+ * buffers are not kept, and kept buffers go once the cache time has passed without a release. */
+static void test_budget_keeps_released_buffers_for_the_next_upload(void **state) {
+    (void)state;
+    const uint64_t limit = 1 << 20, n = 256 << 10, big = 900 << 10;
+    uv_loop_t loop;
+    assert_int_equal(uv_loop_init(&loop), 0);
+    sess_budget *b = NULL;
+    fc_error err = {0};
+    assert_int_equal(sess_budget_new(&loop, limit, NULL, 0, &b, &err), FC_OK);
+    sess_budget_set_cache_ms(b, 50);
+    fc_stage *s1 = NULL, *s2 = NULL, *s3 = NULL, *small = NULL;
+    assert_int_equal(ask(b, 1, n, &s1, &err), FC_OK);
+    const void *p1 = staged_buffer(s1, n);
+    fc_stage_free(s1);
+    assert_int_equal(sess_budget_memory_used(b), 0);
+    assert_int_equal(sess_budget_memory_cached(b), n);
+    assert_int_equal(ask(b, 2, n, &s2, &err), FC_OK);
+    assert_int_equal(sess_budget_memory_cached(b), 0);
+    assert_int_equal(sess_budget_memory_used(b), n);
+    assert_ptr_equal(staged_buffer(s2, n), p1); /* the same buffer, no fresh pages */
+    fc_stage_free(s2);
+    /* another size: the kept 256 KiB would not fit next to 900 KiB in 1 MiB, so it goes */
+    assert_int_equal(ask(b, 3, big, &s3, &err), FC_OK);
+    assert_int_equal(sess_budget_memory_used(b), big);
+    assert_int_equal(sess_budget_memory_cached(b), 0);
+    assert_int_equal(ask(b, 4, 4096, &small, &err), FC_OK);
+    fc_stage_free(small); /* below SESS_BUDGET_CACHE_MIN: freed */
+    assert_int_equal(sess_budget_memory_cached(b), 0);
+    fc_stage_free(s3);
+    assert_int_equal(sess_budget_memory_cached(b), big);
+    /* kept buffers never keep the loop alive (a daemon shutting down would wait for them) */
+    assert_int_equal(uv_loop_alive(&loop), 0);
+    /* while the loop runs for other reasons (a daemon's listeners; here a long timer), the
+     * budget's timer frees them after the cache time */
+    uv_timer_t alive;
+    assert_int_equal(uv_timer_init(&loop, &alive), 0);
+    assert_int_equal(uv_timer_start(&alive, never_fires, 10000, 0), 0);
+    uv_update_time(&loop);
+    uint64_t t0 = uv_now(&loop);
+    while (sess_budget_memory_cached(b) > 0 && uv_now(&loop) - t0 < 5000)
+        uv_run(&loop, UV_RUN_ONCE);
+    assert_int_equal(sess_budget_memory_cached(b), 0);
+    assert_true(uv_now(&loop) - t0 >= 40);
+    uv_close((uv_handle_t *)&alive, NULL);
+    sess_budget_free(b);
+    uv_run(&loop, UV_RUN_DEFAULT);
+    assert_int_equal(uv_loop_close(&loop), 0);
+}
+
 int main(void) {
     const struct CMUnitTest tests[] = {
         cmocka_unit_test(test_budget_wakes_waiters_in_ascending_client_id),
         cmocka_unit_test(test_budget_keeps_room_for_the_next_client_in_fold_order),
         cmocka_unit_test(test_budget_reservation_ends_once_the_client_holds_a_buffer),
         cmocka_unit_test(test_budget_reservation_counts_the_spill_pool),
+        cmocka_unit_test(test_budget_keeps_released_buffers_for_the_next_upload),
     };
     return cmocka_run_group_tests(tests, NULL, NULL);
 }
