@@ -236,6 +236,13 @@ static fc_status check_length(fc_frame_decoder *d, uint32_t n, uint64_t at, fc_e
     return FC_OK;
 }
 
+void fc_frame_decoder_passed(fc_frame_decoder *d, uint64_t frame_bytes) {
+    if (d->prefix_have != 0 || d->failed != FC_OK)
+        return;
+    d->bytes += frame_bytes;
+    d->frames++;
+}
+
 fc_status fc_frame_decoder_feed(fc_frame_decoder *d, const void *data, size_t len,
                                 size_t *consumed, fc_frame *frame, fc_error *err) {
     const uint8_t *p = data;
@@ -712,4 +719,59 @@ int fc_frame_peek_chunk(const uint8_t *data, size_t len, fc_chunk_view *out) {
         v.data = chunk; /* empty payload: a valid pointer with length 0 */
     *out = v;
     return 1;
+}
+
+int fc_frame_peek_chunk_head(const uint8_t *env, size_t have, size_t env_len, fc_chunk_view *out,
+                             size_t *data_at) {
+    fc_chunk_view v = {0};
+    size_t pos, used;
+    uint64_t tag, x;
+    if (have > env_len)
+        have = env_len;
+    if (get_varint(env, have, 5, &tag, &used) != VARINT_OK)
+        return 0;
+    pos = used;
+    if (tag == TAG_ENV_SEQ) {
+        if (get_varint(env + pos, have - pos, 10, &v.seq, &used) != VARINT_OK)
+            return 0;
+        pos += used;
+        if (get_varint(env + pos, have - pos, 5, &tag, &used) != VARINT_OK)
+            return 0;
+        pos += used;
+    }
+    if (tag != TAG_ENV_CHUNK || get_varint(env + pos, have - pos, 5, &x, &used) != VARINT_OK)
+        return 0;
+    pos += used;
+    if (x != env_len - pos) /* the chunk is the Envelope's last field */
+        return 0;
+    int have_index = 0, have_offset = 0;
+    while (pos < env_len) { /* pos <= have <= env_len throughout */
+        if (get_varint(env + pos, have - pos, 5, &tag, &used) != VARINT_OK)
+            return 0;
+        pos += used;
+        if (tag == TAG_CHUNK_INDEX && !have_index) {
+            if (get_varint(env + pos, have - pos, 10, &x, &used) != VARINT_OK || x > UINT32_MAX)
+                return 0;
+            v.tensor_index = (uint32_t)x;
+            have_index = 1;
+        } else if (tag == TAG_CHUNK_OFFSET && !have_offset) {
+            if (get_varint(env + pos, have - pos, 10, &v.offset, &used) != VARINT_OK)
+                return 0;
+            have_offset = 1;
+        } else if (tag == TAG_CHUNK_DATA) {
+            if (get_varint(env + pos, have - pos, 5, &x, &used) != VARINT_OK)
+                return 0;
+            pos += used;
+            if (x != env_len - pos) /* the data is the chunk's last field */
+                return 0;
+            v.data_len = (size_t)x;
+            *data_at = pos;
+            *out = v;
+            return 1;
+        } else {
+            return 0;
+        }
+        pos += used;
+    }
+    return 0;
 }

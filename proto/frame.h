@@ -118,6 +118,10 @@ fc_status fc_frame_decoder_feed(fc_frame_decoder *d, const void *data, size_t le
  * ended inside a frame: ...") if a frame was cut short; the sticky error if the decoder failed. */
 fc_status fc_frame_decoder_finish(const fc_frame_decoder *d, fc_error *err);
 
+/* Records one whole frame of frame_bytes (prefix included) that the caller consumed itself, on a
+ * frame boundary (e.g. a chunk whose payload it copied straight into place), so that the frame
+ * count and stream offsets in later error messages stay right. Ignored off a boundary. */
+void fc_frame_decoder_passed(fc_frame_decoder *d, uint64_t frame_bytes);
 /* Bytes of an incomplete frame (prefix included) held right now; 0 on a frame boundary. A server
  * uses it to enforce a minimum progress rate on half-received frames. */
 size_t fc_frame_decoder_pending(const fc_frame_decoder *d);
@@ -167,5 +171,15 @@ typedef struct fc_chunk_view {
  * fc_envelope_unpack yields the same seq, tensor_index, offset and data (tested and fuzzed).
  * Does not check the chunk's semantics (size limits: see fc_wire_validate_chunk). */
 int fc_frame_peek_chunk(const uint8_t *data, size_t len, fc_chunk_view *out);
+/* The same recognition from the head of a frame, before its payload has arrived: env holds the
+ * first `have` bytes of an env_len-byte Envelope. Returns 1 if they begin a chunk frame whose
+ * Chunk is the Envelope's last field and whose data is the Chunk's last field, so that the
+ * frame's remaining bytes are all payload: *out gets seq, tensor_index, offset and data_len
+ * (data NULL) and *data_at the Envelope offset of the first payload byte (<= have). Then
+ * fc_frame_peek_chunk over the whole frame returns the same fields (tested and fuzzed). Returns
+ * 0 otherwise, also when `have` is too short to tell; FC_FRAME_CHUNK_HEADER_MAX - 4 bytes
+ * always suffice for a head written by fc_frame_chunk_header. */
+int fc_frame_peek_chunk_head(const uint8_t *env, size_t have, size_t env_len, fc_chunk_view *out,
+                             size_t *data_at);
 
 #endif

@@ -560,8 +560,8 @@ static const char *describe_next(const fc_stage *s, size_t tensor, char *buf, si
     return buf;
 }
 
-fc_status fc_stage_add_chunk(fc_stage *s, uint32_t tensor_index, uint64_t offset, const void *data,
-                             size_t len, fc_error *err) {
+fc_status fc_stage_chunk_dst(fc_stage *s, uint32_t tensor_index, uint64_t offset, size_t len,
+                             uint8_t **dst, fc_error *err) {
     if (s->state != STAGE_OPEN)
         return fc_error_set(err, FC_ERR_STATE, "chunk for tensor %u after the %s %s",
                             (unsigned)tensor_index, s->label,
@@ -607,9 +607,15 @@ fc_status fc_stage_add_chunk(fc_stage *s, uint32_t tensor_index, uint64_t offset
                             "expected %s (chunks must arrive in order)", (unsigned long long)offset,
                             name, describe_next(s, tensor_index, next, sizeof next));
 
-    uint8_t *dst = s->buf + global;
-    memcpy(dst, data, len);
-    fc_status st = s->hash_at_finish ? FC_OK : fc_stream_hash_update(&s->hash, dst, len, err);
+    *dst = s->buf + global;
+    return FC_OK;
+}
+
+fc_status fc_stage_chunk_done(fc_stage *s, size_t len, fc_error *err) {
+    if (s->state != STAGE_OPEN || len == 0 || len > s->total - s->received)
+        return fc_error_set(err, FC_ERR_STATE, "chunk of %zu bytes recorded out of turn", len);
+    fc_status st =
+        s->hash_at_finish ? FC_OK : fc_stream_hash_update(&s->hash, s->buf + s->received, len, err);
     if (st != FC_OK) {
         s->state = STAGE_FAILED;
         return st;
@@ -624,11 +630,21 @@ fc_status fc_stage_add_chunk(fc_stage *s, uint32_t tensor_index, uint64_t offset
     return FC_OK;
 }
 
+fc_status fc_stage_add_chunk(fc_stage *s, uint32_t tensor_index, uint64_t offset, const void *data,
+                             size_t len, fc_error *err) {
+    uint8_t *dst = NULL;
+    fc_status st = fc_stage_chunk_dst(s, tensor_index, offset, len, &dst, err);
+    if (st != FC_OK)
+        return st;
+    memcpy(dst, data, len);
+    return fc_stage_chunk_done(s, len, err);
+}
+
 /* Hashes the whole buffer, a window at a time so that an evicting provider can drop each one. */
 static fc_status hash_all(fc_stage *s, fc_error *err) {
     for (uint64_t off = 0; off < s->total; off += FC_STAGE_EVICT_WINDOW) {
-        uint64_t n = s->total - off < FC_STAGE_EVICT_WINDOW ? s->total - off
-                                                             : FC_STAGE_EVICT_WINDOW;
+        uint64_t n =
+            s->total - off < FC_STAGE_EVICT_WINDOW ? s->total - off : FC_STAGE_EVICT_WINDOW;
         fc_status st = fc_stream_hash_update(&s->hash, s->buf + off, (size_t)n, err);
         if (st != FC_OK)
             return st;

@@ -192,6 +192,16 @@ fc_status fc_stage_create(const fc_tensor_spec *specs, size_t count, uint64_t an
  * the stream goes on. Does O(len) work and allocates nothing. */
 fc_status fc_stage_add_chunk(fc_stage *s, uint32_t tensor_index, uint64_t offset, const void *data,
                              size_t len, fc_error *err);
+/* fc_stage_add_chunk in two steps, for a receiver that writes a chunk's payload straight into
+ * place as it arrives: fc_stage_chunk_dst makes the same checks with the same errors, changes
+ * nothing, and gives where the len bytes go; the caller writes them there, then
+ * fc_stage_chunk_done records them (hash, eviction) as add_chunk would. Between the two the
+ * stage must not be used otherwise. A chunk never completed leaves the stage as it was (the
+ * bytes past fc_stage_received are not part of it). fc_stage_chunk_done: FC_ERR_STATE if len
+ * does not fit what is left, FC_ERR_SYSTEM if hashing failed. */
+fc_status fc_stage_chunk_dst(fc_stage *s, uint32_t tensor_index, uint64_t offset, size_t len,
+                             uint8_t **dst, fc_error *err);
+fc_status fc_stage_chunk_done(fc_stage *s, size_t len, fc_error *err);
 
 /* Ends the stream: every byte must have been received (FC_ERR_CHUNK "update ended with N of M
  * bytes of 'name' missing", the stage stays open so the stream may still continue) and the

@@ -92,6 +92,17 @@ struct sess {
     uint64_t up_last_ack;
     int validating;
     int discard_chunks; /* chunks of an aborted upload still in flight are dropped */
+    /* Chunk frames of an upload bypass the frame decoder (see process_bytes): the first bytes
+     * of each frame are gathered here, and a chunk's payload is then copied straight into the
+     * stage as it arrives. */
+    uint8_t head[FC_FRAME_CHUNK_HEADER_MAX];
+    size_t head_have;
+    struct {
+        int active;
+        uint8_t *dst; /* where the next payload byte goes; NULL: the upload went, discard */
+        size_t left, len;
+        uint64_t seq;
+    } direct;
 };
 
 typedef struct sess_job {
@@ -189,6 +200,7 @@ static void sess_unref(sess *s) {
 static void abort_upload(sess *s) {
     fc_stage_free(s->stage);
     s->stage = NULL;
+    s->direct.dst = NULL; /* a chunk arriving straight into it: the rest is discarded */
     if (s->wait_begin) {
         fc_envelope_free(s->wait_begin);
         s->wait_begin = NULL;
@@ -604,6 +616,7 @@ static void park_upload(sess *s) {
     p->stage = s->stage;
     p->expires_ms = uv_now(sv->cfg.loop) + sv->cfg.resume_keep_ms;
     s->stage = NULL;
+    s->direct.dst = NULL;
     sess_parked **tail = &sv->parked;
     while (*tail)
         tail = &(*tail)->next;
@@ -818,6 +831,8 @@ static void budget_wake(sess_waiter *w) {
     fc_buf_free(&held);
 }
 
+static void chunk_staged(sess *s, uint64_t seq, fc_status st, const fc_error *err);
+
 static void h_chunk(sess *s, const fc_chunk_view *v) {
     sess_server *sv = s->sv;
     fc_error err = {0};
@@ -833,11 +848,17 @@ static void h_chunk(sess *s, const fc_chunk_view *v) {
                           v->data_len, sv->cfg.max_chunk_bytes);
     if (st == FC_OK)
         st = fc_stage_add_chunk(s->stage, v->tensor_index, v->offset, v->data, v->data_len, &err);
+    chunk_staged(s, v->seq, st, &err);
+}
+
+/* After a chunk was added to the stage (st FC_OK) or refused: the refusal, or the periodic Ack. */
+static void chunk_staged(sess *s, uint64_t seq, fc_status st, const fc_error *err) {
+    sess_server *sv = s->sv;
     if (st != FC_OK) {
         char msg[FC_ERROR_MSG_MAX + 64];
         snprintf(msg, sizeof msg, "update for round %llu: %s", (unsigned long long)s->up_round,
-                 err.msg);
-        reject_upload(s, st, v->seq, s->up_round, msg);
+                 err->msg);
+        reject_upload(s, st, seq, s->up_round, msg);
         s->discard_chunks = 1; /* the client's later chunks and UpdateEnd are already on the way */
         return;
     }
@@ -845,8 +866,57 @@ static void h_chunk(sess *s, const fc_chunk_view *v) {
     uint64_t every = sv->cfg.ack_every_bytes ? sv->cfg.ack_every_bytes : (uint64_t)64 << 20;
     if (got - s->up_last_ack >= every) {
         s->up_last_ack = got;
-        send_ack(s, v->seq, got);
+        send_ack(s, seq, got);
     }
+}
+
+/* A chunk frame's payload goes straight into the stage when, from the frame's first bytes, it
+ * is certain that the frame is a chunk the stage takes: the same checks as handle_frame and
+ * h_chunk, in the same order, with nothing changed when one fails (the frame then goes
+ * through the decoder and gets the usual error). The payload is then copied once, from the
+ * TLS plaintext into place, with no frame buffer. */
+static int direct_begin(sess *s) {
+    sess_server *sv = s->sv;
+    uint32_t n = fc_load_u32be(s->head);
+    fc_chunk_view v;
+    size_t at = 0;
+    fc_error err = {0};
+    uint8_t *dst = NULL;
+    if ((size_t)n + FC_FRAME_PREFIX_BYTES <= sizeof s->head || n > s->dec.max_frame ||
+        s->state != SESS_UPLOADING || s->validating || !s->stage ||
+        !fc_frame_peek_chunk_head(s->head + FC_FRAME_PREFIX_BYTES,
+                                  s->head_have - FC_FRAME_PREFIX_BYTES, n, &v, &at) ||
+        v.seq != s->in_seq + 1 || fc_wire_validate_chunk(&v, &err) != FC_OK ||
+        v.data_len > sv->cfg.max_chunk_bytes ||
+        fc_stage_chunk_dst(s->stage, v.tensor_index, v.offset, v.data_len, &dst, &err) != FC_OK)
+        return 0;
+    s->in_seq = v.seq;
+    size_t early = s->head_have - FC_FRAME_PREFIX_BYTES - at; /* payload already in the head */
+    memcpy(dst, s->head + FC_FRAME_PREFIX_BYTES + at, early);
+    s->direct.active = 1;
+    s->direct.dst = dst + early;
+    s->direct.left = v.data_len - early;
+    s->direct.len = v.data_len;
+    s->direct.seq = v.seq;
+    s->head_have = 0;
+    fc_frame_decoder_passed(&s->dec, (uint64_t)n + FC_FRAME_PREFIX_BYTES);
+    return 1;
+}
+
+/* The last payload byte of a direct chunk arrived. */
+static void direct_end(sess *s) {
+    uint64_t seq = s->direct.seq;
+    size_t len = s->direct.len;
+    int staged = s->direct.dst != NULL;
+    memset(&s->direct, 0, sizeof s->direct);
+    if (!staged) { /* the upload went while the payload arrived: as h_chunk would answer now */
+        if (!(s->discard_chunks && s->state == SESS_READY))
+            fail(s, FC_ERR_PROTOCOL, seq, "Chunk with no upload in progress");
+        return;
+    }
+    fc_error err = {0};
+    fc_status st = fc_stage_chunk_done(s->stage, len, &err);
+    chunk_staged(s, seq, st, &err);
 }
 
 static void job_work(uv_work_t *req) {
@@ -1324,6 +1394,64 @@ static void handle_frame(sess *s, const uint8_t *data, size_t len) {
     fc_envelope_free(env);
 }
 
+/* Feeds the frame decoder and handles the frame it completes, if any. Returns bytes used. */
+static size_t decode_take(sess *s, const uint8_t *p, size_t len) {
+    size_t used = 0;
+    fc_frame f;
+    fc_error err = {0};
+    fc_status st = fc_frame_decoder_feed(&s->dec, p, len, &used, &f, &err);
+    if (st == FC_ERR_AGAIN)
+        return len;
+    if (st != FC_OK) {
+        fail(s, st, 0, err.msg);
+        return len;
+    }
+    handle_frame(s, f.data, f.len);
+    return used;
+}
+
+/* Bytes of the current frame to gather before deciding: the prefix, then the whole head of a
+ * chunk frame (or the whole frame, if smaller). A bad length is left to the decoder. */
+static size_t head_need(const sess *s) {
+    if (s->head_have < FC_FRAME_PREFIX_BYTES)
+        return FC_FRAME_PREFIX_BYTES;
+    uint32_t n = fc_load_u32be(s->head);
+    if (n == 0 || n > s->dec.max_frame)
+        return FC_FRAME_PREFIX_BYTES;
+    return (size_t)n + FC_FRAME_PREFIX_BYTES < sizeof s->head ? (size_t)n + FC_FRAME_PREFIX_BYTES
+                                                              : sizeof s->head;
+}
+
+static size_t head_take(sess *s, const uint8_t *p, size_t len) {
+    size_t need = head_need(s), n = need - s->head_have;
+    if (n > len)
+        n = len;
+    memcpy(s->head + s->head_have, p, n);
+    s->head_have += n;
+    if (s->head_have < head_need(s) || direct_begin(s))
+        return n;
+    /* not a direct chunk: the gathered bytes (at most this one frame) go to the decoder */
+    uint8_t h[sizeof s->head];
+    size_t hn = s->head_have, off = 0;
+    memcpy(h, s->head, hn);
+    s->head_have = 0;
+    while (off < hn && s->state != SESS_CLOSING)
+        off += decode_take(s, h + off, hn - off);
+    return n;
+}
+
+static size_t direct_take(sess *s, const uint8_t *p, size_t len) {
+    size_t n = len < s->direct.left ? len : s->direct.left;
+    if (s->direct.dst) {
+        memcpy(s->direct.dst, p, n);
+        s->direct.dst += n;
+    }
+    s->direct.left -= n;
+    if (s->direct.left == 0)
+        direct_end(s);
+    return n;
+}
+
 static void process_bytes(sess *s, const uint8_t *p, size_t len) {
     while (len > 0 && s->state != SESS_CLOSING) {
         if (s->waiting_budget) { /* hold the rest until the upload can start */
@@ -1331,21 +1459,19 @@ static void process_bytes(sess *s, const uint8_t *p, size_t len) {
                 fail(s, FC_ERR_NOMEM, 0, "out of memory holding received bytes");
             return;
         }
-        size_t used = 0;
-        fc_frame f;
-        fc_error err = {0};
-        fc_status st = fc_frame_decoder_feed(&s->dec, p, len, &used, &f, &err);
+        size_t used;
+        if (s->direct.active)
+            used = direct_take(s, p, len);
+        else if (s->head_have > 0 || (s->state == SESS_UPLOADING && s->stage && !s->validating &&
+                                      fc_frame_decoder_pending(&s->dec) == 0))
+            used = head_take(s, p, len);
+        else
+            used = decode_take(s, p, len);
         p += used, len -= used;
-        if (st == FC_ERR_AGAIN)
-            break;
-        if (st != FC_OK) {
-            fail(s, st, 0, err.msg);
-            return;
-        }
-        handle_frame(s, f.data, f.len);
     }
     if (s->state != SESS_CLOSING && s->c) {
-        size_t pending = fc_frame_decoder_pending(&s->dec);
+        size_t pending = fc_frame_decoder_pending(&s->dec) + s->head_have +
+                         (s->direct.active ? s->direct.len : 0);
         net_set_partial(s->c, pending > 0);
         /* Between frames and outside the chunks of an upload, give the frame buffer back: it has
          * the capacity of the largest frame seen (a 1 MiB chunk), and a session that uploaded

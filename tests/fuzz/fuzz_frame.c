@@ -10,6 +10,8 @@
  *  - feeding in pieces yields exactly the frames (and the final status) of feeding at once;
  *  - a frame the chunk fast path accepts unpacks to the same seq/index/offset/data, and the
  *    chunk limit check agrees with full validation;
+ *  - a frame whose head (any prefix) the direct-payload path accepts is one the fast path
+ *    accepts, with the same fields and the payload running from the head to the frame's end;
  *  - a valid Envelope re-encodes, and the re-encoding decodes and re-encodes to the same bytes;
  *  - every status is one of the documented ones.
  * Seeds: tests/fuzz/frame/ (written by tests/fuzz/gen_frame_corpus.c).
@@ -38,6 +40,16 @@ static void check_frame(const uint8_t *p, size_t n) {
     fc_status st = fc_envelope_unpack(p, n, &env, &err);
     CHECK(st == FC_OK || st == FC_ERR_FORMAT || st == FC_ERR_PROTOCOL || st == FC_ERR_LIMIT);
     CHECK((st == FC_OK) == (env != NULL));
+    /* the head of a chunk frame tells the same as the whole frame, from any prefix length */
+    for (size_t have = 0; have <= n && have <= FC_FRAME_CHUNK_HEADER_MAX; have++) {
+        fc_chunk_view head;
+        size_t at = 0;
+        if (!fc_frame_peek_chunk_head(p, have, n, &head, &at))
+            continue;
+        CHECK(peeked && at <= have && at + head.data_len == n && fast.data == p + at);
+        CHECK(head.seq == fast.seq && head.tensor_index == fast.tensor_index &&
+              head.offset == fast.offset && head.data_len == fast.data_len);
+    }
     if (peeked) {
         CHECK(st == FC_OK);
         fc_chunk_view slow;

@@ -804,6 +804,77 @@ static void test_peek_chunk_declines_anything_unusual(void **state) {
     }
 }
 
+/* The head of a chunk frame tells the same fields as the whole frame, as soon as it has arrived:
+ * for every prefix of the Envelope, peek_chunk_head answers 0 until the payload starts, then 1
+ * with peek_chunk's fields and the payload's offset. */
+static void test_peek_chunk_head_agrees_with_peek_chunk(void **state) {
+    (void)state;
+    static uint8_t data[1 << 20];
+    const uint64_t seqs[] = {1, 300, (uint64_t)1 << 40};
+    const uint32_t idxs[] = {0, 5, 70000};
+    const uint64_t offs[] = {0, 4096, (uint64_t)1 << 35};
+    const size_t lens[] = {1, 100, 4096, sizeof data};
+    for (size_t a = 0; a < 3; a++)
+        for (size_t b = 0; b < 3; b++)
+            for (size_t c = 0; c < 3; c++)
+                for (size_t d = 0; d < 4; d++) {
+                    fc_buf f = FC_BUF_INIT;
+                    assert_int_equal(fc_frame_encode_chunk(seqs[a], idxs[b], offs[c], data,
+                                                           lens[d], 0, &f, NULL),
+                                     FC_OK);
+                    const uint8_t *env = f.data + 4;
+                    size_t n = f.len - 4;
+                    fc_chunk_view full, head;
+                    assert_int_equal(fc_frame_peek_chunk(env, n, &full), 1);
+                    size_t at = 0, first = 0;
+                    for (size_t have = 0; have <= FC_FRAME_CHUNK_HEADER_MAX - 4; have++) {
+                        int r = fc_frame_peek_chunk_head(env, have, n, &head, &at);
+                        if (!first && r)
+                            first = have;
+                        assert_int_equal(r, first != 0); /* 0, then 1 from some length on */
+                    }
+                    assert_true(first > 0);
+                    assert_int_equal(at, (size_t)(full.data - env));
+                    assert_int_equal(first, at); /* exactly when the payload starts */
+                    assert_int_equal(head.seq, full.seq);
+                    assert_int_equal(head.tensor_index, full.tensor_index);
+                    assert_int_equal(head.offset, full.offset);
+                    assert_int_equal(head.data_len, full.data_len);
+                    assert_null(head.data);
+                    fc_buf_free(&f);
+                }
+    /* Forms whose payload does not run to the frame's end, or that are not plain chunks. */
+    const uint8_t no[][16] = {
+        /* data first, then offset and index */
+        {14, 0x82, 0x01, 0x09, 0x1a, 0x03, 'a', 'b', 'c', 0x10, 0x05, 0x08, 0x02, 0x08, 0x09},
+        {7, 0x08, 0x01, 0x82, 0x01, 0x02, 0x08, 0x07},             /* no data field */
+        {9, 0x82, 0x01, 0x03, 0x1a, 0x01, 'z', 0x48, 0x00, 0x00},  /* Envelope field after */
+        {8, 0x82, 0x01, 0x05, 0x1a, 0x01, 'z', 0x08, 0x01},        /* Chunk field after data */
+        {4, 0xba, 0x01, 0x01, 0x00},                               /* a Bye */
+        {6, 0x82, 0x01, 0x03, 0x1a, 0x02, 'z'},                    /* data past the end */
+    };
+    for (size_t i = 0; i < sizeof no / sizeof no[0]; i++) {
+        fc_chunk_view v;
+        size_t at = 0;
+        assert_int_equal(fc_frame_peek_chunk_head(no[i] + 1, no[i][0], no[i][0], &v, &at), 0);
+    }
+}
+
+/* A frame the caller consumed itself still counts in the decoder's later error messages. */
+static void test_decoder_counts_frames_passed_by_the_caller(void **state) {
+    (void)state;
+    fc_frame_decoder d;
+    fc_frame_decoder_init(&d, 64);
+    fc_frame_decoder_passed(&d, 1000);
+    const uint8_t bad[4] = {0, 0, 1, 0}; /* 256 > 64 */
+    size_t used = 0;
+    fc_frame f;
+    fc_error err = {0};
+    assert_int_equal(fc_frame_decoder_feed(&d, bad, 4, &used, &f, &err), FC_ERR_LIMIT);
+    assert_non_null(strstr(err.msg, "frame 2 at stream byte 1000"));
+    fc_frame_decoder_free(&d);
+}
+
 int main(void) {
     const struct CMUnitTest tests[] = {
         cmocka_unit_test(test_encode_writes_big_endian_length_then_envelope),
@@ -832,6 +903,8 @@ int main(void) {
         cmocka_unit_test(test_unpack_allocation_failures_are_clean),
         cmocka_unit_test(test_peek_chunk_agrees_with_unpack),
         cmocka_unit_test(test_peek_chunk_declines_anything_unusual),
+        cmocka_unit_test(test_peek_chunk_head_agrees_with_peek_chunk),
+        cmocka_unit_test(test_decoder_counts_frames_passed_by_the_caller),
     };
     return cmocka_run_group_tests(tests, NULL, NULL);
 }

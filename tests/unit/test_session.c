@@ -707,8 +707,25 @@ enum {
     UP_EXAMPLES,
     UP_DISCONNECT,
     UP_STALE,
-    UP_END_CLOSE
+    UP_END_CLOSE,
+    UP_DRIBBLE /* every chunk frame written in pieces of 1 to 13 bytes */
 };
+
+/* Sends one chunk frame in small pieces, so that the server sees its head and payload split
+ * across many TLS records. */
+static int send_chunk_dribbled(cl *c, uint32_t tensor_index, uint64_t offset, const void *data,
+                               size_t len) {
+    static const size_t steps[] = {1, 2, 3, 5, 7, 11, 13};
+    fc_buf b = FC_BUF_INIT;
+    fc_error err = {0};
+    int ok = fc_frame_encode_chunk(++c->seq, tensor_index, offset, data, len, 0, &b, &err) == FC_OK;
+    for (size_t off = 0, k = 0; ok && off < b.len; off += steps[k++ % 7]) {
+        size_t n = b.len - off < steps[k % 7] ? b.len - off : steps[k % 7];
+        ok = rawcl_write(c, b.data + off, n);
+    }
+    fc_buf_free(&b);
+    return ok;
+}
 
 #define W_N (64 * 64)
 #define B_N 64
@@ -777,7 +794,10 @@ static int upload_data(job *j, cl *c, int kind) {
     for (int k = 0; k < 4; k++) {
         if (kind == UP_GAP && k == 2)
             continue;
-        rawcl_send_chunk(c, 0, (uint64_t)k * 4096, (uint8_t *)w + k * 4096, 4096);
+        if (kind == UP_DRIBBLE)
+            send_chunk_dribbled(c, 0, (uint64_t)k * 4096, (uint8_t *)w + k * 4096, 4096);
+        else
+            rawcl_send_chunk(c, 0, (uint64_t)k * 4096, (uint8_t *)w + k * 4096, 4096);
         if (kind == UP_DISCONNECT && k == 1) {
             /* wait for the server's first Ack (4 KiB staged), then vanish */
             e = rawcl_recv(c);
@@ -786,7 +806,10 @@ static int upload_data(job *j, cl *c, int kind) {
             return 1;
         }
     }
-    rawcl_send_chunk(c, 1, 0, b, B_N * 4);
+    if (kind == UP_DRIBBLE)
+        send_chunk_dribbled(c, 1, 0, b, B_N * 4);
+    else
+        rawcl_send_chunk(c, 1, 0, b, B_N * 4);
     if (kind == UP_TOO_MANY)
         rawcl_send_chunk(c, 1, B_N * 4, b, 16);
     uint8_t sha[32];
@@ -845,7 +868,8 @@ static int c_upload(job *j) {
         rawcl_free(&c);
         return 0;
     }
-    if (j->iarg != UP_DISCONNECT && j->iarg != UP_OK && j->iarg != UP_END_CLOSE) {
+    if (j->iarg != UP_DISCONNECT && j->iarg != UP_OK && j->iarg != UP_END_CLOSE &&
+        j->iarg != UP_DRIBBLE) {
         /* the session goes on: a good upload after the rejected one is accepted */
         j->u[7] = (uint64_t)upload(j, &c, UP_OK);
     }
@@ -854,12 +878,11 @@ static int c_upload(job *j) {
 }
 static void c_upload_v(job *j) { c_upload(j); }
 
-static void test_upload_ok_reaches_sink_with_exact_bytes(void **state) {
-    (void)state;
+static void check_upload_ok(int kind) {
     harness h;
     opts o = {.memory_limit = 1 << 20};
     h_start(&h, &o);
-    job j = {.fn = c_upload_v, .iarg = UP_OK};
+    job j = {.fn = c_upload_v, .iarg = kind};
     run_job(&h, &j);
     assert_int_equal(j.n, 0);
     assert_int_equal(j.u[0], (W_N + B_N) * 4);
@@ -878,6 +901,18 @@ static void test_upload_ok_reaches_sink_with_exact_bytes(void **state) {
     assert_memory_equal(h.rx.bytes + W_N * 4, b, B_N * 4);
     assert_int_equal(sess_server_accepted(h.sv), 1);
     h_finish(&h);
+}
+
+static void test_upload_ok_reaches_sink_with_exact_bytes(void **state) {
+    (void)state;
+    check_upload_ok(UP_OK);
+}
+
+/* Chunk payloads go straight into the stage once a frame's head shows a chunk the stage takes;
+ * heads and payloads split across many tiny records must give the same bytes and Acks. */
+static void test_upload_in_tiny_pieces_reaches_sink_with_exact_bytes(void **state) {
+    (void)state;
+    check_upload_ok(UP_DRIBBLE);
 }
 
 static void check_rejected(int kind, uint32_t code, fc_status st, const char *needle) {
@@ -1125,6 +1160,51 @@ static int c_loris(job *j) {
     return 1;
 }
 static void c_loris_v(job *j) { c_loris(j); }
+
+/* Begins an upload, then stops halfway through the first chunk's payload. */
+static int c_loris_chunk(job *j) {
+    cl c;
+    if (!login(j, &c, "alice", "tok-alice"))
+        return 0;
+    if (!upload_begin(j, &c, UP_OK)) {
+        rawcl_free(&c);
+        return 0;
+    }
+    fc_envelope *e = rawcl_recv(&c);
+    int ack0 = e && e->body_case == FEDCOORD__V1__ENVELOPE__BODY_ACK;
+    fc_envelope_free(e);
+    CHECK(j, ack0, "UpdateBegin not answered with an Ack");
+    static float w[W_N], b[B_N];
+    update_data(w, b);
+    fc_buf f = FC_BUF_INIT;
+    fc_error err = {0};
+    CHECK(j, fc_frame_encode_chunk(++c.seq, 0, 0, w, 4096, 0, &f, &err) == FC_OK, "encode");
+    CHECK(j, rawcl_write(&c, f.data, 2000), "write");
+    fc_buf_free(&f);
+    if (expect_error(j, &c))
+        j->u[0] = (uint64_t)rawcl_sees_close(&c);
+    rawcl_free(&c);
+    return 1;
+}
+static void c_loris_chunk_v(job *j) { c_loris_chunk(j); }
+
+/* A chunk whose payload stops arriving is half a frame like any other, even though its bytes
+ * go straight into the stage: the progress rule drops the connection. */
+static void test_half_sent_chunk_is_dropped_by_progress_rule(void **state) {
+    (void)state;
+    harness h;
+    opts o = {
+        .memory_limit = 1 << 20, .min_rate_bps = 10000, .rate_window_ms = 100, .no_resume = 1};
+    h_start(&h, &o);
+    job j = {.fn = c_loris_chunk_v};
+    run_job(&h, &j);
+    assert_int_equal(j.code[0], 11); /* LIMIT_EXCEEDED from net's FC_ERR_LIMIT */
+    assert_true(j.fatal[0]);
+    assert_int_equal(j.u[0], 1);
+    assert_int_equal(h.rx.sinks, 0);
+    assert_int_equal(sess_budget_memory_used(h.budget), 0);
+    h_finish(&h);
+}
 
 static void test_half_sent_frame_is_dropped_by_progress_rule(void **state) {
     (void)state;
@@ -1375,6 +1455,7 @@ int main(void) {
         cmocka_unit_test(test_model_download_from_zero_streams_whole_model_with_backpressure),
         cmocka_unit_test(test_model_download_resumes_from_an_offset),
         cmocka_unit_test(test_upload_ok_reaches_sink_with_exact_bytes),
+        cmocka_unit_test(test_upload_in_tiny_pieces_reaches_sink_with_exact_bytes),
         cmocka_unit_test(test_upload_with_wrong_shape_is_refused_at_begin),
         cmocka_unit_test(test_upload_with_nan_is_rejected_as_non_finite),
         cmocka_unit_test(test_upload_with_bad_hash_is_rejected),
@@ -1388,6 +1469,7 @@ int main(void) {
         cmocka_unit_test(test_session_closed_during_validation_sinks_nothing),
         cmocka_unit_test(test_update_larger_than_staging_capacity_is_refused),
         cmocka_unit_test(test_half_sent_frame_is_dropped_by_progress_rule),
+        cmocka_unit_test(test_half_sent_chunk_is_dropped_by_progress_rule),
         cmocka_unit_test(test_send_task_reaches_the_client),
         cmocka_unit_test(test_eval_result_reaches_the_callback_and_is_acked),
         cmocka_unit_test(test_frame_limit_below_chunk_limit_is_refused),
