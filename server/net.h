@@ -147,7 +147,9 @@ void net_resume_reading(net_conn *c);
 
 /* The owner is inside a frame (partial=1) or between frames (0). While set, fewer than
  * min_rate_bps * rate_window_ms / 1000 plaintext bytes in a window closes c with FC_ERR_LIMIT.
- * Setting it when already set keeps the current window. */
+ * Setting it when already set keeps the current window. While set, the connection also keeps
+ * its TLS record buffers and its grown input BIO between reads (data is flowing); between
+ * frames they are given back, so idle connections hold none. */
 void net_set_partial(net_conn *c, int partial);
 
 /* Keep c's memory valid beyond on_close (e.g. for work on the thread pool). Each ref needs one
