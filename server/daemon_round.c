@@ -82,7 +82,7 @@ struct dround {
     char *report_json;
     fc_buf rule_state, opt_state;
     float *w;
-    agg_round *w_owner; /* w lives in this finished round's buffer of D (see step_over_delta) */
+    agg_round *w_owner; /* w lives in this finished round's buffer of D (see step_piece) */
     dmetric metrics[ROUND_MAX_METRICS];
     size_t n_metrics;
     dround *next;

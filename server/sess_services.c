@@ -56,6 +56,7 @@ typedef struct sess_ticket {
 } sess_ticket;
 
 static void budget_idle_cb(uv_idle_t *h);
+static void budget_closed_cb(uv_handle_t *h);
 
 /* Wakes the waiters from an idle handle (never from inside the caller's own call chain). */
 static void wake_later(sess_budget *b) {
@@ -93,15 +94,7 @@ fc_status sess_budget_new(uv_loop_t *loop, uint64_t memory_limit, const char *sp
         fc_free(b);
         return fc_error_set(err, FC_ERR_NOMEM, "staging budget spill dir");
     }
-    if (uv_idle_init(loop, &b->idle) != 0) {
-        fc_free(b->spill_dir);
-        fc_free(b);
-        return fc_error_set(err, FC_ERR_SYSTEM, "uv_idle_init failed");
-    }
-    b->idle.data = b;
     if (uv_timer_init(loop, &b->cache_timer) != 0) {
-        uv_close((uv_handle_t *)&b->idle, NULL);
-        uv_run(loop, UV_RUN_NOWAIT); /* finish the close before b goes */
         fc_free(b->spill_dir);
         fc_free(b);
         return fc_error_set(err, FC_ERR_SYSTEM, "uv_timer_init failed");
@@ -109,6 +102,12 @@ fc_status sess_budget_new(uv_loop_t *loop, uint64_t memory_limit, const char *sp
     b->cache_timer.data = b;
     uv_unref((uv_handle_t *)&b->cache_timer); /* kept buffers never keep the loop running */
     b->cache_ms = SESS_BUDGET_CACHE_MS;
+    if (uv_idle_init(loop, &b->idle) != 0) {
+        b->open_handles = 1; /* the timer's close callback frees b */
+        uv_close((uv_handle_t *)&b->cache_timer, budget_closed_cb);
+        return fc_error_set(err, FC_ERR_SYSTEM, "uv_idle_init failed");
+    }
+    b->idle.data = b;
     *out = b;
     return FC_OK;
 }
@@ -138,9 +137,7 @@ static void cache_trim(sess_budget *b, uint64_t keep) {
     }
 }
 
-static void cache_timer_cb(uv_timer_t *t) {
-    cache_trim(t->data, 0);
-}
+static void cache_timer_cb(uv_timer_t *t) { cache_trim(t->data, 0); }
 
 static void budget_closed_cb(uv_handle_t *h) {
     sess_budget *b = h->data;
@@ -248,7 +245,8 @@ static int cache_take(sess_budget *b, uint64_t nbytes, void **out) {
  * pages. Small buffers are not worth it. Kept buffers go cache_ms after the last release, so an
  * idle daemon does not hold them. */
 static int cache_put(sess_budget *b, void *mem, uint64_t nbytes) {
-    if (nbytes < SESS_BUDGET_CACHE_MIN || !fits(b->memory_used + b->cached, b->memory_limit, nbytes))
+    if (nbytes < SESS_BUDGET_CACHE_MIN ||
+        !fits(b->memory_used + b->cached, b->memory_limit, nbytes))
         return 0;
     cached_buf *c = mem;
     c->next = b->cache;
