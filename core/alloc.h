@@ -17,9 +17,10 @@ void *fc_mallocarray(size_t count, size_t size);
 char *fc_strdup(const char *s);
 char *fc_strndup(const char *s, size_t n);
 void fc_free(void *ptr);
-/* The bytes [p, p + len) of a block from these functions are no longer needed: the whole pages
- * inside the range go back to the kernel and read back as zeros (the partial pages at the ends
- * keep their bytes). The block stays allocated; fc_free it as usual. */
+/* The bytes [p, p + len) of a mapping are not needed in memory now: the whole pages inside the
+ * range are dropped from the process (MADV_DONTNEED; the partial pages at the ends stay). In a
+ * block from these functions they read back as zeros, and the block stays allocated (fc_free it
+ * as usual); in a shared file mapping the file keeps the bytes. Advice only. */
 void fc_drop_pages(void *p, size_t len);
 
 /* Fault injection, for tests. After fc_alloc_fail_after(n), the next n allocations succeed and

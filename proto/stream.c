@@ -304,13 +304,9 @@ static void spill_release(void *ctx, void *mem, uint64_t nbytes) {
 
 static void spill_evict(void *ctx, void *mem, uint64_t off, uint64_t len) {
     (void)ctx;
-    uintptr_t page = (uintptr_t)sysconf(_SC_PAGESIZE);
-    uintptr_t a = ((uintptr_t)mem + (uintptr_t)off + page - 1) & ~(page - 1);
-    uintptr_t e = ((uintptr_t)mem + (uintptr_t)(off + len)) & ~(page - 1);
     /* Shared file pages: the page cache keeps the bytes (dirty ones are written back), so this
-     * only unmaps them from the process. Advice only: an error leaves them resident. */
-    if (e > a)
-        (void)madvise((void *)a, e - a, MADV_DONTNEED);
+     * only unmaps them from the process. */
+    fc_drop_pages((uint8_t *)mem + off, (size_t)len);
 }
 
 void fc_stage_spill_provider(fc_stage_provider *p, const char *dir) {

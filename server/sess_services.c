@@ -123,15 +123,11 @@ uint64_t sess_budget_capacity(const sess_budget *b) {
 uint64_t sess_budget_memory_cached(const sess_budget *b) { return b->cached; }
 void sess_budget_set_cache_ms(sess_budget *b, uint64_t ms) { b->cache_ms = ms; }
 
-/* Frees cached buffers, oldest last in the list (the list is LIFO), until at most keep bytes
- * stay cached. */
+/* Frees cached buffers until at most keep bytes stay cached. */
 static void cache_trim(sess_budget *b, uint64_t keep) {
     while (b->cache && b->cached > keep) {
-        cached_buf **pp = &b->cache;
-        while ((*pp)->next)
-            pp = &(*pp)->next;
-        cached_buf *c = *pp;
-        *pp = NULL;
+        cached_buf *c = b->cache;
+        b->cache = c->next;
         b->cached -= c->nbytes;
         fc_stage_heap_provider()->release(NULL, c, c->nbytes);
     }

@@ -833,10 +833,15 @@ static void budget_wake(sess_waiter *w) {
 
 static void chunk_staged(sess *s, uint64_t seq, fc_status st, const fc_error *err);
 
+/* An upload is taking chunks: its stage is open and UpdateEnd has not been seen. */
+static int taking_chunks(const sess *s) {
+    return s->state == SESS_UPLOADING && !s->validating && s->stage;
+}
+
 static void h_chunk(sess *s, const fc_chunk_view *v) {
     sess_server *sv = s->sv;
     fc_error err = {0};
-    if (s->state != SESS_UPLOADING || s->validating || !s->stage) {
+    if (!taking_chunks(s)) {
         if (s->discard_chunks && s->state == SESS_READY)
             return; /* the rest of an upload this side already refused */
         fail(s, FC_ERR_PROTOCOL, v->seq, "Chunk with no upload in progress");
@@ -883,7 +888,7 @@ static int direct_begin(sess *s) {
     fc_error err = {0};
     uint8_t *dst = NULL;
     if ((size_t)n + FC_FRAME_PREFIX_BYTES <= sizeof s->head || n > s->dec.max_frame ||
-        s->state != SESS_UPLOADING || s->validating || !s->stage ||
+        !taking_chunks(s) ||
         !fc_frame_peek_chunk_head(s->head + FC_FRAME_PREFIX_BYTES,
                                   s->head_have - FC_FRAME_PREFIX_BYTES, n, &v, &at) ||
         v.seq != s->in_seq + 1 || fc_wire_validate_chunk(&v, &err) != FC_OK ||
@@ -1462,8 +1467,7 @@ static void process_bytes(sess *s, const uint8_t *p, size_t len) {
         size_t used;
         if (s->direct.active)
             used = direct_take(s, p, len);
-        else if (s->head_have > 0 || (s->state == SESS_UPLOADING && s->stage && !s->validating &&
-                                      fc_frame_decoder_pending(&s->dec) == 0))
+        else if (s->head_have > 0 || (taking_chunks(s) && fc_frame_decoder_pending(&s->dec) == 0))
             used = head_take(s, p, len);
         else
             used = decode_take(s, p, len);
